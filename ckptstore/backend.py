@@ -1,0 +1,80 @@
+"""The small object-store interface every backend implements (file://, b2://).
+
+Keys are '/'-separated strings relative to the store root. The protocol above this layer
+(`ckptstore.store`) is the same for every backend; a backend only moves bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes just moved."""
+
+
+class StoreError(Exception):
+    """The store could not be read or written; the message says what and why."""
+
+
+class StoreConfigError(StoreError):
+    """The store URL or its credentials are wrong: retrying will not help."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Backend(Protocol):
+    url: str
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such key."""
+        ...
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Replace the object atomically: a reader sees the old or the new bytes, never a mix."""
+        ...
+
+    def upload(
+        self, key: str, src: Path, size: int, progress: Progress | None = None
+    ) -> str | None:
+        """Store the file; return the sha1 of the bytes sent if the backend computed it."""
+        ...
+
+    def download(self, key: str, dst: Path, progress: Progress | None = None) -> str | None:
+        """Write the object to `dst` (atomically); return its sha1 if computed on the way."""
+        ...
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Server-side copy: no bytes travel through this machine."""
+        ...
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object whose key starts with `prefix`, recursively."""
+        ...
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove the keys (all versions, where the backend keeps versions); missing is fine."""
+        ...
+
+
+def open_backend(url: str) -> Backend:
+    """The backend for a store URL, importing its SDK only when that scheme is used."""
+    if url.startswith("file://"):
+        from ckptstore.file_backend import FileBackend
+
+        return FileBackend.from_url(url)
+    if url.startswith("b2://"):
+        try:
+            from ckptstore.b2_backend import B2Backend  # type: ignore[import-not-found]
+        except ModuleNotFoundError as e:  # pragma: no cover - until the B2 backend lands
+            raise StoreConfigError(f"{url}: the b2:// backend is not available ({e})") from e
+        return B2Backend.from_url(url)
+    raise StoreConfigError(
+        f"unsupported store URL {url!r}: expected file:///ABS/PATH or b2://BUCKET/PREFIX"
+    )

@@ -1,0 +1,227 @@
+"""act: carry out a plan. The only stage of a tick that changes the world.
+
+Order matters: terminations first (a failed one cancels the launch, so there are never two
+instances at once), and the ledger — which claims the new generation and so fences the old pod
+— is written before the launch, then again with the instance the launch produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+from ckptstore.store import CheckpointStore, StoreError
+from controller.config import FleetConfig, RunConfig
+from controller.ledger import write_ledger
+from controller.model import (
+    Action,
+    Alert,
+    Halt,
+    LaunchRecord,
+    Ledger,
+    Plan,
+    Provision,
+    RestartInPlace,
+    Terminate,
+    describe,
+)
+from provisioning.base import (
+    Instance,
+    InvalidCredentialsError,
+    LaunchSpec,
+    NoCapacityError,
+    Offer,
+    Provider,
+    ProviderError,
+    instance_name,
+)
+
+log = logging.getLogger("respawn.controller")
+MAX_OFFERS_TRIED = 5
+
+
+class ActionResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    ok: bool
+    detail: str = ""
+
+
+class MissingSecretError(Exception):
+    pass
+
+
+def launch_env(
+    fleet: FleetConfig, run: RunConfig, generation: int, provider: str, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The pod's environment: what it needs to find its store and resume, plus the secrets the
+    config names, read from the controller's environment (GitHub secrets in the workflow)."""
+    secrets = list(run.pod.secret_env)
+    if fleet.store.url.startswith("b2://"):
+        secrets += [fleet.store.key_id_env, fleet.store.key_env]
+    if run.wandb is not None:
+        secrets.append(run.wandb.api_key_env)
+    missing = [name for name in secrets if not environ.get(name)]
+    if missing:
+        raise MissingSecretError(
+            f"environment variable(s) {', '.join(missing)} are not set on the controller; "
+            "the pod needs them (add them as secrets to the workflow)"
+        )
+    env = dict(run.pod.env)
+    env.update({name: environ[name] for name in secrets})
+    env.update(
+        RESPAWN_STORE=fleet.store.url,
+        RESPAWN_RUN=run.name,
+        RESPAWN_GENERATION=str(generation),
+        RESPAWN_WRITER=f"{provider}:{instance_name(run.name, generation)}",
+        RESPAWN_POD=run.pod.model_dump_json(),
+    )
+    wandb_id = run.wandb.run_id if run.wandb else None
+    if wandb_id:
+        env["RESPAWN_WANDB_RUN_ID"] = wandb_id
+    return env
+
+
+def provision(
+    fleet: FleetConfig,
+    run: RunConfig,
+    providers: Mapping[str, Provider | Exception],
+    generation: int,
+    environ: Mapping[str, str],
+) -> tuple[Instance, Offer]:
+    """Launch on the cheapest fitting offer, failing over offer by offer, then provider by
+    provider in the run's order. Raises ProviderError listing what every attempt said."""
+    cap = run.resources.max_price_per_hour
+    tried: list[str] = []
+    for name in run.providers:
+        provider = providers.get(name)
+        if provider is None or isinstance(provider, Exception):
+            tried.append(f"{name}: {provider or 'not configured'}")
+            continue
+        try:
+            offers = [o for o in provider.offers(run.resources) if o.price_per_hour <= cap]
+        except ProviderError as e:
+            tried.append(f"{name}: offers failed: {e}")
+            continue
+        if not offers:
+            tried.append(f"{name}: no offer under ${cap:g}/h")
+            continue
+        spec = LaunchSpec(
+            run=run.name,
+            generation=generation,
+            image=run.pod.image,
+            disk_gb=run.resources.disk_gb,
+            max_price_per_hour=cap,
+            env=launch_env(fleet, run, generation, name, environ),
+        )
+        for offer in offers[:MAX_OFFERS_TRIED]:
+            try:
+                return provider.launch(offer, spec), offer
+            except NoCapacityError as e:
+                tried.append(f"{name} offer {offer.id}: {e}")
+            except InvalidCredentialsError as e:
+                tried.append(f"{name}: {e}")
+                break
+            except ProviderError as e:
+                tried.append(f"{name}: {e}")
+                break
+    raise ProviderError("no instance launched: " + "; ".join(tried))
+
+
+def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
+    launches = list(ledger.launches)
+    for idx in range(len(launches) - 1, -1, -1):
+        if launches[idx].generation == generation:
+            launches[idx] = launches[idx].model_copy(update=update)
+            break
+    else:
+        launches.append(LaunchRecord.model_validate({"generation": generation, **update}))
+    return ledger.model_copy(update={"launches": tuple(launches)})
+
+
+def act(
+    plan: Plan,
+    run: RunConfig,
+    fleet: FleetConfig,
+    store: CheckpointStore | None,
+    providers: Mapping[str, Provider | Exception],
+    previous_ledger: Ledger,
+    environ: Mapping[str, str] | None = None,
+) -> list[ActionResult]:
+    environ = os.environ if environ is None else environ
+    results: list[ActionResult] = []
+    ledger = plan.ledger
+    termination_failed = False
+
+    def save(led: Ledger) -> None:
+        assert store is not None
+        write_ledger(store, led)
+
+    for action in plan.actions:
+        try:
+            match action:
+                case Terminate():
+                    provider = providers[action.provider]
+                    if isinstance(provider, Exception):
+                        raise ProviderError(str(provider))
+                    provider.terminate(action.instance_id)
+                    results.append(ActionResult(action=action, ok=True, detail=action.reason))
+                case Provision():
+                    if termination_failed:
+                        results.append(
+                            ActionResult(
+                                action=action,
+                                ok=False,
+                                detail="skipped: a termination failed (never two instances at once)",
+                            )
+                        )
+                        continue
+                    save(ledger)  # claim the generation first: it fences the old pod
+                    try:
+                        inst, offer = provision(fleet, run, providers, action.generation, environ)
+                    except (ProviderError, MissingSecretError) as e:
+                        ledger = _record_launch(ledger, action.generation, error=str(e))
+                        raise
+                    ledger = _record_launch(
+                        ledger,
+                        action.generation,
+                        provider=inst.provider,
+                        instance_id=inst.id,
+                        price_per_hour=offer.price_per_hour,
+                    )
+                    results.append(
+                        ActionResult(
+                            action=action,
+                            ok=True,
+                            detail=f"{inst.provider}:{inst.id} {inst.name} at ${offer.price_per_hour:g}/h",
+                        )
+                    )
+                case RestartInPlace():
+                    provider = providers[action.provider]
+                    restart = getattr(provider, "restart_trainer", None)
+                    if restart is None:
+                        raise ProviderError(f"{action.provider} cannot restart a trainer in place")
+                    restart(action.instance_id)
+                    results.append(ActionResult(action=action, ok=True, detail=action.reason))
+                case Alert():
+                    log.warning("ALERT %s", action.message)
+                    results.append(ActionResult(action=action, ok=True))
+                case Halt():
+                    results.append(ActionResult(action=action, ok=True, detail=action.reason))
+        except (ProviderError, MissingSecretError, StoreError, KeyError) as e:
+            if isinstance(action, Terminate):
+                termination_failed = True
+            log.error("%s failed: %s", describe(action), e)
+            results.append(ActionResult(action=action, ok=False, detail=str(e)))
+    if store is not None and ledger != previous_ledger:
+        try:
+            save(ledger)
+        except StoreError as e:
+            results.append(
+                ActionResult(action=Alert(message="ledger write failed"), ok=False, detail=str(e))
+            )
+    return results

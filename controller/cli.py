@@ -1,0 +1,249 @@
+"""`respawn` command line. Heavy modules are imported inside each command so `--help` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.config import FleetConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _load(args: argparse.Namespace) -> FleetConfig:
+    from controller.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from controller.reconcile import tick
+    from controller.report import dumps, exit_code, to_text, write_step_summary
+
+    fleet = _load(args)
+    reports = tick(fleet, only=args.run, act_on_plan=True, dry_run=args.dry_run)
+    print(dumps(reports) if args.json else to_text(reports))
+    write_step_summary(reports)
+    return exit_code(reports)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from controller.reconcile import tick
+    from controller.report import dumps, exit_code, to_text
+
+    fleet = _load(args)
+    reports = tick(fleet, only=args.run, act_on_plan=False, dry_run=True)
+    print(dumps(reports) if args.json else to_text(reports))
+    return exit_code(reports)
+
+
+def cmd_offers(args: argparse.Namespace) -> int:
+    from controller.reconcile import open_providers
+    from provisioning.base import Offer, ProviderError
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    offers: list[Offer] = []
+    failed = False
+    for name, provider in open_providers(fleet, set(run.providers)).items():
+        try:
+            if isinstance(provider, Exception):
+                raise provider
+            offers += provider.offers(run.resources)
+        except ProviderError as e:
+            failed = True
+            print(f"{name}: {e}", file=sys.stderr)
+    offers.sort(key=lambda o: o.price_per_hour)
+    if args.json:
+        print(json.dumps([o.model_dump(mode="json") for o in offers], indent=2))
+    else:
+        print(f"{'provider':<8} {'offer':<14} {'gpu':<14} {'n':>2} {'vram':>6} {'$/h':>8} location")
+        for o in offers:
+            print(
+                f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
+                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.location or ''}"
+            )
+    return EXIT_FAILED if failed and not offers else EXIT_OK
+
+
+def _set_halted(fleet: FleetConfig, run_name: str, reason: str | None) -> None:
+    from ckptstore.store import CheckpointStore
+    from controller.ledger import read_ledger, write_ledger
+
+    store = CheckpointStore.open(fleet.store.url, run_name)
+    ledger = read_ledger(store)
+    write_ledger(store, ledger.model_copy(update={"halted": reason}))
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    from ckptstore.schema import utcnow
+    from controller.reconcile import open_providers
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    # Halt first: otherwise the next scheduled tick sees `dead` and launches again.
+    _set_halted(
+        fleet,
+        run.name,
+        f"terminated by hand at {utcnow():%Y-%m-%d %H:%M}Z (`respawn resume` to continue)",
+    )
+    failed = False
+    for name, provider in open_providers(fleet, set(run.providers)).items():
+        try:
+            if isinstance(provider, Exception):
+                raise provider
+            for inst in provider.list_instances(run.name):
+                provider.terminate(inst.id)
+                print(f"terminated {name}:{inst.id} {inst.name}")
+        except Exception as e:
+            failed = True
+            print(f"{name}: {e}", file=sys.stderr)
+    print(f"run {run.name} halted; `respawn resume -c {args.config} --run {run.name}` undoes it")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    _set_halted(fleet, run.name, None)
+    print(f"run {run.name} is no longer halted; the next tick acts on it")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from controller.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    fleet = _load(args)
+    print(f"{args.config}: ok ({len(fleet.runs)} run(s): {', '.join(r.name for r in fleet.runs)})")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo
+
+    return run_demo(workdir=args.workdir, keep=args.keep)
+
+
+def cmd_ckpt(args: argparse.Namespace) -> int:
+    from controller.ckpt_cli import run_ckpt
+
+    return run_ckpt(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="respawn",
+        description="Keep long GPU training runs alive on spot instances: observe each run, "
+        "classify its health, re-provision and resume from the last verified checkpoint.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", required=True, type=Path, help="fleet config (YAML)")
+
+    sp = sub.add_parser("demo", help="the whole recovery loop on this machine, with a failure")
+    sp.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
+    sp.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("reconcile", help="one controller tick: observe, classify, decide, act")
+    with_config(sp)
+    sp.add_argument("--run", help="only this run")
+    sp.add_argument("--dry-run", action="store_true", help="decide but change nothing")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sp.set_defaults(func=cmd_reconcile)
+
+    sp = sub.add_parser("status", help="observe and classify only")
+    with_config(sp)
+    sp.add_argument("--run", help="only this run")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("offers", help="ranked offers across the run's providers")
+    with_config(sp)
+    sp.add_argument("--run", required=True)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_offers)
+
+    sp = sub.add_parser("terminate", help="kill switch: halt the run and destroy its instances")
+    with_config(sp)
+    sp.add_argument("--run", required=True)
+    sp.set_defaults(func=cmd_terminate)
+
+    sp = sub.add_parser("resume", help="clear a halt so the controller acts on the run again")
+    with_config(sp)
+    sp.add_argument("--run", required=True)
+    sp.set_defaults(func=cmd_resume)
+
+    sp = sub.add_parser("validate", help="check a fleet config")
+    with_config(sp)
+    sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("schema", help="print the fleet config's JSON Schema (for editors)")
+    sp.set_defaults(func=cmd_schema)
+
+    ck = sub.add_parser("ckpt", help="checkpoint store operations")
+    cks = ck.add_subparsers(dest="ckpt_command", required=True, metavar="OP")
+
+    def store_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", help="file:///PATH or b2://BUCKET/PREFIX (or -c FLEET.yaml)")
+        sp.add_argument("-c", "--config", type=Path, help="take the store URL from this config")
+        sp.add_argument("--run", required=True)
+
+    sp = cks.add_parser("ls", help="list published steps, the pointer and the heartbeat")
+    store_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp = cks.add_parser("push", help="publish a directory as one step (files → manifest → pointer)")
+    store_args(sp)
+    sp.add_argument("--dir", required=True, type=Path, help="directory holding the step's files")
+    sp.add_argument("--step", required=True, type=int)
+    sp.add_argument("--generation", type=int, help="writer generation (default: the current one)")
+    sp = cks.add_parser("pull", help="restore the newest verified step into a directory")
+    store_args(sp)
+    sp.add_argument("--dest", required=True, type=Path)
+    sp = cks.add_parser("gc", help="delete old steps, keeping the newest K (never the pointer's)")
+    store_args(sp)
+    sp.add_argument("--keep-last", type=int, default=3)
+    ck.set_defaults(func=cmd_ckpt)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from controller.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"respawn: config error:\n{e}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as e:
+        print(f"respawn: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""decide: (run config, observation, now) → plan. Pure: no I/O, no clock.
+
+The plan is the whole outcome of a tick: the actions in order (terminations before a launch,
+so there are never two instances at once) and the ledger to write afterwards.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from controller.classify import classify, current_instances
+from controller.config import Budget, RunConfig
+from controller.model import (
+    MAX_LEDGER_EVENTS,
+    MAX_LEDGER_LAUNCHES,
+    Action,
+    Alert,
+    Halt,
+    Health,
+    LaunchRecord,
+    Ledger,
+    LedgerEvent,
+    Observation,
+    Plan,
+    Provision,
+    RestartInPlace,
+    Terminate,
+    Verdict,
+    describe,
+)
+from provisioning.base import Instance, InstanceState
+
+DAY = timedelta(days=1)
+
+
+def _terminate(i: Instance, reason: str) -> Terminate:
+    return Terminate(provider=i.provider, instance_id=i.id, name=i.name, reason=reason)
+
+
+def _billing(obs: Observation) -> list[Instance]:
+    return [i for i in obs.instances if i.state != InstanceState.TERMINATED]
+
+
+def estimated_spend(ledger: Ledger, now: datetime) -> float:
+    """$ in the last 24 h, assuming each launch billed until the next one (or now)."""
+    total = 0.0
+    launches = sorted(ledger.launches, key=lambda lr: lr.at)
+    for lr, nxt in zip(launches, [*launches[1:], None], strict=True):
+        if lr.instance_id is None:
+            continue
+        start = max(lr.at, now - DAY)
+        end = nxt.at if nxt is not None else now
+        if end > start:
+            total += lr.price_per_hour * (end - start).total_seconds() / 3600
+    return total
+
+
+def budget_trip(budget: Budget, ledger: Ledger, now: datetime) -> str | None:
+    recent = [lr for lr in ledger.launches if now - lr.at < DAY]
+    if len(recent) >= budget.max_launches_per_day:
+        return (
+            f"crash-loop breaker: {len(recent)} launches in 24h "
+            f"(budget.max_launches_per_day={budget.max_launches_per_day})"
+        )
+    spend = estimated_spend(ledger, now)
+    if spend >= budget.max_spend_per_day:
+        return (
+            f"budget cap: ~${spend:.2f} spent in 24h "
+            f"(budget.max_spend_per_day={budget.max_spend_per_day:g})"
+        )
+    return None
+
+
+def _strays(obs: Observation) -> list[Terminate]:
+    """Everything billing except the newest live instance of the current generation."""
+    keep = current_instances(obs)[:1]
+    out = []
+    for i in _billing(obs):
+        if i in keep:
+            continue
+        if i.generation != obs.ledger.generation:
+            why = f"older generation g{i.generation} (current g{obs.ledger.generation})"
+        elif not i.live:
+            why = f"{i.state.value} instance of the current generation"
+        else:
+            why = f"duplicate of {keep[0].provider}:{keep[0].id}" if keep else "duplicate"
+        out.append(_terminate(i, why))
+    return out
+
+
+def _replace(
+    run: RunConfig, obs: Observation, ledger: Ledger, now: datetime, why: str
+) -> tuple[list[Action], Ledger]:
+    actions: list[Action] = [_terminate(i, f"replacing: {why}") for i in _billing(obs)]
+    trip = budget_trip(run.budget, ledger, now)
+    if trip is not None:
+        actions += [Halt(reason=trip), Alert(message=f"{run.name} halted: {trip}")]
+        return actions, ledger.model_copy(update={"halted": trip})
+    gen = ledger.generation + 1
+    resume = obs.pointer.step if obs.pointer is not None else None
+    actions.append(Provision(generation=gen, resume_step=resume, reason=why))
+    launches = (*ledger.launches, LaunchRecord(generation=gen, at=now, resume_step=resume))
+    return actions, ledger.model_copy(
+        update={"generation": gen, "launches": launches[-MAX_LEDGER_LAUNCHES:]}
+    )
+
+
+def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
+    verdict = classify(run, obs, now)
+    ledger = obs.ledger.model_copy(update={"progress": verdict.progress})
+    actions: list[Action] = []
+    match verdict.health:
+        case Health.UNKNOWN:
+            # Nothing destructive on partial knowledge (skypilot#10155): alert and wait.
+            ledger = obs.ledger
+            actions = [Alert(message=f"{run.name}: {verdict.reason}")]
+        case Health.HALTED:
+            actions = [Alert(message=f"{run.name} is halted: {verdict.reason}")]
+        case Health.FINISHED:
+            actions = [_terminate(i, "run finished") for i in _billing(obs)]
+            if ledger.finished_at is None:
+                ledger = ledger.model_copy(update={"finished_at": now})
+        case Health.HEALTHY | Health.STARTING:
+            actions = list(_strays(obs))
+        case Health.DEAD:
+            actions, ledger = _replace(run, obs, ledger, now, verdict.reason)
+        case Health.STALLED:
+            current = current_instances(obs)
+            gen = ledger.generation
+            tried = any(r.generation == gen for r in ledger.restarts)
+            if current and obs.restartable and not tried:
+                target = current[0]
+                actions = [*_strays(obs)]
+                actions.append(
+                    RestartInPlace(
+                        provider=target.provider, instance_id=target.id, reason=verdict.reason
+                    )
+                )
+                record = LaunchRecord(
+                    generation=gen, at=now, provider=target.provider, instance_id=target.id
+                )
+                ledger = ledger.model_copy(update={"restarts": (*ledger.restarts, record)[-10:]})
+            else:
+                why = verdict.reason + ("; restart in place already tried" if tried else "")
+                actions, ledger = _replace(run, obs, ledger, now, why)
+        case Health.DEGENERATE:
+            actions = [Alert(message=f"{run.name} is degenerate: {verdict.reason}")]
+    return Plan(
+        verdict=verdict, actions=tuple(actions), ledger=_with_event(ledger, verdict, actions, now)
+    )
+
+
+def _with_event(ledger: Ledger, verdict: Verdict, actions: list[Action], now: datetime) -> Ledger:
+    last = ledger.events[-1] if ledger.events else None
+    if not actions and last is not None and last.health == verdict.health:
+        return ledger
+    event = LedgerEvent(
+        at=now,
+        health=verdict.health,
+        reason=verdict.reason,
+        actions=tuple(describe(a) for a in actions),
+    )
+    return ledger.model_copy(update={"events": (*ledger.events, event)[-MAX_LEDGER_EVENTS:]})

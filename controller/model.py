@@ -1,0 +1,162 @@
+"""Frozen domain objects of one controller tick: ledger, observation, verdict, plan."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ckptstore.schema import Heartbeat, LatestPointer
+from provisioning.base import Instance
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Health(StrEnum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    STALLED = "stalled"
+    DEAD = "dead"
+    DEGENERATE = "degenerate"
+    FINISHED = "finished"
+    HALTED = "halted"
+    UNKNOWN = "unknown"
+
+
+# -- the ledger: the controller's only memory between stateless ticks ----------------------
+
+
+class LaunchRecord(_Frozen):
+    generation: int
+    at: datetime
+    provider: str | None = None
+    instance_id: str | None = None
+    price_per_hour: float = 0.0
+    resume_step: int | None = None
+    error: str | None = None
+
+
+class ProgressMark(_Frozen):
+    """The highest step seen and when it was first seen: how 'no progress for X' is known."""
+
+    step: int
+    at: datetime
+
+
+class LedgerEvent(_Frozen):
+    at: datetime
+    health: Health
+    reason: str
+    actions: tuple[str, ...] = ()
+
+
+class Ledger(_Frozen):
+    schema_: int = Field(1, alias="schema")
+    run: str
+    generation: int = 0
+    launches: tuple[LaunchRecord, ...] = ()
+    restarts: tuple[LaunchRecord, ...] = ()
+    progress: ProgressMark | None = None
+    halted: str | None = None
+    finished_at: datetime | None = None
+    events: tuple[LedgerEvent, ...] = ()
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    def launch_of(self, generation: int) -> LaunchRecord | None:
+        return next((lr for lr in reversed(self.launches) if lr.generation == generation), None)
+
+
+MAX_LEDGER_LAUNCHES = 50
+MAX_LEDGER_EVENTS = 50
+
+
+# -- observation ---------------------------------------------------------------------------
+
+
+class Observation(_Frozen):
+    """Everything one tick learned about a run. `errors` non-empty means it is incomplete."""
+
+    run: str
+    pointer: LatestPointer | None = None
+    heartbeat: Heartbeat | None = None
+    instances: tuple[Instance, ...] = ()
+    ledger: Ledger
+    errors: tuple[str, ...] = ()
+    restartable: bool = Field(False, description="the current instance's trainer can be restarted")
+
+
+class Verdict(_Frozen):
+    health: Health
+    reason: str
+    step: int | None = None
+    progress: ProgressMark | None = None
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+class Provision(_Frozen):
+    kind: Literal["provision"] = "provision"
+    generation: int
+    resume_step: int | None
+    reason: str
+
+
+class Terminate(_Frozen):
+    kind: Literal["terminate"] = "terminate"
+    provider: str
+    instance_id: str
+    name: str
+    reason: str
+
+
+class RestartInPlace(_Frozen):
+    kind: Literal["restart"] = "restart"
+    provider: str
+    instance_id: str
+    reason: str
+
+
+class Alert(_Frozen):
+    kind: Literal["alert"] = "alert"
+    message: str
+
+
+class Halt(_Frozen):
+    kind: Literal["halt"] = "halt"
+    reason: str
+
+
+Action = Annotated[
+    Provision | Terminate | RestartInPlace | Alert | Halt, Field(discriminator="kind")
+]
+
+
+class Plan(_Frozen):
+    verdict: Verdict
+    actions: tuple[Action, ...] = ()
+    ledger: Ledger
+
+    @property
+    def destructive(self) -> bool:
+        return any(isinstance(a, Terminate | Provision) for a in self.actions)
+
+
+def describe(action: Action) -> str:
+    match action:
+        case Provision():
+            return f"provision g{action.generation} (resume step {action.resume_step})"
+        case Terminate():
+            return f"terminate {action.provider}:{action.instance_id} ({action.name})"
+        case RestartInPlace():
+            return f"restart trainer on {action.provider}:{action.instance_id}"
+        case Alert():
+            return f"alert: {action.message}"
+        case Halt():
+            return f"halt: {action.reason}"
+    raise AssertionError(action)

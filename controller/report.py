@@ -1,0 +1,107 @@
+"""Reports of a tick: a table on stdout, one JSON document (--json), a GitHub step summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from controller.model import Health, describe
+from controller.reconcile import RunReport
+
+NEEDS_HUMAN = {Health.HALTED, Health.UNKNOWN}
+
+
+def to_json(reports: list[RunReport]) -> dict[str, Any]:
+    runs = []
+    for r in reports:
+        v = r.plan.verdict
+        if r.results:
+            actions = [
+                {**res.action.model_dump(mode="json"), "ok": res.ok, "detail": res.detail}
+                for res in r.results
+            ]
+        else:
+            actions = [
+                {**a.model_dump(mode="json"), "ok": None, "detail": "planned (dry run)"}
+                if r.dry_run
+                else {**a.model_dump(mode="json"), "ok": None, "detail": "planned"}
+                for a in r.plan.actions
+            ]
+        runs.append(
+            {
+                "run": r.run,
+                "health": v.health.value,
+                "reason": v.reason,
+                "step": v.step,
+                "generation": r.plan.ledger.generation,
+                "instances": [
+                    i.model_dump(
+                        mode="json",
+                        include={
+                            "provider",
+                            "id",
+                            "name",
+                            "generation",
+                            "state",
+                            "price_per_hour",
+                        },
+                    )
+                    for i in r.observation.instances
+                ],
+                "actions": actions,
+            }
+        )
+    return {"runs": runs}
+
+
+def exit_code(reports: list[RunReport]) -> int:
+    bad = any(r.failed or r.plan.verdict.health in NEEDS_HUMAN for r in reports)
+    return 1 if bad else 0
+
+
+def to_text(reports: list[RunReport]) -> str:
+    lines = []
+    for r in reports:
+        v = r.plan.verdict
+        step = "-" if v.step is None else str(v.step)
+        lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {v.reason}")
+        for i in r.observation.instances:
+            lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}")
+        if r.results:
+            for res in r.results:
+                mark = "ok " if res.ok else "FAILED "
+                extra = f" — {res.detail}" if res.detail else ""
+                lines.append(f"  {mark}{describe(res.action)}{extra}")
+        else:
+            tag = "would " if r.dry_run else "plan: "
+            lines += [f"  {tag}{describe(a)}" for a in r.plan.actions]
+    return "\n".join(lines)
+
+
+def to_markdown(reports: list[RunReport]) -> str:
+    rows = ["| run | health | step | reason | actions |", "| --- | --- | --- | --- | --- |"]
+    for r in reports:
+        v = r.plan.verdict
+        acts = (
+            "<br>".join(("✅ " if res.ok else "❌ ") + describe(res.action) for res in r.results)
+            or "<br>".join(describe(a) for a in r.plan.actions)
+            or "—"
+        )
+        reason = v.reason.replace("|", "\\|")
+        rows.append(
+            f"| {r.run} | {v.health.value} | {v.step if v.step is not None else '—'} "
+            f"| {reason} | {acts} |"
+        )
+    return "## respawn\n\n" + "\n".join(rows) + "\n"
+
+
+def write_step_summary(reports: list[RunReport]) -> None:
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a") as f:
+            f.write(to_markdown(reports))
+
+
+def dumps(reports: list[RunReport]) -> str:
+    return json.dumps(to_json(reports), indent=2)

@@ -1,0 +1,276 @@
+"""The pod's supervisor: runs the trainer, publishes each new complete step, beats the heart.
+
+- The trainer runs in its own process group, so stopping it also stops whatever it spawned
+  (an inference server, dataloader workers).
+- The newest complete step is published every `sync_interval`: files → manifest → pointer.
+- A heartbeat thread writes `heartbeat.json` every `heartbeat_interval`, even while a long
+  upload runs, and checks fencing: once a newer generation appears, this pod stops writing,
+  stops the trainer and exits.
+- SIGTERM (spot reclaim): the trainer gets SIGTERM and `term_grace` to checkpoint; the newest
+  complete step is published before exit. SIGUSR1: restart the trainer in place.
+- A crashed trainer is restarted from the newest published step, up to `max_trainer_restarts`;
+  a hung one (no new step directory for `hang_after`) is restarted too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckptstore.progress import TransferProgress
+from ckptstore.schema import Heartbeat, Phase, utcnow
+from ckptstore.sources import complete_steps, step_dirs
+from ckptstore.store import BackwardsError, CheckpointStore, FencedError, StoreError
+from controller.config import PodSpec
+
+log = logging.getLogger("respawn.pod")
+
+
+@dataclass(frozen=True)
+class PodContext:
+    store: CheckpointStore
+    run: str
+    generation: int
+    writer: str
+    workdir: Path
+    pod: PodSpec
+    wandb_run_id: str | None = None
+
+
+def trainer_command(
+    pod: PodSpec, ctx_run: str, generation: int, workdir: Path, resume: int | None
+) -> str:
+    template = pod.command if resume is not None or pod.fresh_command is None else pod.fresh_command
+    return template.format(
+        resume_step=resume if resume is not None else 0,
+        run=ctx_run,
+        generation=generation,
+        python=sys.executable,
+        workdir=str(workdir),
+    )
+
+
+class Supervisor:
+    def __init__(self, ctx: PodContext, resume_step: int | None, env: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.env = env
+        self.published = resume_step
+        self.disk_step = resume_step
+        self.phase: Phase = "training"
+        self.message = ""
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # set on SIGTERM
+        self._restart = threading.Event()  # set on SIGUSR1
+        self._fenced = threading.Event()
+        self._done = threading.Event()  # the main loop has returned
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._step_seen_at = time.monotonic()
+
+    # -- heartbeat -----------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Write one heartbeat unless fenced (checked first, so a stale pod never writes)."""
+        if self._fenced.is_set():
+            return
+        try:
+            self.ctx.store.check_fence(self.ctx.generation)
+            with self._lock:
+                hb = Heartbeat(
+                    run=self.ctx.run,
+                    generation=self.ctx.generation,
+                    writer=self.ctx.writer,
+                    at=utcnow(),
+                    phase=self.phase,
+                    step=self.disk_step,
+                    published_step=self.published,
+                    message=self.message,
+                )
+            self.ctx.store.write_heartbeat(hb)
+        except FencedError as e:
+            log.warning("%s; stopping", e)
+            self._fenced.set()
+        except StoreError as e:
+            log.warning("heartbeat failed (will retry): %s", e)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.ctx.pod.heartbeat_interval.total_seconds()
+        while not self._fenced.is_set() and not self._done.wait(interval):
+            self.beat()
+
+    # -- trainer -------------------------------------------------------------------------
+
+    def _start_trainer(self) -> None:
+        command = trainer_command(
+            self.ctx.pod, self.ctx.run, self.ctx.generation, self.ctx.workdir, self.published
+        )
+        log.info("starting trainer (resume step %s): %s", self.published, command)
+        self._proc = subprocess.Popen(
+            shlex.split(command),
+            cwd=self.ctx.workdir,
+            env={**self.env, "RESPAWN_RESUME_STEP": str(self.published or 0)},
+            process_group=0,
+        )
+        self._step_seen_at = time.monotonic()
+
+    def _stop_trainer(self, grace: float) -> int | None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log.warning("trainer ignored SIGTERM for %.0fs; killing it", grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        pod, workdir = self.ctx.pod, self.ctx.workdir
+        on_disk = step_dirs(workdir, pod.checkpoints.sources)
+        newest_dir = max(on_disk, default=None)
+        if newest_dir is not None and (self.disk_step is None or newest_dir > self.disk_step):
+            with self._lock:
+                self.disk_step = newest_dir
+            self._step_seen_at = time.monotonic()
+        done = complete_steps(workdir, pod.checkpoints.sources, time.time())
+        if not done or (self.published is not None and done[-1].step <= self.published):
+            return
+        step = done[-1]
+        bar = TransferProgress(f"push step {step.step}", step.total_bytes, stream=sys.stdout)
+        try:
+            result = self.ctx.store.publish(
+                step.step,
+                step.files,
+                self.ctx.generation,
+                self.ctx.writer,
+                self.ctx.wandb_run_id,
+                progress=bar,
+            )
+        except FencedError as e:
+            log.warning("%s; stopping", e)
+            self._fenced.set()
+            return
+        except BackwardsError as e:
+            log.warning("not publishing: %s", e)
+            return
+        except StoreError as e:
+            log.warning("publishing step %d failed, will retry: %s", step.step, e)
+            return
+        bar.finish()
+        log.info(
+            "published step %d (%d B sent, %d B unchanged)",
+            step.step,
+            result.bytes_sent,
+            result.bytes_copied,
+        )
+        with self._lock:
+            self.published = step.step
+        self._clean_disk()
+        try:
+            gone = self.ctx.store.gc(pod.checkpoints.keep_last)
+            if gone:
+                log.info("retention removed steps %s from the store", gone)
+        except StoreError as e:
+            log.warning("retention failed (will retry): %s", e)
+
+    def _clean_disk(self) -> None:
+        """Keep the newest `keep_local` published steps; never touch anything newer."""
+        if self.published is None:
+            return
+        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+        older = sorted((s for s in on_disk if s <= self.published), reverse=True)
+        for s in older[self.ctx.pod.checkpoints.keep_local :]:
+            for d in on_disk[s]:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def _set_phase(self, phase: Phase, message: str = "") -> None:
+        with self._lock:
+            self.phase, self.message = phase, message
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self._restart.set())
+        pod = self.ctx.pod
+        self.beat()
+        if self._fenced.is_set():
+            return 0
+        beater = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beater.start()
+        try:
+            return self._loop(pod)
+        finally:
+            self._done.set()
+            beater.join(timeout=5)
+
+    def _loop(self, pod: PodSpec) -> int:
+        sync_every = pod.sync_interval.total_seconds()
+        grace = pod.term_grace.total_seconds()
+        hang_after = pod.hang_after.total_seconds() if pod.hang_after else None
+        self._start_trainer()
+        last_sync = time.monotonic()
+        while True:
+            self._stop.wait(min(0.2, sync_every))
+            if self._fenced.is_set():
+                self._stop_trainer(grace)
+                log.warning("fenced: exited without writing")
+                return 0
+            if self._stop.is_set():
+                log.info("SIGTERM: asking the trainer to checkpoint (%.0fs grace)", grace)
+                self._set_phase("exiting", "SIGTERM")
+                self._stop_trainer(grace)
+                self.sync()
+                self.beat()
+                return 0
+            hung = hang_after is not None and time.monotonic() - self._step_seen_at > hang_after
+            if self._restart.is_set() or hung:
+                why = (
+                    "restart requested"
+                    if self._restart.is_set()
+                    else f"no new step for {hang_after:.0f}s"
+                )
+                log.warning("%s: restarting the trainer from step %s", why, self.published)
+                self._restart.clear()
+                self._stop_trainer(grace)
+                self.sync()
+                self._start_trainer()
+                continue
+            assert self._proc is not None
+            rc = self._proc.poll()
+            if rc is not None:
+                self.sync()
+                if rc == 0:
+                    self._set_phase("finished")
+                    self.beat()
+                    log.info("trainer finished; last published step %s", self.published)
+                    return 0
+                self.restarts += 1
+                if self.restarts > pod.max_trainer_restarts:
+                    self._set_phase("failed", f"trainer exited {rc}, {self.restarts - 1} restarts")
+                    self.beat()
+                    log.error("trainer exited %d; restart budget spent", rc)
+                    return 1
+                log.warning(
+                    "trainer exited %d; restart %d from step %s", rc, self.restarts, self.published
+                )
+                self._start_trainer()
+                continue
+            if time.monotonic() - last_sync >= sync_every:
+                self.sync()
+                last_sync = time.monotonic()
