@@ -7,6 +7,8 @@ import threading
 import time
 from typing import TextIO
 
+BIG_TRANSFER = 64 << 20  # below this a transfer reports only if it is slow
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -39,7 +41,8 @@ class TransferProgress:
         self._interval = 0.2 if self._tty else interval
         self._quiet = quiet
         self._start = time.monotonic()
-        self._last = 0.0
+        self._last = self._start  # the first report comes after one interval: small is silent
+        self._reported = False
         self._lock = threading.Lock()
 
     def __call__(self, n: int) -> None:
@@ -48,6 +51,7 @@ class TransferProgress:
             now = time.monotonic()
             if not self._quiet and now - self._last >= self._interval:
                 self._last = now
+                self._reported = True
                 self._emit(now, final=False)
 
     def _emit(self, now: float, final: bool) -> None:
@@ -67,6 +71,6 @@ class TransferProgress:
         self._stream.flush()
 
     def finish(self) -> None:
-        if not self._quiet:
+        if not self._quiet and (self._reported or self.total >= BIG_TRANSFER):
             with self._lock:
                 self._emit(time.monotonic(), final=True)

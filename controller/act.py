@@ -143,6 +143,75 @@ def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
     return ledger.model_copy(update={"launches": tuple(launches)})
 
 
+class _Actor:
+    """Carries out one plan's actions in order, keeping the ledger it will write."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        fleet: FleetConfig,
+        store: CheckpointStore | None,
+        providers: Mapping[str, Provider | Exception],
+        ledger: Ledger,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.run, self.fleet, self.store = run, fleet, store
+        self.providers, self.ledger, self.environ = providers, ledger, environ
+        self.termination_failed = False
+
+    def _provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None or isinstance(provider, Exception):
+            raise ProviderError(f"{name}: {provider or 'not configured'}")
+        return provider
+
+    def save_ledger(self) -> None:
+        if self.store is None:
+            raise StoreError("checkpoint store unavailable: cannot write the ledger")
+        write_ledger(self.store, self.ledger)
+
+    def do(self, action: Action) -> str:
+        """Carry out one action; return what happened, or raise."""
+        match action:
+            case Terminate():
+                try:
+                    self._provider(action.provider).terminate(action.instance_id)
+                except ProviderError:
+                    self.termination_failed = True
+                    raise
+                return action.reason
+            case Provision():
+                if self.termination_failed:
+                    raise ProviderError("skipped: a termination failed (never two at once)")
+                self.save_ledger()  # claim the generation first: it fences the old pod
+                gen = action.generation
+                try:
+                    inst, offer = provision(self.fleet, self.run, self.providers, gen, self.environ)
+                except (ProviderError, MissingSecretError) as e:
+                    self.ledger = _record_launch(self.ledger, gen, error=str(e))
+                    raise
+                self.ledger = _record_launch(
+                    self.ledger,
+                    gen,
+                    provider=inst.provider,
+                    instance_id=inst.id,
+                    price_per_hour=offer.price_per_hour,
+                )
+                return f"{inst.provider}:{inst.id} {inst.name} at ${offer.price_per_hour:g}/h"
+            case RestartInPlace():
+                restart = getattr(self._provider(action.provider), "restart_trainer", None)
+                if restart is None:
+                    raise ProviderError(f"{action.provider} cannot restart a trainer in place")
+                restart(action.instance_id)
+                return action.reason
+            case Alert():
+                log.warning("ALERT %s", action.message)
+                return ""
+            case Halt():
+                return action.reason
+        raise AssertionError(action)
+
+
 def act(
     plan: Plan,
     run: RunConfig,
@@ -152,76 +221,20 @@ def act(
     previous_ledger: Ledger,
     environ: Mapping[str, str] | None = None,
 ) -> list[ActionResult]:
-    environ = os.environ if environ is None else environ
+    actor = _Actor(
+        run, fleet, store, providers, plan.ledger, os.environ if environ is None else environ
+    )
     results: list[ActionResult] = []
-    ledger = plan.ledger
-    termination_failed = False
-
-    def save(led: Ledger) -> None:
-        assert store is not None
-        write_ledger(store, led)
-
     for action in plan.actions:
         try:
-            match action:
-                case Terminate():
-                    provider = providers[action.provider]
-                    if isinstance(provider, Exception):
-                        raise ProviderError(str(provider))
-                    provider.terminate(action.instance_id)
-                    results.append(ActionResult(action=action, ok=True, detail=action.reason))
-                case Provision():
-                    if termination_failed:
-                        results.append(
-                            ActionResult(
-                                action=action,
-                                ok=False,
-                                detail="skipped: a termination failed (never two instances at once)",
-                            )
-                        )
-                        continue
-                    save(ledger)  # claim the generation first: it fences the old pod
-                    try:
-                        inst, offer = provision(fleet, run, providers, action.generation, environ)
-                    except (ProviderError, MissingSecretError) as e:
-                        ledger = _record_launch(ledger, action.generation, error=str(e))
-                        raise
-                    ledger = _record_launch(
-                        ledger,
-                        action.generation,
-                        provider=inst.provider,
-                        instance_id=inst.id,
-                        price_per_hour=offer.price_per_hour,
-                    )
-                    results.append(
-                        ActionResult(
-                            action=action,
-                            ok=True,
-                            detail=f"{inst.provider}:{inst.id} {inst.name} at ${offer.price_per_hour:g}/h",
-                        )
-                    )
-                case RestartInPlace():
-                    provider = providers[action.provider]
-                    restart = getattr(provider, "restart_trainer", None)
-                    if restart is None:
-                        raise ProviderError(f"{action.provider} cannot restart a trainer in place")
-                    restart(action.instance_id)
-                    results.append(ActionResult(action=action, ok=True, detail=action.reason))
-                case Alert():
-                    log.warning("ALERT %s", action.message)
-                    results.append(ActionResult(action=action, ok=True))
-                case Halt():
-                    results.append(ActionResult(action=action, ok=True, detail=action.reason))
-        except (ProviderError, MissingSecretError, StoreError, KeyError) as e:
-            if isinstance(action, Terminate):
-                termination_failed = True
+            results.append(ActionResult(action=action, ok=True, detail=actor.do(action)))
+        except (ProviderError, MissingSecretError, StoreError) as e:
             log.error("%s failed: %s", describe(action), e)
             results.append(ActionResult(action=action, ok=False, detail=str(e)))
-    if store is not None and ledger != previous_ledger:
+    if store is not None and actor.ledger != previous_ledger:
         try:
-            save(ledger)
+            actor.save_ledger()
         except StoreError as e:
-            results.append(
-                ActionResult(action=Alert(message="ledger write failed"), ok=False, detail=str(e))
-            )
+            fail = Alert(message="ledger write failed")
+            results.append(ActionResult(action=fail, ok=False, detail=str(e)))
     return results

@@ -1,4 +1,7 @@
-"""classify: (run config, observation, now) → health and a one-line reason. Pure: no I/O, no clock."""
+"""classify: (run config, observation, now) → health and a one-line reason.
+
+Pure: no I/O, no clock reads.
+"""
 
 from __future__ import annotations
 
@@ -64,14 +67,16 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         return verdict(Health.HALTED, ledger.halted)
     if ledger.finished_at is not None:
         return verdict(Health.FINISHED, f"finished at step {step}")
-    if run.target_step is not None and obs.pointer is not None:
-        if obs.pointer.step >= run.target_step:
-            return verdict(
-                Health.FINISHED,
-                f"checkpoint step {obs.pointer.step} reached target {run.target_step}",
-            )
+    target = run.target_step
+    if target is not None and obs.pointer is not None and obs.pointer.step >= target:
+        return verdict(
+            Health.FINISHED, f"checkpoint step {obs.pointer.step} reached target {target}"
+        )
 
     gen = ledger.generation
+    hb = obs.heartbeat if obs.heartbeat and obs.heartbeat.generation == gen else None
+    if hb is not None and hb.phase == "finished":
+        return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {hb.step}")
     if gen == 0:
         return verdict(Health.DEAD, "never launched")
     current = current_instances(obs)
@@ -84,7 +89,6 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     launched_at = launch.at if launch else current[0].created_at or now
     since_launch = now - launched_at
     policy = run.health
-    hb = obs.heartbeat if obs.heartbeat and obs.heartbeat.generation == gen else None
 
     if hb is None:
         if since_launch < policy.startup_grace:
@@ -100,7 +104,7 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     if silent > policy.dead_after:
         return verdict(Health.DEAD, f"no heartbeat from g{gen} for {ago(silent)}")
 
-    if progress is None or progress.at < launched_at:
+    if progress is None or progress.at <= launched_at:
         if since_launch < policy.startup_grace:
             what = f"restoring step {hb.restoring_step}" if hb.phase == "restoring" else hb.phase
             return verdict(Health.STARTING, f"g{gen} up {ago(since_launch)}, {what}")

@@ -45,7 +45,7 @@ def estimated_spend(ledger: Ledger, now: datetime) -> float:
     """$ in the last 24 h, assuming each launch billed until the next one (or now)."""
     total = 0.0
     launches = sorted(ledger.launches, key=lambda lr: lr.at)
-    for lr, nxt in zip(launches, [*launches[1:], None], strict=True):
+    for lr, nxt in zip(launches, [*launches[1:], None], strict=False):
         if lr.instance_id is None:
             continue
         start = max(lr.at, now - DAY)

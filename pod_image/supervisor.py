@@ -139,7 +139,9 @@ class Supervisor:
 
     # -- sync ----------------------------------------------------------------------------
 
-    def sync(self) -> None:
+    def sync(self, writer_done: bool = False) -> None:
+        """Publish the newest complete step. `writer_done`: the trainer exited cleanly, so a
+        quiet period is no longer needed to know its files are whole."""
         pod, workdir = self.ctx.pod, self.ctx.workdir
         on_disk = step_dirs(workdir, pod.checkpoints.sources)
         newest_dir = max(on_disk, default=None)
@@ -147,7 +149,8 @@ class Supervisor:
             with self._lock:
                 self.disk_step = newest_dir
             self._step_seen_at = time.monotonic()
-        done = complete_steps(workdir, pod.checkpoints.sources, time.time())
+        now = float("inf") if writer_done else time.time()
+        done = complete_steps(workdir, pod.checkpoints.sources, now)
         if not done or (self.published is not None and done[-1].step <= self.published):
             return
         step = done[-1]
@@ -234,8 +237,8 @@ class Supervisor:
             if self._stop.is_set():
                 log.info("SIGTERM: asking the trainer to checkpoint (%.0fs grace)", grace)
                 self._set_phase("exiting", "SIGTERM")
-                self._stop_trainer(grace)
-                self.sync()
+                rc = self._stop_trainer(grace)
+                self.sync(writer_done=rc == 0)
                 self.beat()
                 return 0
             hung = hang_after is not None and time.monotonic() - self._step_seen_at > hang_after
@@ -254,7 +257,7 @@ class Supervisor:
             assert self._proc is not None
             rc = self._proc.poll()
             if rc is not None:
-                self.sync()
+                self.sync(writer_done=rc == 0)
                 if rc == 0:
                     self._set_phase("finished")
                     self.beat()
