@@ -1,0 +1,255 @@
+"""The pointer protocol of DESIGN.md, against the file:// store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ckptstore.file_backend import FileBackend
+from ckptstore.schema import Heartbeat, utcnow
+from ckptstore.store import (
+    BackwardsError,
+    CheckpointStore,
+    FencedError,
+    NothingVerifiesError,
+    StoreError,
+)
+from tests.conftest import make_step
+
+FROZEN = b"F" * 50_000
+
+
+def files_for(step: int) -> dict[str, bytes]:
+    return {
+        "outputs/weights/step_%d/frozen.bin" % step: FROZEN,
+        "outputs/weights/step_%d/model.bin" % step: f"model-{step}".encode() * 100,
+        "outputs/checkpoints/step_%d/state.json" % step: json.dumps({"step": step}).encode(),
+    }
+
+
+class RecordingBackend(FileBackend):
+    """The far side of the wire, instrumented: it records every write and can fail one."""
+
+    def __init__(self, root: Path, fail_after_uploads: int | None = None) -> None:
+        super().__init__(root)
+        self.writes: list[str] = []
+        self.fail_after = fail_after_uploads
+
+    def _note(self, key: str) -> None:
+        if self.fail_after is not None and key.endswith(".bin"):
+            if self.fail_after == 0:
+                raise StoreError(f"injected failure before {key}")
+            self.fail_after -= 1
+        self.writes.append(key)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._note(key)
+        super().write_bytes(key, data)
+
+    def upload(self, key, src, size, progress=None):  # type: ignore[no-untyped-def]
+        self._note(key)
+        return super().upload(key, src, size, progress)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self._note(dst_key)
+        super().copy(src_key, dst_key)
+
+
+def test_files_then_manifest_then_pointer(tmp_path: Path) -> None:
+    backend = RecordingBackend(tmp_path / "store")
+    store = CheckpointStore(backend, "r", workers=1)
+    store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+    manifest_at = backend.writes.index("r/checkpoints/step_000010/MANIFEST.json")
+    assert backend.writes[-1] == "r/latest.json"
+    assert all(
+        k.startswith("r/checkpoints/step_000010/outputs/") for k in backend.writes[:manifest_at]
+    )
+    assert manifest_at == len(backend.writes) - 2
+
+
+def test_sync_killed_between_files_leaves_old_pointer(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    CheckpointStore(FileBackend(root), "r").publish(
+        5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t"
+    )
+    flaky = CheckpointStore(RecordingBackend(root, fail_after_uploads=1), "r", workers=1)
+    with pytest.raises(StoreError, match="injected"):
+        flaky.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+    store = CheckpointStore(FileBackend(root), "r")
+    pointer = store.read_pointer()
+    assert pointer is not None and pointer.step == 5
+    assert store.read_manifest(10) is None
+    result = store.pull(tmp_path / "restore", quiet=True)
+    assert result is not None and result.step == 5
+    # The step is retried on the next round and then lands.
+    store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+    assert store.read_pointer().step == 10  # type: ignore[union-attr]
+
+
+def test_pull_restores_relative_paths_and_verifies(store: CheckpointStore, tmp_path: Path) -> None:
+    assert store.pull(tmp_path / "empty") is None  # no pointer yet: fresh start
+    store.publish(3, make_step(tmp_path, 3, files_for(3)), generation=1, writer="t")
+    dest = tmp_path / "dest"
+    result = store.pull(dest, quiet=True)
+    assert result is not None and result.step == 3 and not result.fell_back
+    for rel, data in files_for(3).items():
+        assert (dest / rel).read_bytes() == data
+    assert not list(dest.glob(".respawn-staging-*"))
+
+
+def _corrupt(store: CheckpointStore, step: int, rel: str, same_size: bool = True) -> None:
+    root = Path(store.backend.url.removeprefix("file://"))
+    path = root / store.keys.step_file(step, rel)
+    data = path.read_bytes()
+    path.unlink()  # break a hard link first: corrupt this step's copy only
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:] if same_size else data[:-1])
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+def test_corrupt_file_falls_back_to_older_step(
+    store: CheckpointStore, tmp_path: Path, same_size: bool
+) -> None:
+    for step in (5, 10):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    _corrupt(store, 10, "outputs/weights/step_10/model.bin", same_size)
+    dest = tmp_path / "dest"
+    result = store.pull(dest, quiet=True)
+    assert result is not None
+    assert result.step == 5 and result.fell_back
+    assert result.rejected[0][0] == 10
+    assert ("sha1" if same_size else "size") in result.rejected[0][1]
+    assert (dest / "outputs/weights/step_5/model.bin").read_bytes() == files_for(5)[
+        "outputs/weights/step_5/model.bin"
+    ]
+    assert not (dest / "outputs/weights/step_10").exists()
+
+
+def test_nothing_verifies_is_an_error(store: CheckpointStore, tmp_path: Path) -> None:
+    store.publish(5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t")
+    _corrupt(store, 5, "outputs/checkpoints/step_5/state.json")
+    with pytest.raises(NothingVerifiesError, match="step 5"):
+        store.pull(tmp_path / "dest", quiet=True)
+
+
+def test_older_generation_cannot_move_pointer(store: CheckpointStore, tmp_path: Path) -> None:
+    store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=2, writer="new")
+    with pytest.raises(FencedError):
+        store.publish(20, make_step(tmp_path, 20, files_for(20)), generation=1, writer="old")
+    pointer = store.read_pointer()
+    assert pointer is not None and (pointer.step, pointer.generation) == (10, 2)
+
+
+def test_ledger_generation_fences_before_any_pointer(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="g1")
+    store.write_json(store.keys.ledger, {"generation": 2})  # the controller launched g2
+    with pytest.raises(FencedError, match="generation 2 owns"):
+        store.publish(15, make_step(tmp_path, 15, files_for(15)), generation=1, writer="g1")
+    assert store.read_pointer().step == 10  # type: ignore[union-attr]
+
+
+def test_heartbeat_of_newer_generation_fences(store: CheckpointStore) -> None:
+    store.write_heartbeat(
+        Heartbeat(run="run-a", generation=4, writer="x", at=utcnow(), phase="restoring")
+    )
+    with pytest.raises(FencedError):
+        store.check_fence(3)
+    store.check_fence(4)
+
+
+def test_pointer_never_moves_backwards(store: CheckpointStore, tmp_path: Path) -> None:
+    store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+    for step in (10, 5):
+        with pytest.raises(BackwardsError):
+            store.publish(
+                step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t"
+            )
+    assert store.read_pointer().step == 10  # type: ignore[union-attr]
+
+
+def test_explicit_rollback_moves_back(store: CheckpointStore, tmp_path: Path) -> None:
+    for step in (5, 10):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    store.rollback_pointer(5, generation=1, writer="controller")
+    assert store.read_pointer().step == 5  # type: ignore[union-attr]
+    with pytest.raises(StoreError, match="no manifest"):
+        store.rollback_pointer(7, generation=1, writer="controller")
+
+
+def test_unchanged_files_are_linked_not_sent(store: CheckpointStore, tmp_path: Path) -> None:
+    first = store.publish(5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t")
+    # Same relative paths as step 5 except the step directory: match is by size + sha1.
+    second = store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+    assert first.bytes_copied == 0
+    assert second.bytes_copied == len(FROZEN)
+    assert second.bytes_sent == sum(map(len, files_for(10).values())) - len(FROZEN)
+    root = Path(store.backend.url.removeprefix("file://"))
+    a = root / store.keys.step_file(5, "outputs/weights/step_5/frozen.bin")
+    b = root / store.keys.step_file(10, "outputs/weights/step_10/frozen.bin")
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+
+
+def test_retention_keeps_last_k_pointer_and_fallback(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    for step in range(1, 7):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    # An abandoned half-upload below the pointer, and an in-flight one above it.
+    store.backend.write_bytes(store.keys.step_file(2, "junk.bin"), b"x")
+    store.backend.write_bytes(store.keys.step_file(9, "inflight.bin"), b"x")
+    deleted = store.gc(keep_last=2)
+    assert deleted == [1, 2, 3, 4]
+    assert store.manifested_steps() == [5, 6]
+    assert store.backend.read_bytes(store.keys.step_file(9, "inflight.bin")) == b"x"
+    # Still restorable after gc, even though linked files were deleted from older steps.
+    assert store.pull(tmp_path / "d", quiet=True).step == 6  # type: ignore[union-attr]
+
+
+def test_retention_never_deletes_pointer_step_after_rollback(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    for step in range(1, 6):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    store.rollback_pointer(2, generation=1, writer="controller")
+    store.gc(keep_last=2)
+    steps = store.manifested_steps()
+    assert 2 in steps and 1 in steps  # the pointer's step and its fallback
+    assert {3, 4, 5} <= set(steps)  # newer than the pointer: untouched
+
+
+def test_retention_spares_step_a_pod_is_restoring(store: CheckpointStore, tmp_path: Path) -> None:
+    for step in range(1, 6):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    store.write_heartbeat(
+        Heartbeat(
+            run="run-a", generation=1, writer="x", at=utcnow(), phase="restoring", restoring_step=2
+        )
+    )
+    assert store.gc(keep_last=2) == [1, 3]
+
+
+def test_keep_last_below_two_is_refused(store: CheckpointStore) -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        store.gc(keep_last=1)
+
+
+def test_malformed_pointer_is_an_error_not_a_fresh_start(store: CheckpointStore) -> None:
+    store.backend.write_bytes(store.keys.latest, b'{"schema": 1, "run": "run-a"}')
+    with pytest.raises(StoreError, match="latest.json is malformed"):
+        store.read_pointer()
+    store.backend.write_bytes(store.keys.latest, b"{not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        store.pull(Path("/nonexistent"))
+
+
+def test_file_url_must_be_absolute() -> None:
+    from ckptstore.backend import StoreConfigError, open_backend
+
+    with pytest.raises(StoreConfigError, match="absolute path"):
+        open_backend("file://relative/path")
+    with pytest.raises(StoreConfigError, match="unsupported store URL"):
+        open_backend("s3://bucket")
