@@ -24,9 +24,9 @@ FROZEN = b"F" * 50_000
 
 def files_for(step: int) -> dict[str, bytes]:
     return {
-        "outputs/weights/step_%d/frozen.bin" % step: FROZEN,
-        "outputs/weights/step_%d/model.bin" % step: f"model-{step}".encode() * 100,
-        "outputs/checkpoints/step_%d/state.json" % step: json.dumps({"step": step}).encode(),
+        f"outputs/weights/step_{step}/frozen.bin": FROZEN,
+        f"outputs/weights/step_{step}/model.bin": f"model-{step}".encode() * 100,
+        f"outputs/checkpoints/step_{step}/state.json": json.dumps({"step": step}).encode(),
     }
 
 
@@ -239,7 +239,7 @@ def test_keep_last_below_two_is_refused(store: CheckpointStore) -> None:
 
 def test_malformed_pointer_is_an_error_not_a_fresh_start(store: CheckpointStore) -> None:
     store.backend.write_bytes(store.keys.latest, b'{"schema": 1, "run": "run-a"}')
-    with pytest.raises(StoreError, match="latest.json is malformed"):
+    with pytest.raises(StoreError, match=r"latest\.json is malformed"):
         store.read_pointer()
     store.backend.write_bytes(store.keys.latest, b"{not json")
     with pytest.raises(StoreError, match="not valid JSON"):

@@ -1,0 +1,193 @@
+"""The pod bootstrap + supervisor as real processes against a file:// store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ckptstore.store import CheckpointStore
+from controller.config import PodSpec
+from tests.conftest import ROOT, make_step
+
+TOY = "{python} -m respawn_examples.toy_trainer --resume-step {resume_step} --target-step %d --ckpt-every 5 --seed 3 --step-seconds %s"
+SOURCES = [
+    {"path": "outputs/checkpoints/step_{step}", "quiet_for": "0.2s"},
+    {"path": "outputs/weights/step_{step}", "marker": "STABLE"},
+]
+
+
+def pod_spec(command: str, **kw: object) -> PodSpec:
+    return PodSpec.model_validate({
+        "command": command,
+        "checkpoints": {"sources": SOURCES, "keep_last": 2},
+        "sync_interval": "0.1s",
+        "heartbeat_interval": "0.2s",
+        "term_grace": "5s",
+        **kw,
+    })
+
+
+def start_pod(tmp: Path, spec: PodSpec, generation: int = 1, name: str = "pod") -> subprocess.Popen[str]:
+    disk = tmp / name
+    disk.mkdir()
+    env = {
+        **os.environ,
+        "RESPAWN_STORE": f"file://{tmp / 'store'}",
+        "RESPAWN_RUN": "r",
+        "RESPAWN_GENERATION": str(generation),
+        "RESPAWN_POD": spec.model_dump_json(),
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pod_image.bootstrap"], cwd=disk, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def session_alive(sid: int) -> bool:
+    from provisioning.local import _session_processes
+
+    return bool(_session_processes(sid))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CheckpointStore:
+    return CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+
+
+def test_pod_fenced_at_start_writes_nothing(tmp_path: Path, store: CheckpointStore) -> None:
+    store.write_json(store.keys.ledger, {"generation": 2})
+    proc = start_pod(tmp_path, pod_spec(TOY % (20, "0.05")), generation=1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "fenced" in out
+    assert store.read_heartbeat() is None and store.read_pointer() is None
+
+
+def test_pod_fenced_mid_run_stops_writing_and_exits(tmp_path: Path, store: CheckpointStore) -> None:
+    proc = start_pod(tmp_path, pod_spec(TOY % (400, "0.05")), generation=1)
+    try:
+        wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 5)
+        store.write_json(store.keys.ledger, {"generation": 2})  # the controller launched g2
+        proc.wait(timeout=15)
+        frozen = store.read_pointer()
+        time.sleep(0.5)
+        assert store.read_pointer() == frozen  # nothing written after the fence
+        assert proc.returncode == 0
+        wait_for(lambda: not session_alive(proc.pid), timeout=5)  # the trainer is gone too
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_checkpoints_and_publishes_before_exit(tmp_path: Path, store: CheckpointStore) -> None:
+    proc = start_pod(tmp_path, pod_spec(TOY % (400, "0.05")), generation=1)
+    try:
+        wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 5)
+        os.killpg(proc.pid, signal.SIGTERM)  # a spot reclaim signals every process
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    checkpointed = [line for line in out.splitlines() if "SIGTERM, checkpointed step" in line]
+    assert checkpointed, out
+    step = int(checkpointed[0].rsplit(" ", 1)[1])
+    pointer = store.read_pointer()
+    assert pointer is not None and pointer.step == step
+    hb = store.read_heartbeat()
+    assert hb is not None and hb.phase == "exiting"
+
+
+def test_resume_from_published_step_and_disk_cleanup(tmp_path: Path, store: CheckpointStore) -> None:
+    first = start_pod(tmp_path, pod_spec(TOY % (20, "0")), generation=1, name="a")
+    assert first.wait(timeout=30) == 0
+    assert store.read_pointer().step == 20  # type: ignore[union-attr]
+    disk = tmp_path / "a"
+    # keep_local=1: only the newest published step stays on the pod's disk
+    assert sorted(p.name for p in (disk / "outputs/weights").iterdir()) == ["step_20"]
+    # keep_last=2 in the store (only the newest complete step is published each round)
+    assert store.manifested_steps()[-1] == 20 and len(store.manifested_steps()) <= 2
+
+    second = start_pod(tmp_path, pod_spec(TOY % (30, "0")), generation=2, name="b")
+    out, _ = second.communicate(timeout=30)
+    assert second.returncode == 0, out
+    assert "restored step 20" in out
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(21, 31))
+
+
+FLAKY = """
+import os, sys, time
+from respawn_examples import toy_trainer
+resume = int(sys.argv[1])
+args = ["--ckpt-every", "5", "--seed", "3", "--resume-step", str(resume)]
+if resume == 0 and not os.path.exists("crashed-once"):
+    open("crashed-once", "w").close()
+    toy_trainer.main([*args, "--target-step", "5"])
+    time.sleep(0.6)  # step 5 goes quiet and is published; then the trainer crashes
+    sys.exit(3)
+sys.exit(toy_trainer.main([*args, "--target-step", "12"]))
+"""
+
+
+def test_crashed_trainer_is_restarted_from_published_step(
+    tmp_path: Path, store: CheckpointStore
+) -> None:
+    script = tmp_path / "flaky.py"
+    script.write_text(FLAKY)
+    spec = pod_spec(f"{{python}} {script} {{resume_step}}", max_trainer_restarts=2)
+    proc = start_pod(tmp_path, spec, generation=1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "trainer exited 3; restart 1 from step 5" in out
+    assert store.read_pointer().step == 12  # type: ignore[union-attr]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "pod/metrics.jsonl").read_text().splitlines()]
+    assert steps == [*range(1, 6), *range(6, 13)]
+
+
+def test_crash_loop_on_the_pod_gives_up(tmp_path: Path, store: CheckpointStore) -> None:
+    spec = pod_spec("{python} -c 'import sys; sys.exit(5)' {resume_step}", max_trainer_restarts=1)
+    proc = start_pod(tmp_path, spec, generation=1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    hb = store.read_heartbeat()
+    assert hb is not None and hb.phase == "failed" and "exited 5" in hb.message
+
+
+def test_pod_refuses_to_start_on_bad_environment(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pod_image.bootstrap"], cwd=tmp_path / "d", capture_output=True,
+        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "missing environment: RESPAWN_STORE" in proc.stdout
+
+
+def test_manual_files_survive_bootstrap_pull(tmp_path: Path, store: CheckpointStore) -> None:
+    # A step pushed by hand (`respawn ckpt push`) is what a new pod restores.
+    files = make_step(tmp_path, 5, {
+        "outputs/checkpoints/step_5/trainer_state.json": json.dumps({"step": 5, "state": 42}).encode(),
+        "outputs/weights/step_5/STABLE": b"ok",
+    })
+    store.publish(5, files, generation=0, writer="cli")
+    proc = start_pod(tmp_path, pod_spec(TOY % (6, "0")), generation=1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    line = json.loads((tmp_path / "pod/metrics.jsonl").read_text().splitlines()[0])
+    assert line["step"] == 6

@@ -1,0 +1,158 @@
+"""Whole ticks against the real local provider and file store (processes on this machine)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.config import FleetConfig, load_config
+from controller.reconcile import tick
+from provisioning.local import LocalProvider
+from tests.conftest import run_cli
+
+SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
+
+
+def write_fleet(tmp: Path, command: str = SLEEPER, providers: list[str] | None = None) -> Path:
+    doc = {
+        "store": {"url": f"file://{tmp / 'store'}"},
+        "providers": {"local": {"state_dir": str(tmp / 'local')}},
+        "runs": [{
+            "name": "job",
+            "health": {"startup_grace": "1m", "stall_after": "5m", "dead_after": "2m"},
+            "pod": {
+                "command": command,
+                "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
+                "sync_interval": "0.2s",
+                "heartbeat_interval": "0.2s",
+                "term_grace": "2s",
+            },
+            "resources": {"gpu_count": 0, "max_price_per_hour": 1},
+            "providers": providers or ["local"],
+            "budget": {"max_launches_per_day": 4, "max_spend_per_day": 1},
+        }],
+    }
+    path = tmp / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def fleet_path(tmp_path: Path) -> Iterator[Path]:
+    path = write_fleet(tmp_path)
+    yield path
+    provider = LocalProvider(tmp_path / "local", term_grace=2)
+    for inst in provider.list_instances("job"):
+        provider.terminate(inst.id)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def local(fleet: FleetConfig) -> LocalProvider:
+    assert fleet.providers.local is not None
+    return LocalProvider(fleet.providers.local.state_dir, term_grace=2)
+
+
+def test_two_ticks_back_to_back_launch_one_instance(fleet_path: Path) -> None:
+    fleet = load_config(fleet_path)
+    first = tick(fleet)[0]
+    second = tick(fleet)[0]
+    assert [a.kind for a in first.plan.actions] == ["provision"]
+    assert all(r.ok for r in first.results)
+    assert second.plan.verdict.health.value == "starting"
+    assert second.plan.actions == ()
+    assert len(local(fleet).list_instances("job")) == 1
+
+
+def test_reconcile_json_document(fleet_path: Path) -> None:
+    proc = run_cli("reconcile", "-c", str(fleet_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (run,) = doc["runs"]
+    assert set(run) >= {"run", "health", "reason", "step", "instances", "actions"}
+    assert run["run"] == "job" and run["health"] == "dead" and run["reason"] == "never launched"
+    (action,) = run["actions"]
+    assert action["kind"] == "provision" and action["ok"] is True and action["generation"] == 1
+
+    proc = run_cli("status", "-c", str(fleet_path), "--json")
+    (run,) = json.loads(proc.stdout)["runs"]
+    assert run["health"] == "starting"
+    (inst,) = run["instances"]
+    assert inst["name"] == "respawn-job-g1" and inst["state"] == "running"
+
+
+def test_dry_run_changes_nothing(fleet_path: Path) -> None:
+    proc = run_cli("reconcile", "-c", str(fleet_path), "--dry-run")
+    assert proc.returncode == 0
+    assert "would provision g1" in proc.stdout
+    fleet = load_config(fleet_path)
+    assert local(fleet).list_instances("job") == []
+    assert not (Path(fleet.store.url.removeprefix("file://")) / "job" / "ledger.json").exists()
+
+
+def test_unreadable_pointer_is_unknown_and_nothing_is_destroyed(fleet_path: Path) -> None:
+    fleet = load_config(fleet_path)
+    tick(fleet)
+    (inst,) = local(fleet).list_instances("job")
+    run_dir = Path(fleet.store.url.removeprefix("file://")) / "job"
+    wait_for(lambda: '"training"' in _read(run_dir / "heartbeat.json"))
+    (run_dir / "latest.json").write_text("{garbage")
+    proc = run_cli("reconcile", "-c", str(fleet_path), "--json")
+    assert proc.returncode == 1
+    (run,) = json.loads(proc.stdout)["runs"]
+    assert run["health"] == "unknown" and "latest.json" in run["reason"]
+    assert [a["kind"] for a in run["actions"]] == ["alert"]
+    assert [i.id for i in local(fleet).list_instances("job")] == [inst.id]
+
+
+def test_failed_provider_listing_is_unknown_not_empty(tmp_path: Path) -> None:
+    fleet = load_config(write_fleet(tmp_path, providers=["local", "vast"]))
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "unknown"
+    assert "vast" in report.plan.verdict.reason
+    assert [a.kind for a in report.plan.actions] == ["alert"]
+    assert local(fleet).list_instances("job") == []
+
+
+def test_dead_instance_is_replaced_with_next_generation(fleet_path: Path) -> None:
+    fleet = load_config(fleet_path)
+    tick(fleet)
+    provider = local(fleet)
+    (first,) = provider.list_instances("job")
+    provider.signal(first.id, 9)
+    wait_for(lambda: not provider.list_instances("job"))
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "dead"
+    (second,) = provider.list_instances("job")
+    assert second.generation == 2 and second.id != first.id
+
+
+def test_terminate_halts_the_run_and_kills_instances(fleet_path: Path) -> None:
+    fleet = load_config(fleet_path)
+    tick(fleet)
+    proc = run_cli("terminate", "-c", str(fleet_path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "terminated local:" in proc.stdout
+    assert local(fleet).list_instances("job") == []
+    report = tick(fleet)[0]  # the next scheduled tick must not launch again
+    assert report.plan.verdict.health.value == "halted"
+    assert local(fleet).list_instances("job") == []
+    assert run_cli("resume", "-c", str(fleet_path), "--run", "job").returncode == 0
+    assert tick(fleet)[0].plan.verdict.health.value == "dead"
