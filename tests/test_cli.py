@@ -29,8 +29,9 @@ def test_ckpt_push_ls_pull_gc(tmp_path: Path) -> None:
         (src / "w").mkdir(parents=True)
         (src / "w" / "model.bin").write_bytes(bytes([step]) * 1000)
         (src / "w" / "frozen.bin").write_bytes(b"z" * 5000)
-        proc = run_cli("ckpt", "push", "--store", url, "--run", "x", "--dir", str(src),
-                       "--step", str(step))
+        proc = run_cli(
+            "ckpt", "push", "--store", url, "--run", "x", "--dir", str(src), "--step", str(step)
+        )
         assert proc.returncode == 0, proc.stderr
     assert "4.9 KiB unchanged" in proc.stdout
 

@@ -17,7 +17,10 @@ from ckptstore.store import CheckpointStore
 from controller.config import PodSpec
 from tests.conftest import ROOT, make_step
 
-TOY = "{python} -m respawn_examples.toy_trainer --resume-step {resume_step} --target-step %d --ckpt-every 5 --seed 3 --step-seconds %s"
+TOY = (
+    "{python} -m respawn_examples.toy_trainer --resume-step {resume_step}"
+    " --target-step %d --ckpt-every 5 --seed 3 --step-seconds %s"
+)
 SOURCES = [
     {"path": "outputs/checkpoints/step_{step}", "quiet_for": "0.2s"},
     {"path": "outputs/weights/step_{step}", "marker": "STABLE"},
@@ -25,17 +28,21 @@ SOURCES = [
 
 
 def pod_spec(command: str, **kw: object) -> PodSpec:
-    return PodSpec.model_validate({
-        "command": command,
-        "checkpoints": {"sources": SOURCES, "keep_last": 2},
-        "sync_interval": "0.1s",
-        "heartbeat_interval": "0.2s",
-        "term_grace": "5s",
-        **kw,
-    })
+    return PodSpec.model_validate(
+        {
+            "command": command,
+            "checkpoints": {"sources": SOURCES, "keep_last": 2},
+            "sync_interval": "0.1s",
+            "heartbeat_interval": "0.2s",
+            "term_grace": "5s",
+            **kw,
+        }
+    )
 
 
-def start_pod(tmp: Path, spec: PodSpec, generation: int = 1, name: str = "pod") -> subprocess.Popen[str]:
+def start_pod(
+    tmp: Path, spec: PodSpec, generation: int = 1, name: str = "pod"
+) -> subprocess.Popen[str]:
     disk = tmp / name
     disk.mkdir()
     env = {
@@ -47,8 +54,13 @@ def start_pod(tmp: Path, spec: PodSpec, generation: int = 1, name: str = "pod") 
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "pod_image.bootstrap"], cwd=disk, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "pod_image.bootstrap"],
+        cwd=disk,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -95,7 +107,9 @@ def test_pod_fenced_mid_run_stops_writing_and_exits(tmp_path: Path, store: Check
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_sigterm_checkpoints_and_publishes_before_exit(tmp_path: Path, store: CheckpointStore) -> None:
+def test_sigterm_checkpoints_and_publishes_before_exit(
+    tmp_path: Path, store: CheckpointStore
+) -> None:
     proc = start_pod(tmp_path, pod_spec(TOY % (400, "0.05")), generation=1)
     try:
         wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 5)
@@ -113,7 +127,9 @@ def test_sigterm_checkpoints_and_publishes_before_exit(tmp_path: Path, store: Ch
     assert hb is not None and hb.phase == "exiting"
 
 
-def test_resume_from_published_step_and_disk_cleanup(tmp_path: Path, store: CheckpointStore) -> None:
+def test_resume_from_published_step_and_disk_cleanup(
+    tmp_path: Path, store: CheckpointStore
+) -> None:
     first = start_pod(tmp_path, pod_spec(TOY % (20, "0")), generation=1, name="a")
     assert first.wait(timeout=30) == 0
     assert store.read_pointer().step == 20  # type: ignore[union-attr]
@@ -127,7 +143,9 @@ def test_resume_from_published_step_and_disk_cleanup(tmp_path: Path, store: Chec
     out, _ = second.communicate(timeout=30)
     assert second.returncode == 0, out
     assert "restored step 20" in out
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(21, 31))
 
 
@@ -156,7 +174,9 @@ def test_crashed_trainer_is_restarted_from_published_step(
     assert proc.returncode == 0, out
     assert "trainer exited 3; restart 1 from step 5" in out
     assert store.read_pointer().step == 12  # type: ignore[union-attr]
-    steps = [json.loads(x)["step"] for x in (tmp_path / "pod/metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "pod/metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [*range(1, 6), *range(6, 13)]
 
 
@@ -164,7 +184,7 @@ def test_crash_loop_on_the_pod_gives_up(tmp_path: Path, store: CheckpointStore) 
     spec = pod_spec("{python} -c 'import sys; sys.exit(5)' {resume_step}", max_trainer_restarts=1)
     proc = start_pod(tmp_path, spec, generation=1)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, out
     hb = store.read_heartbeat()
     assert hb is not None and hb.phase == "failed" and "exited 5" in hb.message
 
@@ -172,8 +192,12 @@ def test_crash_loop_on_the_pod_gives_up(tmp_path: Path, store: CheckpointStore) 
 def test_pod_refuses_to_start_on_bad_environment(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "pod_image.bootstrap"], cwd=tmp_path / "d", capture_output=True,
-        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30,
+        [sys.executable, "-m", "pod_image.bootstrap"],
+        cwd=tmp_path / "d",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "missing environment: RESPAWN_STORE" in proc.stdout
@@ -181,10 +205,16 @@ def test_pod_refuses_to_start_on_bad_environment(tmp_path: Path) -> None:
 
 def test_manual_files_survive_bootstrap_pull(tmp_path: Path, store: CheckpointStore) -> None:
     # A step pushed by hand (`respawn ckpt push`) is what a new pod restores.
-    files = make_step(tmp_path, 5, {
-        "outputs/checkpoints/step_5/trainer_state.json": json.dumps({"step": 5, "state": 42}).encode(),
-        "outputs/weights/step_5/STABLE": b"ok",
-    })
+    files = make_step(
+        tmp_path,
+        5,
+        {
+            "outputs/checkpoints/step_5/trainer_state.json": json.dumps(
+                {"step": 5, "state": 42}
+            ).encode(),
+            "outputs/weights/step_5/STABLE": b"ok",
+        },
+    )
     store.publish(5, files, generation=0, writer="cli")
     proc = start_pod(tmp_path, pod_spec(TOY % (6, "0")), generation=1)
     out, _ = proc.communicate(timeout=30)

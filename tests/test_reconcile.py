@@ -21,21 +21,23 @@ SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
 def write_fleet(tmp: Path, command: str = SLEEPER, providers: list[str] | None = None) -> Path:
     doc = {
         "store": {"url": f"file://{tmp / 'store'}"},
-        "providers": {"local": {"state_dir": str(tmp / 'local')}},
-        "runs": [{
-            "name": "job",
-            "health": {"startup_grace": "1m", "stall_after": "5m", "dead_after": "2m"},
-            "pod": {
-                "command": command,
-                "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
-                "sync_interval": "0.2s",
-                "heartbeat_interval": "0.2s",
-                "term_grace": "2s",
-            },
-            "resources": {"gpu_count": 0, "max_price_per_hour": 1},
-            "providers": providers or ["local"],
-            "budget": {"max_launches_per_day": 4, "max_spend_per_day": 1},
-        }],
+        "providers": {"local": {"state_dir": str(tmp / "local")}},
+        "runs": [
+            {
+                "name": "job",
+                "health": {"startup_grace": "1m", "stall_after": "5m", "dead_after": "2m"},
+                "pod": {
+                    "command": command,
+                    "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
+                    "sync_interval": "0.2s",
+                    "heartbeat_interval": "0.2s",
+                    "term_grace": "2s",
+                },
+                "resources": {"gpu_count": 0, "max_price_per_hour": 1},
+                "providers": providers or ["local"],
+                "budget": {"max_launches_per_day": 4, "max_spend_per_day": 1},
+            }
+        ],
     }
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump(doc))
