@@ -63,18 +63,20 @@ class Backend(Protocol):
         ...
 
 
-def open_backend(url: str) -> Backend:
-    """The backend for a store URL, importing its SDK only when that scheme is used."""
+def open_backend(url: str, credential_envs: tuple[str, str] | None = None) -> Backend:
+    """The backend for a store URL, importing its SDK only when that scheme is used.
+
+    `credential_envs` names the environment variables holding the key id and key (B2)."""
     if url.startswith("file://"):
         from ckptstore.file_backend import FileBackend
 
         return FileBackend.from_url(url)
     if url.startswith("b2://"):
-        try:
-            from ckptstore.b2_backend import B2Backend  # type: ignore[import-not-found]
-        except ModuleNotFoundError as e:  # pragma: no cover - until the B2 backend lands
-            raise StoreConfigError(f"{url}: the b2:// backend is not available ({e})") from e
-        return B2Backend.from_url(url)
+        from ckptstore.b2_backend import B2Backend
+
+        if credential_envs is None:
+            return B2Backend.from_url(url)
+        return B2Backend.from_url(url, *credential_envs)
     raise StoreConfigError(
         f"unsupported store URL {url!r}: expected file:///ABS/PATH or b2://BUCKET/PREFIX"
     )

@@ -91,8 +91,14 @@ class CheckpointStore:
         self.workers = workers
 
     @classmethod
-    def open(cls, url: str, run: str, workers: int = 4) -> CheckpointStore:
-        return cls(open_backend(url), run, workers)
+    def open(
+        cls,
+        url: str,
+        run: str,
+        workers: int = 4,
+        credential_envs: tuple[str, str] | None = None,
+    ) -> CheckpointStore:
+        return cls(open_backend(url, credential_envs), run, workers)
 
     # -- small documents -------------------------------------------------------------------
 

@@ -61,8 +61,14 @@ def launch_env(
     """The pod's environment: what it needs to find its store and resume, plus the secrets the
     config names, read from the controller's environment (GitHub secrets in the workflow)."""
     secrets = list(run.pod.secret_env)
+    store_creds: dict[str, str] = {}
     if fleet.store.url.startswith("b2://"):
         secrets += [fleet.store.key_id_env, fleet.store.key_env]
+        # The pod reads the store key under the canonical names, whatever the controller's.
+        store_creds = {
+            "B2_APPLICATION_KEY_ID": fleet.store.key_id_env,
+            "B2_APPLICATION_KEY": fleet.store.key_env,
+        }
     if run.wandb is not None:
         secrets.append(run.wandb.api_key_env)
     missing = [name for name in secrets if not environ.get(name)]
@@ -73,6 +79,7 @@ def launch_env(
         )
     env = dict(run.pod.env)
     env.update({name: environ[name] for name in secrets})
+    env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})
     env.update(
         RESPAWN_STORE=fleet.store.url,
         RESPAWN_RUN=run.name,

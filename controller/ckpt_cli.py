@@ -15,14 +15,13 @@ from controller.cli import EXIT_FAILED, EXIT_OK, UsageError
 
 
 def _store(args: argparse.Namespace) -> CheckpointStore:
-    url = args.store
-    if url is None and args.config is not None:
+    if args.store is not None:
+        return CheckpointStore.open(args.store, args.run)
+    if args.config is not None:
         from controller.config import load_config
 
-        url = load_config(args.config).store.url
-    if url is None:
-        raise UsageError("name the store: --store URL, or -c FLEET.yaml")
-    return CheckpointStore.open(url, args.run)
+        return load_config(args.config).store.open(args.run)
+    raise UsageError("name the store: --store URL, or -c FLEET.yaml")
 
 
 def _files_of(root: Path) -> list[LocalFile]:

@@ -76,10 +76,9 @@ def cmd_offers(args: argparse.Namespace) -> int:
 
 
 def _set_halted(fleet: FleetConfig, run_name: str, reason: str | None) -> None:
-    from ckptstore.store import CheckpointStore
     from controller.ledger import read_ledger, write_ledger
 
-    store = CheckpointStore.open(fleet.store.url, run_name)
+    store = fleet.store.open(run_name)
     ledger = read_ledger(store)
     write_ledger(store, ledger.model_copy(update={"halted": reason}))
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ckptstore.durations import Duration
 from ckptstore.sources import CheckpointSource
+from ckptstore.store import CheckpointStore
 from provisioning.base import Resources
 
 ProviderName = Literal["local", "vast", "runpod"]
@@ -47,6 +48,13 @@ class StoreSettings(_Strict):
         if re.match(r"^b2://[A-Za-z0-9-]{6,63}(/.*)?$", v):
             return v.rstrip("/")
         raise ValueError("expected file:///ABSOLUTE/PATH or b2://BUCKET/PREFIX")
+
+    @property
+    def credential_envs(self) -> tuple[str, str]:
+        return (self.key_id_env, self.key_env)
+
+    def open(self, run: str) -> CheckpointStore:
+        return CheckpointStore.open(self.url, run, credential_envs=self.credential_envs)
 
 
 class HealthPolicy(_Strict):

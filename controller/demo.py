@@ -23,7 +23,6 @@ from pathlib import Path
 
 import yaml
 
-from ckptstore.store import CheckpointStore
 from controller.config import FleetConfig
 from controller.ledger import read_ledger
 from controller.model import Health, Provision, Terminate
@@ -77,7 +76,7 @@ class Demo:
         self.base = base
         self.fleet = demo_config(base)
         self.run = self.fleet.runs[0]
-        self.store = CheckpointStore.open(self.fleet.store.url, self.run.name)
+        self.store = self.fleet.store.open(self.run.name)
         assert self.fleet.providers.local is not None
         self.provider = LocalProvider(self.fleet.providers.local.state_dir)
         self.log = Timeline()

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from ckptstore.backend import Backend, open_backend
 from ckptstore.schema import utcnow
 from ckptstore.store import CheckpointStore, StoreError
 from controller.act import ActionResult, act
@@ -46,16 +47,13 @@ def open_providers(fleet: FleetConfig, names: set[str]) -> dict[str, Provider | 
 def tick_run(
     fleet: FleetConfig,
     run: RunConfig,
+    backend: Backend | Exception,
     providers: Mapping[str, Provider | Exception],
     now: datetime,
     act_on_plan: bool,
     dry_run: bool = False,
 ) -> RunReport:
-    store: CheckpointStore | Exception
-    try:
-        store = CheckpointStore.open(fleet.store.url, run.name)
-    except StoreError as e:
-        store = e
+    store = backend if isinstance(backend, Exception) else CheckpointStore(backend, run.name)
     obs = observe(run, store, providers)
     plan = decide(run, obs, now)
     results: tuple[ActionResult, ...] = ()
@@ -74,8 +72,15 @@ def tick(
 ) -> list[RunReport]:
     runs = [fleet.run(only)] if only else list(fleet.runs)
     providers = open_providers(fleet, {p for r in runs for p in r.providers})
+    backend: Backend | Exception
+    try:
+        backend = open_backend(fleet.store.url, fleet.store.credential_envs)
+    except StoreError as e:
+        backend = e
     when = now or utcnow()
+
+    def one(run: RunConfig) -> RunReport:
+        return tick_run(fleet, run, backend, providers, when, act_on_plan, dry_run)
+
     with ThreadPoolExecutor(max_workers=min(8, len(runs))) as pool:
-        return list(
-            pool.map(lambda r: tick_run(fleet, r, providers, when, act_on_plan, dry_run), runs)
-        )
+        return list(pool.map(one, runs))

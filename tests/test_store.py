@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptstore.backend import Backend
 from ckptstore.file_backend import FileBackend
 from ckptstore.schema import Heartbeat, utcnow
 from ckptstore.store import (
@@ -30,11 +31,12 @@ def files_for(step: int) -> dict[str, bytes]:
     }
 
 
-class RecordingBackend(FileBackend):
+class RecordingBackend:
     """The far side of the wire, instrumented: it records every write and can fail one."""
 
-    def __init__(self, root: Path, fail_after_uploads: int | None = None) -> None:
-        super().__init__(root)
+    def __init__(self, inner: Backend, fail_after_uploads: int | None = None) -> None:
+        self.inner = inner
+        self.url = inner.url
         self.writes: list[str] = []
         self.fail_after = fail_after_uploads
 
@@ -47,21 +49,24 @@ class RecordingBackend(FileBackend):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._note(key)
-        super().write_bytes(key, data)
+        self.inner.write_bytes(key, data)
 
     def upload(self, key, src, size, progress=None):  # type: ignore[no-untyped-def]
         self._note(key)
-        return super().upload(key, src, size, progress)
+        return self.inner.upload(key, src, size, progress)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         self._note(dst_key)
-        super().copy(src_key, dst_key)
+        self.inner.copy(src_key, dst_key)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
 
 
-def test_files_then_manifest_then_pointer(tmp_path: Path) -> None:
-    backend = RecordingBackend(tmp_path / "store")
-    store = CheckpointStore(backend, "r", workers=1)
-    store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+def test_files_then_manifest_then_pointer(store: CheckpointStore, tmp_path: Path) -> None:
+    backend = RecordingBackend(store.backend)
+    recorded = CheckpointStore(backend, "r", workers=1)  # type: ignore[arg-type]
+    recorded.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
     manifest_at = backend.writes.index("r/checkpoints/step_000010/MANIFEST.json")
     assert backend.writes[-1] == "r/latest.json"
     assert all(
@@ -70,15 +75,14 @@ def test_files_then_manifest_then_pointer(tmp_path: Path) -> None:
     assert manifest_at == len(backend.writes) - 2
 
 
-def test_sync_killed_between_files_leaves_old_pointer(tmp_path: Path) -> None:
-    root = tmp_path / "store"
-    CheckpointStore(FileBackend(root), "r").publish(
-        5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t"
-    )
-    flaky = CheckpointStore(RecordingBackend(root, fail_after_uploads=1), "r", workers=1)
+def test_sync_killed_between_files_leaves_old_pointer(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    store.publish(5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t")
+    flaky_backend = RecordingBackend(store.backend, fail_after_uploads=1)
+    flaky = CheckpointStore(flaky_backend, store.run, workers=1)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="injected"):
         flaky.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
-    store = CheckpointStore(FileBackend(root), "r")
     pointer = store.read_pointer()
     assert pointer is not None and pointer.step == 5
     assert store.read_manifest(10) is None
@@ -101,11 +105,12 @@ def test_pull_restores_relative_paths_and_verifies(store: CheckpointStore, tmp_p
 
 
 def _corrupt(store: CheckpointStore, step: int, rel: str, same_size: bool = True) -> None:
-    root = Path(store.backend.url.removeprefix("file://"))
-    path = root / store.keys.step_file(step, rel)
-    data = path.read_bytes()
-    path.unlink()  # break a hard link first: corrupt this step's copy only
-    path.write_bytes(bytes([data[0] ^ 1]) + data[1:] if same_size else data[:-1])
+    """Replace one stored object of one step with different bytes (a new object: a linked or
+    copied twin in another step stays intact)."""
+    key = store.keys.step_file(step, rel)
+    data = store.backend.read_bytes(key)
+    assert data is not None
+    store.backend.write_bytes(key, bytes([data[0] ^ 1]) + data[1:] if same_size else data[:-1])
 
 
 @pytest.mark.parametrize("same_size", [True, False])
@@ -180,14 +185,22 @@ def test_explicit_rollback_moves_back(store: CheckpointStore, tmp_path: Path) ->
         store.rollback_pointer(7, generation=1, writer="controller")
 
 
-def test_unchanged_files_are_linked_not_sent(store: CheckpointStore, tmp_path: Path) -> None:
+def test_unchanged_files_are_not_sent_again(store: CheckpointStore, tmp_path: Path) -> None:
     first = store.publish(5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t")
     # Same relative paths as step 5 except the step directory: match is by size + sha1.
     second = store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
     assert first.bytes_copied == 0
     assert second.bytes_copied == len(FROZEN)
     assert second.bytes_sent == sum(map(len, files_for(10).values())) - len(FROZEN)
-    root = Path(store.backend.url.removeprefix("file://"))
+    key = store.keys.step_file(10, "outputs/weights/step_10/frozen.bin")
+    assert store.backend.read_bytes(key) == FROZEN
+
+
+def test_file_store_links_unchanged_files(tmp_path: Path) -> None:
+    store = CheckpointStore(FileBackend.from_url(f"file://{tmp_path / 'store'}"), "r")
+    for step in (5, 10):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    root = tmp_path / "store"
     a = root / store.keys.step_file(5, "outputs/weights/step_5/frozen.bin")
     b = root / store.keys.step_file(10, "outputs/weights/step_10/frozen.bin")
     assert os.stat(a).st_ino == os.stat(b).st_ino
@@ -244,6 +257,7 @@ def test_malformed_pointer_is_an_error_not_a_fresh_start(store: CheckpointStore)
     store.backend.write_bytes(store.keys.latest, b"{not json")
     with pytest.raises(StoreError, match="not valid JSON"):
         store.pull(Path("/nonexistent"))
+    assert store.backend.read_bytes("run-a/no-such-key") is None
 
 
 def test_file_url_must_be_absolute() -> None:
