@@ -46,7 +46,7 @@ def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_missing_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
-    api, sim = b2_simulator()
+    api, _sim = b2_simulator()
     key_id, key = new_key(api, list(b2_backend.NEEDED_CAPABILITIES))
     monkeypatch.setenv("B2_APPLICATION_KEY_ID", key_id)
     monkeypatch.setenv("B2_APPLICATION_KEY", key)
@@ -118,7 +118,7 @@ def test_corrupt_large_file_is_detected_and_falls_back(tmp_path: Path) -> None:
 
 
 def test_unchanged_file_is_copied_server_side(tmp_path: Path) -> None:
-    store, sim = b2_store()
+    store, _sim = b2_store()
     big = b"z" * 5000
     store.publish(1, make_step(tmp_path, 1, {"frozen.bin": big, "m.bin": b"1"}), 1, "t")
     res = store.publish(2, make_step(tmp_path, 2, {"frozen.bin": big, "m.bin": b"2"}), 1, "t")
@@ -127,7 +127,7 @@ def test_unchanged_file_is_copied_server_side(tmp_path: Path) -> None:
 
 
 def test_retention_deletes_every_version(tmp_path: Path) -> None:
-    store, sim = b2_store()
+    store, _sim = b2_store()
     backend = store.backend
     assert isinstance(backend, B2Backend)
     for step in range(1, 5):
