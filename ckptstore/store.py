@@ -348,12 +348,15 @@ class CheckpointStore:
 
     # -- retention -------------------------------------------------------------------------
 
-    def gc(self, keep_last: int, protect: Sequence[int] = ()) -> list[int]:
+    def gc(
+        self, keep_last: int, protect: Sequence[int] = (), keep_every: int | None = None
+    ) -> list[int]:
         """Delete old steps; return the steps deleted.
 
         Never deletes: the pointer's step, the newest older step that has a manifest (the
-        fallback), the newest `keep_last` manifested steps, a step a restoring pod announced in
-        its heartbeat, anything newer than the pointer (a publish may be in flight).
+        fallback), the newest `keep_last` manifested steps, milestones (steps divisible by
+        `keep_every`), a step a restoring pod announced in its heartbeat, anything newer than
+        the pointer (a publish may be in flight).
         """
         if keep_last < 2:
             raise ValueError("keep_last must be at least 2: the pointer's step and its fallback")
@@ -363,6 +366,8 @@ class CheckpointStore:
         by_step = self._objects_by_step()
         manifested = [s for s in self.manifested_steps() if s <= pointer.step]
         keep = set(manifested[-keep_last:]) | {pointer.step} | set(protect)
+        if keep_every:
+            keep |= {s for s in manifested if s % keep_every == 0}
         older = [s for s in manifested if s < pointer.step]
         if older:
             keep.add(older[-1])

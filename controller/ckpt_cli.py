@@ -64,7 +64,7 @@ def run_ckpt(args: argparse.Namespace) -> int:
                     print(f"rejected step {step}: {why}", file=sys.stderr)
                 print(f"restored step {result.step} into {args.dest}")
             case "gc":
-                gone = store.gc(args.keep_last)
+                gone = store.gc(args.keep_last, keep_every=args.keep_every)
                 print("deleted steps: " + (", ".join(map(str, gone)) if gone else "none"))
     except ValueError as e:
         raise UsageError(str(e)) from e

@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cks.add_parser("gc", help="delete old steps, keeping the newest K (never the pointer's)")
     store_args(sp)
     sp.add_argument("--keep-last", type=int, default=3)
+    sp.add_argument("--keep-every", type=int, help="also keep steps divisible by this")
     ck.set_defaults(func=cmd_ckpt)
     return p
 

@@ -73,6 +73,9 @@ class CheckpointPolicy(_Strict):
     sources: tuple[CheckpointSource, ...] = Field(min_length=1)
     keep_last: int = Field(3, ge=2, description="steps kept in the store (>= 2: pointer+fallback)")
     keep_local: int = Field(1, ge=1, description="published steps kept on the pod's disk")
+    keep_every: int | None = Field(
+        None, ge=1, description="also keep milestone steps divisible by this, forever"
+    )
 
 
 class PodSpec(_Strict):

@@ -185,7 +185,8 @@ class Supervisor:
             self.published = step.step
         self._clean_disk()
         try:
-            gone = self.ctx.store.gc(pod.checkpoints.keep_last)
+            policy = pod.checkpoints
+            gone = self.ctx.store.gc(policy.keep_last, keep_every=policy.keep_every)
             if gone:
                 log.info("retention removed steps %s from the store", gone)
         except StoreError as e:

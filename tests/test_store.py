@@ -245,6 +245,13 @@ def test_retention_spares_step_a_pod_is_restoring(store: CheckpointStore, tmp_pa
     assert store.gc(keep_last=2) == [1, 3]
 
 
+def test_retention_keeps_milestones(store: CheckpointStore, tmp_path: Path) -> None:
+    for step in range(1, 11):
+        store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
+    store.gc(keep_last=2, keep_every=4)
+    assert store.manifested_steps() == [4, 8, 9, 10]
+
+
 def test_keep_last_below_two_is_refused(store: CheckpointStore) -> None:
     with pytest.raises(ValueError, match="at least 2"):
         store.gc(keep_last=1)
