@@ -89,6 +89,23 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     return result.step, ctx.wandb_run_id or pointer.wandb_run_id
 
 
+def _report_failure(ctx: PodContext, message: str) -> None:
+    """A `failed` heartbeat: the controller replaces the instance instead of waiting."""
+    try:
+        ctx.store.write_heartbeat(
+            Heartbeat(
+                run=ctx.run,
+                generation=ctx.generation,
+                writer=ctx.writer,
+                at=utcnow(),
+                phase="failed",
+                message=message[:500],
+            )
+        )
+    except StoreError as e:
+        log.warning("could not report the failure: %s", e)
+
+
 def main() -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -103,7 +120,11 @@ def main() -> int:
     except FencedError as e:
         log.warning("%s: not starting", e)
         return 0
-    except (BootstrapError, NothingVerifiesError, StoreError) as e:
+    except NothingVerifiesError as e:
+        log.error("%s", e)
+        _report_failure(ctx, str(e))
+        return 2
+    except (BootstrapError, StoreError) as e:
         log.error("%s", e)
         return 2
     trainer_env = {**env, "WANDB_RESUME": "allow"}

@@ -208,6 +208,13 @@ class Supervisor:
         with self._lock:
             self.phase, self.message = phase, message
 
+    def _give_up(self, why: str) -> int:
+        """Tell the controller (a `failed` heartbeat means dead: replace the instance)."""
+        self._set_phase("failed", why)
+        self.beat()
+        log.error("%s; restart budget spent, giving up", why)
+        return 1
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGUSR1, lambda *_: self._restart.set())
@@ -244,15 +251,17 @@ class Supervisor:
                 return 0
             hung = hang_after is not None and time.monotonic() - self._step_seen_at > hang_after
             if self._restart.is_set() or hung:
-                why = (
-                    "restart requested"
-                    if self._restart.is_set()
-                    else f"no new step for {hang_after:.0f}s"
-                )
-                log.warning("%s: restarting the trainer from step %s", why, self.published)
+                requested = self._restart.is_set()
                 self._restart.clear()
                 self._stop_trainer(grace)
                 self.sync()
+                if hung:
+                    # A trainer that hangs again and again needs a new machine, not a loop.
+                    self.restarts += 1
+                    if self.restarts > pod.max_trainer_restarts:
+                        return self._give_up(f"trainer hung {self.restarts} times")
+                why = "restart requested" if requested else f"no new step for {hang_after:.0f}s"
+                log.warning("%s: restarting the trainer from step %s", why, self.published)
                 self._start_trainer()
                 continue
             assert self._proc is not None
@@ -266,10 +275,7 @@ class Supervisor:
                     return 0
                 self.restarts += 1
                 if self.restarts > pod.max_trainer_restarts:
-                    self._set_phase("failed", f"trainer exited {rc}, {self.restarts - 1} restarts")
-                    self.beat()
-                    log.error("trainer exited %d; restart budget spent", rc)
-                    return 1
+                    return self._give_up(f"trainer exited {rc}, {self.restarts - 1} restarts")
                 log.warning(
                     "trainer exited %d; restart %d from step %s", rc, self.restarts, self.published
                 )

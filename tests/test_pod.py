@@ -221,3 +221,31 @@ def test_manual_files_survive_bootstrap_pull(tmp_path: Path, store: CheckpointSt
     assert proc.returncode == 0, out
     line = json.loads((tmp_path / "pod/metrics.jsonl").read_text().splitlines()[0])
     assert line["step"] == 6
+
+
+def test_hung_trainer_is_restarted_then_given_up(tmp_path: Path, store: CheckpointStore) -> None:
+    # A trainer that never writes a step: the watchdog restarts it, then gives up.
+    spec = pod_spec(
+        "{python} -c 'import time; time.sleep(60)' {resume_step}",
+        hang_after="0.5s",
+        max_trainer_restarts=1,
+        term_grace="1s",
+    )
+    proc = start_pod(tmp_path, spec, generation=1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    assert "no new step for 0s: restarting the trainer" in out or "no new step for 1s" in out
+    hb = store.read_heartbeat()
+    assert hb is not None and hb.phase == "failed" and "hung 2 times" in hb.message
+    assert not session_alive(proc.pid)
+
+
+def test_nothing_verifies_reports_failure(tmp_path: Path, store: CheckpointStore) -> None:
+    files = make_step(tmp_path, 5, {"outputs/weights/step_5/STABLE": b"ok"})
+    store.publish(5, files, generation=0, writer="cli")
+    store.backend.write_bytes(store.keys.step_file(5, "outputs/weights/step_5/STABLE"), b"KO")
+    proc = start_pod(tmp_path, pod_spec(TOY % (6, "0")), generation=1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out
+    hb = store.read_heartbeat()
+    assert hb is not None and hb.phase == "failed" and "verifies" in hb.message
