@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ckptstore.schema import Heartbeat, utcnow
 from ckptstore.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
 from controller.config import PodSpec
 from pod_image.supervisor import PodContext, Supervisor
@@ -62,17 +61,8 @@ def context_from_env(env: dict[str, str]) -> PodContext:
 def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     """Pull the newest verified checkpoint into the workdir; return (step, W&B run id)."""
     pointer = ctx.store.read_pointer()
-    ctx.store.write_heartbeat(
-        Heartbeat(
-            run=ctx.run,
-            generation=ctx.generation,
-            writer=ctx.writer,
-            at=utcnow(),
-            phase="restoring",
-            restoring_step=pointer.step if pointer else None,
-            step=pointer.step if pointer else None,
-        )
-    )
+    step = pointer.step if pointer else None
+    ctx.store.write_heartbeat(ctx.heartbeat("restoring", restoring_step=step, step=step))
     if pointer is None:
         log.info("no checkpoint yet: starting fresh")
         return None, ctx.wandb_run_id
@@ -92,16 +82,7 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
 def _report_failure(ctx: PodContext, message: str) -> None:
     """A `failed` heartbeat: the controller replaces the instance instead of waiting."""
     try:
-        ctx.store.write_heartbeat(
-            Heartbeat(
-                run=ctx.run,
-                generation=ctx.generation,
-                writer=ctx.writer,
-                at=utcnow(),
-                phase="failed",
-                message=message[:500],
-            )
-        )
+        ctx.store.write_heartbeat(ctx.heartbeat("failed", message=message[:500]))
     except StoreError as e:
         log.warning("could not report the failure: %s", e)
 

@@ -46,6 +46,18 @@ class PodContext:
     pod: PodSpec
     wandb_run_id: str | None = None
 
+    def heartbeat(self, phase: Phase, **fields: object) -> Heartbeat:
+        return Heartbeat.model_validate(
+            {
+                "run": self.run,
+                "generation": self.generation,
+                "writer": self.writer,
+                "at": utcnow(),
+                "phase": phase,
+                **fields,
+            }
+        )
+
 
 def trainer_command(
     pod: PodSpec, ctx_run: str, generation: int, workdir: Path, resume: int | None
@@ -86,12 +98,8 @@ class Supervisor:
         try:
             self.ctx.store.check_fence(self.ctx.generation)
             with self._lock:
-                hb = Heartbeat(
-                    run=self.ctx.run,
-                    generation=self.ctx.generation,
-                    writer=self.ctx.writer,
-                    at=utcnow(),
-                    phase=self.phase,
+                hb = self.ctx.heartbeat(
+                    self.phase,
                     step=self.disk_step,
                     published_step=self.published,
                     message=self.message,
