@@ -189,6 +189,12 @@ class _Actor:
                 return action.reason
             case Provision():
                 if self.termination_failed:
+                    # Keep the generation claim (it fences the instance we failed to stop),
+                    # but a launch that never happened must not count against the budget.
+                    launches = tuple(
+                        lr for lr in self.ledger.launches if lr.generation != action.generation
+                    )
+                    self.ledger = self.ledger.model_copy(update={"launches": launches})
                     raise ProviderError("skipped: a termination failed (never two at once)")
                 self.save_ledger()  # claim the generation first: it fences the old pod
                 gen = action.generation

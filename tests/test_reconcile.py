@@ -158,3 +158,41 @@ def test_terminate_halts_the_run_and_kills_instances(fleet_path: Path) -> None:
     assert local(fleet).list_instances("job") == []
     assert run_cli("resume", "-c", str(fleet_path), "--run", "job").returncode == 0
     assert tick(fleet)[0].plan.verdict.health.value == "dead"
+
+
+class _StuckProvider(LocalProvider):
+    """A cloud whose destroy call fails (the far side refuses)."""
+
+    def terminate(self, instance_id: str) -> None:
+        from provisioning.base import ProviderError
+
+        raise ProviderError("destroy refused: 503")
+
+
+def test_failed_termination_cancels_the_launch(fleet_path: Path) -> None:
+    from ckptstore.schema import utcnow
+    from controller.act import act
+    from controller.decide import decide
+    from controller.ledger import read_ledger
+    from controller.observe import observe
+
+    fleet = load_config(fleet_path)
+    tick(fleet)
+    run = fleet.runs[0]
+    assert fleet.providers.local is not None
+    stuck = _StuckProvider(fleet.providers.local.state_dir)
+    store = fleet.store.open(run.name)
+    # Generation 1 is up; pretend the ledger moved on so it is a stray of a dead generation.
+    ledger = read_ledger(store)
+    from controller.ledger import write_ledger
+
+    write_ledger(store, ledger.model_copy(update={"generation": 2}))
+    obs = observe(run, store, {"local": stuck})
+    plan = decide(run, obs, utcnow())
+    assert [a.kind for a in plan.actions] == ["terminate", "provision"]
+    results = act(plan, run, fleet, store, {"local": stuck}, obs.ledger)
+    assert [r.ok for r in results] == [False, False]
+    assert "never two at once" in results[1].detail
+    assert len(local(fleet).list_instances("job")) == 1  # no second instance
+    after = read_ledger(store)
+    assert after.generation == 3 and after.launch_of(3) is None  # fenced, but not counted
