@@ -82,6 +82,7 @@ class Supervisor:
         self.message = ""
         self.restarts = 0
         self._lock = threading.Lock()
+        self._beat_lock = threading.Lock()
         self._stop = threading.Event()  # set on SIGTERM
         self._restart = threading.Event()  # set on SIGUSR1
         self._fenced = threading.Event()
@@ -93,8 +94,13 @@ class Supervisor:
 
     def beat(self) -> None:
         """Write one heartbeat unless fenced (checked first, so a stale pod never writes)."""
-        if self._fenced.is_set():
-            return
+        # One writer at a time: a beat built before a phase change must not land after it.
+        with self._beat_lock:
+            if self._fenced.is_set():
+                return
+            self._beat_unlocked()
+
+    def _beat_unlocked(self) -> None:
         try:
             self.ctx.store.check_fence(self.ctx.generation)
             with self._lock:
