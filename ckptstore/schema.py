@@ -53,7 +53,7 @@ class LatestPointer(_Doc):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
-Phase = Literal["restoring", "training", "syncing", "finished", "fenced", "exiting", "failed"]
+Phase = Literal["restoring", "training", "exiting", "finished", "failed"]
 
 
 class Heartbeat(_Doc):

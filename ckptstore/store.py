@@ -102,7 +102,7 @@ class CheckpointStore:
 
     # -- small documents -------------------------------------------------------------------
 
-    def _read_doc(self, key: str) -> dict[str, object] | None:
+    def read_json(self, key: str) -> dict[str, object] | None:
         raw = self.backend.read_bytes(key)
         if raw is None:
             return None
@@ -114,17 +114,11 @@ class CheckpointStore:
             raise StoreError(f"{key} is not a JSON object")
         return doc
 
-    def _write_doc(self, key: str, doc: object) -> None:
+    def write_json(self, key: str, doc: object) -> None:
         self.backend.write_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
-    def read_json(self, key: str) -> dict[str, object] | None:
-        return self._read_doc(key)
-
-    def write_json(self, key: str, doc: object) -> None:
-        self._write_doc(key, doc)
-
     def _parse(self, key: str, model: type[_Doc]) -> _Doc | None:
-        doc = self._read_doc(key)
+        doc = self.read_json(key)
         if doc is None:
             return None
         try:
@@ -144,18 +138,18 @@ class CheckpointStore:
         return self._parse(self.keys.manifest(step), Manifest)
 
     def write_heartbeat(self, hb: Heartbeat) -> None:
-        self._write_doc(self.keys.heartbeat, hb.model_dump(mode="json", by_alias=True))
+        self.write_json(self.keys.heartbeat, hb.model_dump(mode="json", by_alias=True))
 
     # -- fencing ---------------------------------------------------------------------------
 
     def current_generation(self) -> int:
         """The newest generation anyone has claimed: the ledger's launch, pointer, heartbeat."""
         gens = [0]
-        ledger = self._read_doc(self.keys.ledger)
+        ledger = self.read_json(self.keys.ledger)
         if ledger and isinstance(ledger.get("generation"), int):
             gens.append(int(ledger["generation"]))  # type: ignore[arg-type]
         for key in (self.keys.latest, self.keys.heartbeat):
-            doc = self._read_doc(key)
+            doc = self.read_json(key)
             if doc and isinstance(doc.get("generation"), int):
                 gens.append(int(doc["generation"]))  # type: ignore[arg-type]
         return max(gens)
@@ -238,7 +232,7 @@ class CheckpointStore:
             total_bytes=sum(e.size for e in entries),
             created_at=utcnow(),
         )
-        self._write_doc(self.keys.manifest(step), manifest.model_dump(mode="json", by_alias=True))
+        self.write_json(self.keys.manifest(step), manifest.model_dump(mode="json", by_alias=True))
         new_pointer = LatestPointer(
             run=self.run,
             step=step,
@@ -257,7 +251,7 @@ class CheckpointStore:
         current = self.read_pointer()
         if current is not None and new.step <= current.step and not allow_backwards:
             raise BackwardsError(f"pointer is at step {current.step}; refusing step {new.step}")
-        self._write_doc(self.keys.latest, new.model_dump(mode="json", by_alias=True))
+        self.write_json(self.keys.latest, new.model_dump(mode="json", by_alias=True))
 
     def rollback_pointer(self, step: int, generation: int, writer: str) -> LatestPointer:
         """Move the pointer back to an older verified step (the ledger records why)."""

@@ -11,6 +11,7 @@ uninterrupted run's, and no process of the run is left.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -118,7 +119,7 @@ class Demo:
         ref.mkdir(parents=True, exist_ok=True)
         cmd = trainer_command(self.run.pod, self.run.name, 0, ref, None)
         return subprocess.Popen(
-            [*cmd.split()], cwd=ref, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            shlex.split(cmd), cwd=ref, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
     def live_instances(self) -> list[str]:
