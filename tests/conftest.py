@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,11 @@ def run_cli(
         env=env,
         timeout=timeout,
     )
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 15) -> None:
+    """Poll until cond() holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ckptstore.store import CheckpointStore
 from controller.config import PodSpec
-from tests.conftest import ROOT, make_step
+from tests.conftest import ROOT, make_step, wait_for
 
 TOY = (
     "{python} -m respawn_examples.toy_trainer --resume-step {resume_step}"
@@ -62,13 +61,6 @@ def start_pod(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def session_alive(sid: int) -> bool:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 from controller.config import FleetConfig, load_config
 from controller.reconcile import tick
 from provisioning.local import LocalProvider
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 
 SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
 
@@ -58,13 +57,6 @@ def _read(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def local(fleet: FleetConfig) -> LocalProvider:
