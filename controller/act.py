@@ -30,6 +30,7 @@ from controller.model import (
 )
 from provisioning.base import (
     Instance,
+    InstanceState,
     InvalidCredentialsError,
     LaunchSpec,
     NoCapacityError,
@@ -127,7 +128,7 @@ def provision(
         )
         for offer in offers[:MAX_OFFERS_TRIED]:
             try:
-                return provider.launch(offer, spec), offer
+                return settle_race(provider, run.name, provider.launch(offer, spec)), offer
             except NoCapacityError as e:
                 tried.append(f"{name} offer {offer.id}: {e}")
             except InvalidCredentialsError as e:
@@ -137,6 +138,30 @@ def provision(
                 tried.append(f"{name}: {e}")
                 break
     raise ProviderError("no instance launched: " + "; ".join(tried))
+
+
+def _id_order(instance: Instance) -> tuple[int, str]:
+    return (len(instance.id), instance.id)  # numeric ids compare as numbers
+
+
+def settle_race(provider: Provider, run: str, mine: Instance) -> Instance:
+    """Two ticks at once may both launch the same generation. Each launcher looks again after
+    its launch; the instance with the lowest id wins and a loser destroys its own, so the
+    pair settles on one instance without any lock."""
+    try:
+        twins = [
+            i
+            for i in provider.list_instances(run)
+            if i.generation == mine.generation and i.state != InstanceState.TERMINATED
+        ]
+    except ProviderError as e:
+        log.warning("could not check for a concurrent launch: %s", e)
+        return mine
+    winner = min([*twins, mine], key=_id_order)
+    if winner.id != mine.id:
+        log.warning("a concurrent tick launched %s first; destroying ours (%s)", winner.id, mine.id)
+        provider.terminate(mine.id)
+    return winner
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:

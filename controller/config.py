@@ -171,16 +171,26 @@ class LocalProviderSettings(_Strict):
 
 class VastSettings(_Strict):
     api_key_env: str = Field("VAST_API_KEY", pattern=_ENV_NAME)
+    bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
+    server_url: str | None = Field(None, description="API base URL (default: Vast's)")
 
 
 class RunPodSettings(_Strict):
     api_key_env: str = Field("RUNPOD_API_KEY", pattern=_ENV_NAME)
+    bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
+    api_url: str = Field("https://api.runpod.io/graphql", description="GraphQL endpoint")
+    cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = "ALL"
 
 
 class ProviderSettings(_Strict):
     local: LocalProviderSettings | None = None
     vast: VastSettings = VastSettings()
     runpod: RunPodSettings = RunPodSettings()
+    ssh_private_key_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="variable holding the SSH private key for restart-in-place and diagnosis",
+    )
 
 
 class FleetConfig(_Strict):

@@ -54,5 +54,7 @@ def observe(
         errors=tuple(errors),
     )
     current = current_instances(obs)
-    restartable = bool(current) and hasattr(providers.get(current[0].provider), "restart_trainer")
+    restartable = bool(current) and bool(
+        getattr(providers.get(current[0].provider), "can_restart", False)
+    )
     return obs.model_copy(update={"restartable": restartable})

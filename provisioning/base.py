@@ -114,6 +114,14 @@ class InvalidCredentialsError(ProviderError):
     retryable = False
 
 
+class TransientProviderError(ProviderError):
+    """Timeout, connection reset, 5xx, malformed response: the same call may work later."""
+
+
+class NotFoundError(ProviderError):
+    """The instance does not exist (any more)."""
+
+
 class Provider(Protocol):
     name: str
 

@@ -62,6 +62,7 @@ def _start_ticks(pid: int) -> int | None:
 
 class LocalProvider:
     name = "local"
+    can_restart = True  # SIGUSR1 to the pod supervisor
 
     def __init__(self, state_dir: str | Path, term_grace: float = 30.0) -> None:
         self.state_dir = Path(state_dir)

@@ -1,0 +1,101 @@
+"""How every provider call is made: HTTP failures mapped to typed errors, bounded retries.
+
+Transient errors (timeouts, connection errors, 5xx, malformed JSON) and 429 are retried with
+exponential backoff that never undercuts the server's Retry-After; invalid credentials and
+bad requests are raised at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
+import requests
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from provisioning.base import (
+    InvalidCredentialsError,
+    NotFoundError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
+
+T = TypeVar("T")
+TIMEOUT_SECONDS = 30.0
+ATTEMPTS = 3
+BACKOFF_SECONDS = 1.0
+MAX_WAIT_SECONDS = 60.0
+
+
+def _retry_after(response: requests.Response | None) -> float | None:
+    if response is None:
+        return None
+    try:
+        return float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+def error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderError:
+    response = e.response
+    status = response.status_code if response is not None else 0
+    body = (response.text or "")[:300] if response is not None else ""
+    if status in (401, 403):
+        return InvalidCredentialsError(
+            f"{what}: the API key was rejected (HTTP {status}); check {key_env}"
+        )
+    if status == 404:
+        return NotFoundError(f"{what}: not found")
+    if status == 429:
+        return RateLimitedError(f"{what}: rate limited (HTTP 429)", _retry_after(response))
+    if status >= 500:
+        return TransientProviderError(f"{what}: HTTP {status} {body}".strip())
+    err = ProviderError(f"{what}: HTTP {status} {body}".strip())
+    err.retryable = False
+    return err
+
+
+def translate(e: Exception, what: str, key_env: str) -> ProviderError:
+    """Any failure of a provider call as one of our typed errors."""
+    if isinstance(e, ProviderError):
+        return e
+    if isinstance(e, requests.HTTPError):
+        return error_from_http(e, what, key_env)
+    if isinstance(e, requests.Timeout | requests.ConnectionError | TimeoutError):
+        return TransientProviderError(f"{what}: {type(e).__name__}: {e}")
+    if isinstance(e, json.JSONDecodeError | ValueError | KeyError | TypeError):
+        return TransientProviderError(f"{what}: malformed response ({type(e).__name__}: {e})")
+    return TransientProviderError(f"{what}: {type(e).__name__}: {e}")
+
+
+def _wait(state: RetryCallState) -> float:
+    backoff = wait_exponential(multiplier=BACKOFF_SECONDS, max=MAX_WAIT_SECONDS)(state)
+    exc = state.outcome.exception() if state.outcome else None
+    after = getattr(exc, "retry_after", None)
+    return min(MAX_WAIT_SECONDS, max(backoff, after)) if after else backoff
+
+
+def call(fn: Callable[[], T], what: str, key_env: str) -> T:
+    """Run one provider call with typed errors and bounded retries of transient failures."""
+
+    @retry(
+        retry=retry_if_exception_type((TransientProviderError, RateLimitedError)),
+        stop=stop_after_attempt(ATTEMPTS),
+        wait=_wait,
+        reraise=True,
+    )
+    def attempt() -> T:
+        try:
+            return fn()
+        except Exception as e:
+            raise translate(e, what, key_env) from e
+
+    return attempt()

@@ -1,0 +1,208 @@
+"""Vast.ai through the `vastai` package: interruptible (bid) instances only.
+
+- Offers come from `POST /api/v0/bundles/` with `type: bid`; we bid the offer's minimum plus a
+  margin, capped at the run's price cap.
+- A create without a bid price silently rents on-demand (vast-cli PR 403), and Vast may create
+  a bid instance already stopped when the bid is too low (dstack PR 4036): after every create
+  the instance is read back and destroyed unless it is a bid instance, at our price, not stopped.
+- Instances are matched by label `respawn-<run>-g<N>`, exactly. Every state that still bills
+  (loading, created, running, exited, outbid-paused) is listed.
+- The SDK's own retry loop is turned off (retry=1): `provisioning.calls` retries with typed
+  errors and a bounded budget instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from provisioning.base import (
+    Instance,
+    InstanceState,
+    InvalidCredentialsError,
+    LaunchSpec,
+    NoCapacityError,
+    NotFoundError,
+    Offer,
+    PriceTooHighError,
+    ProviderError,
+    Resources,
+    parse_instance_name,
+)
+from provisioning.calls import TIMEOUT_SECONDS, call
+from provisioning.offers import bid_for, select
+
+ONSTART = "bash /opt/respawn/pod_image/onstart.sh"
+PRICE_SLACK = 1e-6
+
+
+def vast_state(row: dict[str, Any]) -> InstanceState:
+    actual = (row.get("actual_status") or "").lower()
+    intended = (row.get("intended_status") or "running").lower()
+    if actual == "running" and intended == "running":
+        return InstanceState.RUNNING
+    if intended == "running" and actual in ("", "loading", "created", "scheduling", "pulling"):
+        return InstanceState.PENDING
+    # exited, stopped, offline, outbid-paused: may resume by itself and may still bill storage
+    return InstanceState.STOPPED
+
+
+class VastProvider:
+    name = "vast"
+
+    def __init__(
+        self,
+        api_key: str,
+        key_env: str = "VAST_API_KEY",
+        server_url: str | None = None,
+        bid_margin: float = 0.1,
+        remote: Any = None,
+    ) -> None:
+        from vastai import VastAI  # heavy (~0.65 s): only when Vast is used
+
+        self.sdk = VastAI(api_key=api_key, server_url=server_url, retry=1, raw=True, quiet=True)
+        self.sdk.client.timeout = TIMEOUT_SECONDS
+        self.key_env = key_env
+        self.bid_margin = bid_margin
+        self.remote = remote
+        self.can_restart = remote is not None
+
+    def _call(self, fn: Any, what: str) -> Any:
+        return call(fn, f"vast: {what}", self.key_env)
+
+    # -- offers --------------------------------------------------------------------------
+
+    def offers(self, resources: Resources) -> list[Offer]:
+        query: dict[str, Any] = {
+            "num_gpus": {"eq": resources.gpu_count},
+            "disk_space": {"gte": resources.disk_gb},
+        }
+        if resources.min_vram_gb:
+            query["gpu_ram"] = {"gte": resources.min_vram_gb * 1024}
+        if resources.gpus:
+            query["gpu_name"] = {"in": [g.replace("_", " ") for g in resources.gpus]}
+        rows = self._call(
+            lambda: self.sdk.search_offers(
+                query=query, type="bid", order="dph_total", limit=64, storage=resources.disk_gb
+            ),
+            "search offers",
+        )
+        out = []
+        for row in rows:
+            bid = bid_for(float(row["min_bid"]), self.bid_margin, resources.max_price_per_hour)
+            if bid is None:
+                continue
+            out.append(
+                Offer(
+                    provider=self.name,
+                    id=str(row["id"]),
+                    gpu_name=str(row.get("gpu_name", "?")),
+                    gpu_count=int(row.get("num_gpus", 0)),
+                    vram_gb=float(row.get("gpu_ram", 0)) / 1024,
+                    price_per_hour=bid,
+                    min_bid=float(row["min_bid"]),
+                    reliability=row.get("reliability2", row.get("reliability")),
+                    inet_down_mbps=row.get("inet_down"),
+                    disk_gb=row.get("disk_space"),
+                    cuda=row.get("cuda_max_good"),
+                    location=row.get("geolocation"),
+                )
+            )
+        return select(out, resources)
+
+    # -- launch --------------------------------------------------------------------------
+
+    def launch(self, offer: Offer, spec: LaunchSpec) -> Instance:
+        try:
+            resp = self._call(
+                lambda: self.sdk.create_instance(
+                    id=int(offer.id),
+                    image=spec.image,
+                    disk=spec.disk_gb,
+                    env=dict(spec.env),
+                    price=offer.price_per_hour,
+                    label=spec.name,
+                    onstart_cmd=ONSTART,
+                    ssh=True,
+                    direct=True,
+                ),
+                f"create on offer {offer.id}",
+            )
+        except (NotFoundError, NoCapacityError) as e:
+            raise NoCapacityError(f"vast: offer {offer.id} is gone ({e})") from e
+        except ProviderError as e:
+            # A 4xx other than auth: the offer was taken or cannot be rented: next offer.
+            if not e.retryable and not isinstance(e, InvalidCredentialsError):
+                raise NoCapacityError(f"vast: offer {offer.id} refused: {e}") from e
+            raise
+        if not isinstance(resp, dict) or not resp.get("success") or not resp.get("new_contract"):
+            raise NoCapacityError(f"vast: offer {offer.id} refused: {str(resp)[:200]}")
+        instance_id = str(resp["new_contract"])
+        try:
+            return self._verify(instance_id, offer, spec)
+        except BaseException:
+            # Never leave a half-created instance billing behind a failed launch.
+            self.terminate(instance_id)
+            raise
+
+    def _verify(self, instance_id: str, offer: Offer, spec: LaunchSpec) -> Instance:
+        row = self._call(lambda: self.sdk.show_instance(int(instance_id)), "read back instance")
+        if row is None:
+            raise ProviderError(f"vast: instance {instance_id} vanished right after create")
+        if row.get("is_bid") is False:
+            raise ProviderError(
+                f"vast: instance {instance_id} was rented on-demand, not interruptible"
+            )
+        price = row.get("dph_total")
+        if price is not None and float(price) > spec.max_price_per_hour + PRICE_SLACK:
+            raise PriceTooHighError(
+                f"vast: instance {instance_id} costs ${float(price):g}/h "
+                f"> cap ${spec.max_price_per_hour:g}/h"
+            )
+        if vast_state(row) == InstanceState.STOPPED:
+            raise NoCapacityError(
+                f"vast: instance {instance_id} was created stopped "
+                f"({row.get('status_msg') or 'bid too low'})"
+            )
+        return self._instance(row)
+
+    # -- listing / termination -----------------------------------------------------------
+
+    def _instance(self, row: dict[str, Any]) -> Instance:
+        parsed = parse_instance_name(str(row.get("label") or ""))
+        assert parsed is not None
+        start = row.get("start_date")
+        return Instance(
+            provider=self.name,
+            id=str(row["id"]),
+            name=str(row["label"]),
+            run=parsed[0],
+            generation=parsed[1],
+            state=vast_state(row),
+            created_at=datetime.fromtimestamp(float(start), UTC) if start else None,
+            price_per_hour=row.get("dph_total"),
+            ssh_host=row.get("ssh_host") or row.get("public_ipaddr"),
+            ssh_port=int(row["ssh_port"]) if row.get("ssh_port") else None,
+            detail=str(row.get("status_msg") or "")[:200],
+        )
+
+    def list_instances(self, run: str) -> list[Instance]:
+        return [i for i in self._all() if i.run == run]
+
+    def terminate(self, instance_id: str) -> None:
+        try:
+            self._call(lambda: self.sdk.destroy_instance(int(instance_id)), "destroy")
+        except NotFoundError:
+            return
+
+    def restart_trainer(self, instance_id: str) -> None:
+        if self.remote is None:
+            raise ProviderError("vast: no SSH key configured (providers.ssh_private_key_env)")
+        inst = next((i for i in self._all() if i.id == instance_id), None)
+        if inst is None or not inst.ssh_host or not inst.ssh_port:
+            raise ProviderError(f"vast: instance {instance_id} has no SSH address")
+        self.remote.restart_trainer(inst.ssh_host, inst.ssh_port)
+
+    def _all(self) -> list[Instance]:
+        rows = self._call(self.sdk.show_instances, "list instances")
+        return [self._instance(r) for r in rows if parse_instance_name(str(r.get("label") or ""))]
