@@ -1,0 +1,248 @@
+"""Whole controller ticks against fake Vast and RunPod APIs on 127.0.0.1, a file:// store,
+and an SSH server on loopback for restart in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import paramiko
+import pytest
+import yaml
+
+from ckptstore.schema import utcnow
+from controller.config import load_config
+from controller.ledger import read_ledger, write_ledger
+from controller.model import ProgressMark
+from controller.reconcile import tick
+from provisioning import calls
+from tests.conftest import run_cli
+from tests.fakes.http import Fault
+from tests.fakes.runpod import FakeRunPod
+from tests.fakes.ssh import FakeSSH
+from tests.fakes.vast import FakeVast
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
+
+
+@pytest.fixture
+def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
+    vast, runpod = FakeVast(), FakeRunPod()
+    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
+    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
+    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+    yield vast, runpod
+    vast.stop()
+    runpod.stop()
+
+
+def write_fleet(
+    tmp: Path, vast: FakeVast, runpod: FakeRunPod, gpus: list[str], ssh_env: str | None = None
+) -> Path:
+    doc = {
+        "store": {"url": f"file://{tmp / 'store'}"},
+        "providers": {
+            "vast": {"server_url": vast.url},  # type: ignore[attr-defined]
+            "runpod": {"api_url": runpod.url},  # type: ignore[attr-defined]
+            **({"ssh_private_key_env": ssh_env} if ssh_env else {}),
+        },
+        "runs": [
+            {
+                "name": "job",
+                "health": {"startup_grace": "10m", "stall_after": "30m", "dead_after": "15m"},
+                "pod": {
+                    "image": "ghcr.io/lab/pod:1",
+                    "command": "python train.py --resume {resume_step}",
+                    "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
+                },
+                "resources": {
+                    "gpus": gpus,
+                    "gpu_count": 1,
+                    "disk_gb": 100,
+                    "max_price_per_hour": 2.0,
+                },
+                "providers": ["vast", "runpod"],
+                "budget": {"max_launches_per_day": 5, "max_spend_per_day": 100},
+            }
+        ],
+    }
+    path = tmp / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    report = tick(fleet)[0]
+    assert [r.ok for r in report.results] == [True]
+    assert vast.labels() == ["respawn-job-g1"] and runpod.pods == {}
+    env = vast.bodies[-1]["env"]
+    assert env["RESPAWN_GENERATION"] == "1" and env["RESPAWN_STORE"].startswith("file://")
+    assert read_ledger(fleet.store.open("job")).launch_of(1).provider == "vast"  # type: ignore[union-attr]
+
+
+def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["H100_SXM"]))
+    vast.offers.clear()
+    report = tick(fleet)[0]
+    assert report.results[0].ok, report.results[0].detail
+    assert [p["name"] for p in runpod.pods.values()] == ["respawn-job-g1"]
+
+
+def test_vast_offers_api_down_is_skipped_this_tick(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["H100_SXM", "RTX_4090"]))
+    vast.fail("search", *[Fault(status=503)] * 10)
+    report = tick(fleet)[0]
+    assert report.results[0].ok
+    assert vast.instances == {} and len(runpod.pods) == 1
+
+
+def test_failed_listing_is_unknown_and_launches_nothing(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    vast.fail("list", *[Fault(status=500)] * 10)
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "unknown"
+    assert [a.kind for a in report.plan.actions] == ["alert"]
+    assert vast.count("create") == 0 and runpod.count("podRentInterruptable") == 0
+
+
+def test_two_concurrent_ticks_leave_one_instance(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    barrier = threading.Barrier(2)
+    results = []
+
+    def one() -> None:
+        barrier.wait()
+        results.append(tick(fleet)[0])
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 2
+    assert vast.labels() == ["respawn-job-g1"]
+    assert tick(fleet)[0].plan.actions == ()  # the survivor is adopted, nothing more to do
+
+
+def test_launch_race_is_settled_on_the_lowest_id(tmp_path: Path, clouds: tuple) -> None:
+    from controller.act import settle_race
+    from provisioning.vast import VastProvider
+
+    vast, _ = clouds
+    p = VastProvider(vast.api_key, server_url=vast.url)  # type: ignore[attr-defined]
+    first = vast.add_instance("respawn-job-g1")
+    second = vast.add_instance("respawn-job-g1")  # a concurrent tick's launch
+    mine = next(i for i in p.list_instances("job") if i.id == str(second))
+    winner = settle_race(p, "job", mine)
+    assert winner.id == str(first)
+    assert list(vast.instances) == [first]
+
+
+def test_outbid_old_generation_that_resumes_is_destroyed(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    tick(fleet)  # g1
+    (g1,) = vast.instances
+    vast.outbid(g1)
+    report = tick(fleet)[0]  # g1 stopped: dead → destroy it, launch g2
+    assert report.plan.verdict.health.value == "dead"
+    assert vast.labels() == ["respawn-job-g2"]
+    # An older generation showing up again (resumed by Vast on its own) is a stray.
+    stray = vast.add_instance("respawn-job-g1")
+    tick(fleet)
+    assert stray not in vast.instances and vast.labels() == ["respawn-job-g2"]
+
+
+def test_offers_command_ranks_across_providers(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    proc = run_cli("offers", "-c", str(path), "--run", "job", "--json")
+    assert proc.returncode == 0, proc.stderr
+    offers = json.loads(proc.stdout)
+    assert [(o["provider"], o["price_per_hour"]) for o in offers] == [
+        ("vast", 0.165),
+        ("vast", 0.22),
+        ("runpod", 0.275),
+    ]
+
+
+def test_terminate_command_destroys_on_every_provider(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.add_instance("respawn-job-g1")
+    runpod.pods["podX"] = {
+        "id": "podX",
+        "name": "respawn-job-g2",
+        "desiredStatus": "EXITED",
+        "costPerHr": 0.3,
+        "runtime": None,
+        "polls": 0,
+        "env": {},
+    }
+    proc = run_cli("terminate", "-c", str(path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert vast.instances == {} and runpod.pods == {}
+
+
+def test_stalled_trainer_is_restarted_in_place_over_ssh(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vast, runpod = clouds
+    key = paramiko.RSAKey.generate(2048)
+    pem = tmp_path / "id"
+    key.write_private_key_file(str(pem))
+    monkeypatch.setenv("RESPAWN_SSH_KEY", pem.read_text())
+    gpus = (FIXTURES / "nvidia-smi-h100-hung.csv").read_text()
+    ssh = FakeSSH(key, {"pkill -USR1": (0, "signalled\n"), "nvidia-smi": (0, gpus)})
+    vast.ssh_port = ssh.port
+    try:
+        fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"], "RESPAWN_SSH_KEY"))
+        tick(fleet)  # g1
+        store = fleet.store.open("job")
+        ledger = read_ledger(store)
+        # The pod beats but the step has not moved for 40 minutes: a hung trainer.
+        old = utcnow() - timedelta(minutes=40)
+        launches = tuple(lr.model_copy(update={"at": old}) for lr in ledger.launches)
+        write_ledger(
+            store,
+            ledger.model_copy(
+                update={"launches": launches, "progress": ProgressMark(step=10, at=old)}
+            ),
+        )
+        from ckptstore.schema import Heartbeat
+
+        store.write_heartbeat(
+            Heartbeat(run="job", generation=1, writer="w", at=utcnow(), phase="training", step=10)
+        )
+        vast.instances[next(iter(vast.instances))]["actual_status"] = "running"
+        report = tick(fleet)[0]
+        assert report.plan.verdict.health.value == "stalled"
+        assert [(r.action.kind, r.ok) for r in report.results] == [("restart", True)]
+        assert any(c.startswith("pkill -USR1") for c in ssh.commands)
+        # Diagnosis over the same channel, with real nvidia-smi output.
+        from provisioning.remote import Remote
+
+        diag = Remote(key).diagnose("127.0.0.1", ssh.port)
+        assert "H100" in diag["gpus"] and "0 %" in diag["gpus"]
+        # Still stalled on the next tick: restart was tried, so the instance is replaced.
+        report = tick(fleet)[0]
+        assert [a.kind for a in report.plan.actions] == ["terminate", "provision"]
+        assert vast.labels() == ["respawn-job-g2"]
+    finally:
+        ssh.stop()
+        os.environ.pop("RESPAWN_SSH_KEY", None)
