@@ -177,3 +177,13 @@ def test_terminate_missing_instance_is_fine(fake: FakeVast) -> None:
     p.terminate(str(iid))
     p.terminate(str(iid))
     assert fake.instances == {}
+
+
+def test_rate_limit_waits_for_retry_after(fake: FakeVast) -> None:
+    import time
+
+    fake.fail("list", Fault(status=429, headers={"Retry-After": "1"}))
+    start = time.monotonic()
+    provider(fake).list_instances("job")
+    assert time.monotonic() - start >= 0.9  # backoff is 0 here: only Retry-After made it wait
+    assert fake.count("list") == 2
