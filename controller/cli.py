@@ -110,6 +110,31 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from controller.reconcile import open_providers
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    failed = False
+    for name, provider in open_providers(fleet, set(run.providers)).items():
+        try:
+            if isinstance(provider, Exception):
+                raise provider
+            for inst in provider.list_instances(run.name):
+                print(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
+                diagnose = getattr(provider, "diagnose", None)
+                if diagnose is None or not inst.live:
+                    print("   (no shell access)")
+                    continue
+                for section, text in diagnose(inst.id).items():
+                    print(f"-- {section}")
+                    print(text.rstrip())
+        except Exception as e:
+            failed = True
+            print(f"{name}: {e}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     fleet = _load(args)
     run = fleet.run(args.run)
@@ -183,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp)
     sp.add_argument("--run", required=True)
     sp.set_defaults(func=cmd_terminate)
+
+    sp = sub.add_parser("diagnose", help="GPU state, pod log tail and disk of a run's instances")
+    with_config(sp)
+    sp.add_argument("--run", required=True)
+    sp.set_defaults(func=cmd_diagnose)
 
     sp = sub.add_parser("resume", help="clear a halt so the controller acts on the run again")
     with_config(sp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,18 @@ class LocalProvider:
         if self._alive(rec):
             raise ProviderError(f"local: instance {instance_id} survived SIGKILL")
         self._record_path(instance_id).unlink(missing_ok=True)
+
+    def diagnose(self, instance_id: str) -> dict[str, str]:
+        rec = self.record(instance_id)
+        if rec is None:
+            raise ProviderError(f"local: no instance {instance_id}")
+        log_lines = Path(str(rec["log"])).read_text(errors="replace").splitlines()[-40:]
+        usage = shutil.disk_usage(str(rec["disk"]))
+        return {
+            "processes": " ".join(map(str, self._alive(rec))) or "none",
+            "log": "\n".join(log_lines),
+            "disk": f"{usage.used / 2**30:.1f} GiB used, {usage.free / 2**30:.1f} GiB free",
+        }
 
     def restart_trainer(self, instance_id: str) -> None:
         """Ask the pod's supervisor to restart its trainer (SIGUSR1 to the session leader)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from provisioning.base import ProviderError, TransientProviderError
+from provisioning.base import Instance, ProviderError, TransientProviderError
 
 log = logging.getLogger("respawn.remote")
 CONNECT_TIMEOUT = 20.0
@@ -82,3 +82,10 @@ class Remote:
 
     def diagnose(self, host: str, port: int) -> dict[str, str]:
         return {name: self.run(host, port, cmd)[1] for name, cmd in DIAGNOSE.items()}
+
+
+def ssh_address(instances: list[Instance], instance_id: str, provider: str) -> tuple[str, int]:
+    inst = next((i for i in instances if i.id == instance_id), None)
+    if inst is None or not inst.ssh_host or not inst.ssh_port:
+        raise ProviderError(f"{provider}: instance {instance_id} has no SSH address")
+    return inst.ssh_host, inst.ssh_port

@@ -219,13 +219,21 @@ class RunPodProvider:
         except NotFoundError:
             return
 
-    def restart_trainer(self, instance_id: str) -> None:
+    def _remote_at(self, instance_id: str) -> tuple[Any, str, int]:
         if self.remote is None:
             raise ProviderError("runpod: no SSH key configured (providers.ssh_private_key_env)")
-        inst = next((i for i in self._all() if i.id == instance_id), None)
-        if inst is None or not inst.ssh_host or not inst.ssh_port:
-            raise ProviderError(f"runpod: pod {instance_id} has no public SSH port")
-        self.remote.restart_trainer(inst.ssh_host, inst.ssh_port)
+        from provisioning.remote import ssh_address
+
+        host, port = ssh_address(self._all(), instance_id, self.name)
+        return self.remote, host, port
+
+    def restart_trainer(self, instance_id: str) -> None:
+        remote, host, port = self._remote_at(instance_id)
+        remote.restart_trainer(host, port)
+
+    def diagnose(self, instance_id: str) -> dict[str, str]:
+        remote, host, port = self._remote_at(instance_id)
+        return dict(remote.diagnose(host, port))
 
 
 def _graphql_error(errors: list[dict[str, Any]], what: str, key_env: str) -> ProviderError:

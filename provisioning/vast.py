@@ -195,13 +195,21 @@ class VastProvider:
         except NotFoundError:
             return
 
-    def restart_trainer(self, instance_id: str) -> None:
+    def _remote_at(self, instance_id: str) -> tuple[Any, str, int]:
         if self.remote is None:
             raise ProviderError("vast: no SSH key configured (providers.ssh_private_key_env)")
-        inst = next((i for i in self._all() if i.id == instance_id), None)
-        if inst is None or not inst.ssh_host or not inst.ssh_port:
-            raise ProviderError(f"vast: instance {instance_id} has no SSH address")
-        self.remote.restart_trainer(inst.ssh_host, inst.ssh_port)
+        from provisioning.remote import ssh_address
+
+        host, port = ssh_address(self._all(), instance_id, self.name)
+        return self.remote, host, port
+
+    def restart_trainer(self, instance_id: str) -> None:
+        remote, host, port = self._remote_at(instance_id)
+        remote.restart_trainer(host, port)
+
+    def diagnose(self, instance_id: str) -> dict[str, str]:
+        remote, host, port = self._remote_at(instance_id)
+        return dict(remote.diagnose(host, port))
 
     def _all(self) -> list[Instance]:
         rows = self._call(self.sdk.show_instances, "list instances")

@@ -234,11 +234,11 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         assert report.plan.verdict.health.value == "stalled"
         assert [(r.action.kind, r.ok) for r in report.results] == [("restart", True)]
         assert any(c.startswith("pkill -USR1") for c in ssh.commands)
-        # Diagnosis over the same channel, with real nvidia-smi output.
-        from provisioning.remote import Remote
-
-        diag = Remote(key).diagnose("127.0.0.1", ssh.port)
-        assert "H100" in diag["gpus"] and "0 %" in diag["gpus"]
+        # Diagnosis over the same channel: GPU state, log tail, disk.
+        proc = run_cli("diagnose", "-c", str(tmp_path / "fleet.yaml"), "--run", "job")
+        assert proc.returncode == 0, proc.stderr
+        assert "-- gpus" in proc.stdout and "H100" in proc.stdout and "0 %" in proc.stdout
+        assert any(c.startswith("tail -n 40") for c in ssh.commands)
         # Still stalled on the next tick: restart was tried, so the instance is replaced.
         report = tick(fleet)[0]
         assert [a.kind for a in report.plan.actions] == ["terminate", "provision"]

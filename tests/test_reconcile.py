@@ -188,3 +188,14 @@ def test_failed_termination_cancels_the_launch(fleet_path: Path) -> None:
     assert len(local(fleet).list_instances("job")) == 1  # no second instance
     after = read_ledger(store)
     assert after.generation == 3 and after.launch_of(3) is None  # fenced, but not counted
+
+
+def test_diagnose_shows_the_pod_log(fleet_path: Path) -> None:
+    fleet = load_config(fleet_path)
+    tick(fleet)
+    run_dir = Path(fleet.store.url.removeprefix("file://")) / "job"
+    wait_for(lambda: '"training"' in _read(run_dir / "heartbeat.json"))
+    proc = run_cli("diagnose", "-c", str(fleet_path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "respawn-job-g1 (running)" in proc.stdout
+    assert "starting trainer" in proc.stdout and "GiB free" in proc.stdout
