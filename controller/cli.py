@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from controller.config import FleetConfig
+    from collections.abc import Callable
+
+    from controller.config import FleetConfig, RunConfig
+    from provisioning.base import Provider
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -23,6 +26,24 @@ def _load(args: argparse.Namespace) -> FleetConfig:
     from controller.config import load_config
 
     return load_config(args.config)
+
+
+def _per_provider(
+    fleet: FleetConfig, run: RunConfig, work: Callable[[str, Provider], None]
+) -> bool:
+    """Run `work` for each of the run's providers; report failures; True if all succeeded."""
+    from controller.reconcile import open_providers
+
+    ok = True
+    for name, provider in open_providers(fleet, set(run.providers)).items():
+        try:
+            if isinstance(provider, Exception):
+                raise provider
+            work(name, provider)
+        except Exception as e:  # one provider down must not hide the others' results
+            ok = False
+            print(f"{name}: {e}", file=sys.stderr)
+    return ok
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -47,21 +68,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from controller.reconcile import open_providers
-    from provisioning.base import Offer, ProviderError
+    from provisioning.base import Offer
 
     fleet = _load(args)
     run = fleet.run(args.run)
     offers: list[Offer] = []
-    failed = False
-    for name, provider in open_providers(fleet, set(run.providers)).items():
-        try:
-            if isinstance(provider, Exception):
-                raise provider
-            offers += provider.offers(run.resources)
-        except ProviderError as e:
-            failed = True
-            print(f"{name}: {e}", file=sys.stderr)
+    ok = _per_provider(fleet, run, lambda _name, p: offers.extend(p.offers(run.resources)))
     offers.sort(key=lambda o: o.price_per_hour)
     if args.json:
         print(json.dumps([o.model_dump(mode="json") for o in offers], indent=2))
@@ -72,7 +84,7 @@ def cmd_offers(args: argparse.Namespace) -> int:
                 f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
                 f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.location or ''}"
             )
-    return EXIT_FAILED if failed and not offers else EXIT_OK
+    return EXIT_OK if ok or offers else EXIT_FAILED
 
 
 def _set_halted(fleet: FleetConfig, run_name: str, reason: str | None) -> None:
@@ -85,7 +97,6 @@ def _set_halted(fleet: FleetConfig, run_name: str, reason: str | None) -> None:
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     from ckptstore.schema import utcnow
-    from controller.reconcile import open_providers
 
     fleet = _load(args)
     run = fleet.run(args.run)
@@ -95,44 +106,34 @@ def cmd_terminate(args: argparse.Namespace) -> int:
         run.name,
         f"terminated by hand at {utcnow():%Y-%m-%d %H:%M}Z (`respawn resume` to continue)",
     )
-    failed = False
-    for name, provider in open_providers(fleet, set(run.providers)).items():
-        try:
-            if isinstance(provider, Exception):
-                raise provider
-            for inst in provider.list_instances(run.name):
-                provider.terminate(inst.id)
-                print(f"terminated {name}:{inst.id} {inst.name}")
-        except Exception as e:
-            failed = True
-            print(f"{name}: {e}", file=sys.stderr)
+
+    def destroy(name: str, provider: Provider) -> None:
+        for inst in provider.list_instances(run.name):
+            provider.terminate(inst.id)
+            print(f"terminated {name}:{inst.id} {inst.name}")
+
+    ok = _per_provider(fleet, run, destroy)
     print(f"run {run.name} halted; `respawn resume -c {args.config} --run {run.name}` undoes it")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from controller.reconcile import open_providers
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    failed = False
-    for name, provider in open_providers(fleet, set(run.providers)).items():
-        try:
-            if isinstance(provider, Exception):
-                raise provider
-            for inst in provider.list_instances(run.name):
-                print(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
-                diagnose = getattr(provider, "diagnose", None)
-                if diagnose is None or not inst.live:
-                    print("   (no shell access)")
-                    continue
-                for section, text in diagnose(inst.id).items():
-                    print(f"-- {section}")
-                    print(text.rstrip())
-        except Exception as e:
-            failed = True
-            print(f"{name}: {e}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+
+    def show(name: str, provider: Provider) -> None:
+        for inst in provider.list_instances(run.name):
+            print(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
+            diagnose = getattr(provider, "diagnose", None)
+            if diagnose is None or not inst.live:
+                print("   (no shell access)")
+                continue
+            for section, text in diagnose(inst.id).items():
+                print(f"-- {section}")
+                print(text.rstrip())
+
+    return EXIT_OK if _per_provider(fleet, run, show) else EXIT_FAILED
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -84,8 +84,35 @@ class Remote:
         return {name: self.run(host, port, cmd)[1] for name, cmd in DIAGNOSE.items()}
 
 
-def ssh_address(instances: list[Instance], instance_id: str, provider: str) -> tuple[str, int]:
-    inst = next((i for i in instances if i.id == instance_id), None)
-    if inst is None or not inst.ssh_host or not inst.ssh_port:
-        raise ProviderError(f"{provider}: instance {instance_id} has no SSH address")
-    return inst.ssh_host, inst.ssh_port
+class ShellAccess:
+    """Listing by run, restart in place and diagnosis for a cloud whose instances have an SSH
+    address. The cloud adapter provides `name`, `remote` and `_all()`."""
+
+    name: str
+    remote: Remote | None
+
+    def _all(self) -> list[Instance]:
+        raise NotImplementedError
+
+    @property
+    def can_restart(self) -> bool:
+        return self.remote is not None
+
+    def list_instances(self, run: str) -> list[Instance]:
+        return [i for i in self._all() if i.run == run]
+
+    def _remote_at(self, instance_id: str) -> tuple[Remote, str, int]:
+        if self.remote is None:
+            raise ProviderError(f"{self.name}: no SSH key (set providers.ssh_private_key_env)")
+        inst = next((i for i in self._all() if i.id == instance_id), None)
+        if inst is None or not inst.ssh_host or not inst.ssh_port:
+            raise ProviderError(f"{self.name}: instance {instance_id} has no SSH address")
+        return self.remote, inst.ssh_host, inst.ssh_port
+
+    def restart_trainer(self, instance_id: str) -> None:
+        remote, host, port = self._remote_at(instance_id)
+        remote.restart_trainer(host, port)
+
+    def diagnose(self, instance_id: str) -> dict[str, str]:
+        remote, host, port = self._remote_at(instance_id)
+        return remote.diagnose(host, port)

@@ -29,6 +29,7 @@ from provisioning.base import (
 )
 from provisioning.calls import TIMEOUT_SECONDS, call
 from provisioning.offers import bid_for, gpu_key, select
+from provisioning.remote import ShellAccess
 
 API_URL = "https://api.runpod.io/graphql"
 PRICE_SLACK = 1e-6
@@ -73,7 +74,7 @@ def runpod_state(pod: dict[str, Any]) -> InstanceState:
     return InstanceState.STOPPED  # EXITED (spot reclaimed), STOPPED: the volume still bills
 
 
-class RunPodProvider:
+class RunPodProvider(ShellAccess):
     name = "runpod"
 
     def __init__(
@@ -90,7 +91,6 @@ class RunPodProvider:
         self.bid_margin = bid_margin
         self.cloud_type = cloud_type
         self.remote = remote
-        self.can_restart = remote is not None
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -210,30 +210,11 @@ class RunPodProvider:
         pods = (data.get("myself") or {}).get("pods") or []
         return [self._instance(p) for p in pods if parse_instance_name(str(p.get("name") or ""))]
 
-    def list_instances(self, run: str) -> list[Instance]:
-        return [i for i in self._all() if i.run == run]
-
     def terminate(self, instance_id: str) -> None:
         try:
             self._gql(TERMINATE, {"input": {"podId": instance_id}}, f"terminate {instance_id}")
         except NotFoundError:
             return
-
-    def _remote_at(self, instance_id: str) -> tuple[Any, str, int]:
-        if self.remote is None:
-            raise ProviderError("runpod: no SSH key configured (providers.ssh_private_key_env)")
-        from provisioning.remote import ssh_address
-
-        host, port = ssh_address(self._all(), instance_id, self.name)
-        return self.remote, host, port
-
-    def restart_trainer(self, instance_id: str) -> None:
-        remote, host, port = self._remote_at(instance_id)
-        remote.restart_trainer(host, port)
-
-    def diagnose(self, instance_id: str) -> dict[str, str]:
-        remote, host, port = self._remote_at(instance_id)
-        return dict(remote.diagnose(host, port))
 
 
 def _graphql_error(errors: list[dict[str, Any]], what: str, key_env: str) -> ProviderError:

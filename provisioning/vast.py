@@ -31,6 +31,7 @@ from provisioning.base import (
 )
 from provisioning.calls import TIMEOUT_SECONDS, call
 from provisioning.offers import bid_for, select
+from provisioning.remote import ShellAccess
 
 ONSTART = "bash /opt/respawn/pod_image/onstart.sh"
 PRICE_SLACK = 1e-6
@@ -47,7 +48,7 @@ def vast_state(row: dict[str, Any]) -> InstanceState:
     return InstanceState.STOPPED
 
 
-class VastProvider:
+class VastProvider(ShellAccess):
     name = "vast"
 
     def __init__(
@@ -65,7 +66,6 @@ class VastProvider:
         self.key_env = key_env
         self.bid_margin = bid_margin
         self.remote = remote
-        self.can_restart = remote is not None
 
     def _call(self, fn: Any, what: str) -> Any:
         return call(fn, f"vast: {what}", self.key_env)
@@ -186,30 +186,11 @@ class VastProvider:
             detail=str(row.get("status_msg") or "")[:200],
         )
 
-    def list_instances(self, run: str) -> list[Instance]:
-        return [i for i in self._all() if i.run == run]
-
     def terminate(self, instance_id: str) -> None:
         try:
             self._call(lambda: self.sdk.destroy_instance(int(instance_id)), "destroy")
         except NotFoundError:
             return
-
-    def _remote_at(self, instance_id: str) -> tuple[Any, str, int]:
-        if self.remote is None:
-            raise ProviderError("vast: no SSH key configured (providers.ssh_private_key_env)")
-        from provisioning.remote import ssh_address
-
-        host, port = ssh_address(self._all(), instance_id, self.name)
-        return self.remote, host, port
-
-    def restart_trainer(self, instance_id: str) -> None:
-        remote, host, port = self._remote_at(instance_id)
-        remote.restart_trainer(host, port)
-
-    def diagnose(self, instance_id: str) -> dict[str, str]:
-        remote, host, port = self._remote_at(instance_id)
-        return dict(remote.diagnose(host, port))
 
     def _all(self) -> list[Instance]:
         rows = self._call(self.sdk.show_instances, "list instances")
