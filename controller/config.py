@@ -205,6 +205,12 @@ class FleetConfig(_Strict):
         if dup:
             raise ValueError(f"run names must be unique; repeated: {', '.join(sorted(dup))}")
         for r in self.runs:
+            clouds = [p for p in r.providers if p != "local"]
+            if clouds and not r.pod.image:
+                raise ValueError(
+                    f"run {r.name!r} uses {', '.join(clouds)}: set pod.image (the image that "
+                    "holds your trainer and respawn's pod side, see pod_image/Dockerfile)"
+                )
             if "local" in r.providers and self.providers.local is None:
                 raise ValueError(
                     f"run {r.name!r} uses provider 'local': set providers.local.state_dir"

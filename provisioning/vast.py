@@ -89,6 +89,8 @@ class VastProvider(ShellAccess):
         )
         out = []
         for row in rows:
+            if row.get("min_bid") is None or row.get("id") is None:
+                continue  # not rentable as interruptible
             bid = bid_for(float(row["min_bid"]), self.bid_margin, resources.max_price_per_hour)
             if bid is None:
                 continue

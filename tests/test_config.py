@@ -101,6 +101,11 @@ def test_local_provider_needs_state_dir() -> None:
     assert "providers.local.state_dir" in msg
 
 
+def test_cloud_providers_need_an_image() -> None:
+    msg = _error(GOOD.replace("providers: [local]", "providers: [local, vast]"))
+    assert "set pod.image" in msg
+
+
 def test_keep_last_at_least_two() -> None:
     msg = _error(
         GOOD.replace(

@@ -26,6 +26,7 @@ def write_fleet(tmp: Path, command: str = SLEEPER, providers: list[str] | None =
                 "name": "job",
                 "health": {"startup_grace": "1m", "stall_after": "5m", "dead_after": "2m"},
                 "pod": {
+                    "image": "local-has-no-image:but-clouds-need-one",
                     "command": command,
                     "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
                     "sync_interval": "0.2s",
