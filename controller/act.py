@@ -31,7 +31,6 @@ from controller.model import (
 from provisioning.base import (
     Instance,
     InstanceState,
-    InvalidCredentialsError,
     LaunchSpec,
     NoCapacityError,
     Offer,
@@ -131,10 +130,7 @@ def provision(
                 return settle_race(provider, run.name, provider.launch(offer, spec)), offer
             except NoCapacityError as e:
                 tried.append(f"{name} offer {offer.id}: {e}")
-            except InvalidCredentialsError as e:
-                tried.append(f"{name}: {e}")
-                break
-            except ProviderError as e:
+            except ProviderError as e:  # bad key, API down, price check: next provider
                 tried.append(f"{name}: {e}")
                 break
     raise ProviderError("no instance launched: " + "; ".join(tried))
@@ -269,6 +265,10 @@ def act(
         except (ProviderError, MissingSecretError, StoreError) as e:
             log.error("%s failed: %s", describe(action), e)
             results.append(ActionResult(action=action, ok=False, detail=str(e)))
+        except Exception as e:  # a bug or an unmapped SDK error: report it, finish the tick
+            log.exception("%s failed unexpectedly", describe(action))
+            detail = f"unexpected {type(e).__name__}: {e}"
+            results.append(ActionResult(action=action, ok=False, detail=detail))
     if store is not None and actor.ledger != previous_ledger:
         try:
             actor.save_ledger()

@@ -56,7 +56,9 @@ def estimated_spend(ledger: Ledger, now: datetime) -> float:
 
 
 def budget_trip(budget: Budget, ledger: Ledger, now: datetime) -> str | None:
-    recent = [lr for lr in ledger.launches if now - lr.at < DAY]
+    # Only launches that produced an instance count: a spot market with no capacity for an
+    # hour is retried every tick, not mistaken for a crash loop.
+    recent = [lr for lr in ledger.launches if now - lr.at < DAY and lr.instance_id]
     if len(recent) >= budget.max_launches_per_day:
         return (
             f"crash-loop breaker: {len(recent)} launches in 24h "

@@ -294,6 +294,15 @@ def test_crash_loop_breaker_halts_instead_of_launching() -> None:
     assert plan.ledger.generation == 3
 
 
+def test_launches_that_found_no_capacity_do_not_trip_the_breaker() -> None:
+    failed = tuple(
+        LaunchRecord(generation=g, at=NOW - g * 10 * M, error="no capacity") for g in range(1, 9)
+    )
+    led = Ledger(run="r", generation=8, launches=failed)
+    plan = decide(RUN, obs(ledger=led, instances=()), NOW)
+    assert [a.kind for a in plan.actions] == ["provision"]
+
+
 def test_spend_cap_halts() -> None:
     launches = (
         LaunchRecord(generation=1, at=NOW - 23 * 60 * M, instance_id="i1", price_per_hour=5),
