@@ -156,6 +156,13 @@ class Supervisor:
     def sync(self, writer_done: bool = False) -> None:
         """Publish the newest complete step. `writer_done`: the trainer exited cleanly, so a
         quiet period is no longer needed to know its files are whole."""
+        try:
+            self._sync(writer_done)
+        except OSError as e:
+            # The trainer may delete its own old checkpoints while we look at them.
+            log.warning("sync round failed (will retry): %s", e)
+
+    def _sync(self, writer_done: bool) -> None:
         pod, workdir = self.ctx.pod, self.ctx.workdir
         on_disk = step_dirs(workdir, pod.checkpoints.sources)
         newest_dir = max(on_disk, default=None)
@@ -240,6 +247,11 @@ class Supervisor:
         beater.start()
         try:
             return self._loop(pod)
+        except Exception:
+            # Never leave a trainer running unsupervised (its checkpoints would go nowhere).
+            log.exception("supervisor failed")
+            self._stop_trainer(pod.term_grace.total_seconds())
+            return self._give_up("supervisor failed; see the pod log")
         finally:
             self._done.set()
             beater.join(timeout=5)
