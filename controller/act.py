@@ -93,6 +93,15 @@ def launch_env(
     return env
 
 
+def redact(text: str, secrets: list[str]) -> str:
+    """Cloud APIs may echo a rejected request (GraphQL quotes invalid variables): never let a
+    secret from the launch environment reach a log, a report or the ledger."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
 def provision(
     fleet: FleetConfig,
     run: RunConfig,
@@ -117,21 +126,25 @@ def provision(
         if not offers:
             tried.append(f"{name}: no offer under ${cap:g}/h")
             continue
+        env = launch_env(fleet, run, generation, name, environ)
+        secrets = [
+            v for k, v in env.items() if k not in run.pod.env and not k.startswith("RESPAWN_")
+        ]
         spec = LaunchSpec(
             run=run.name,
             generation=generation,
             image=run.pod.image,
             disk_gb=run.resources.disk_gb,
             max_price_per_hour=cap,
-            env=launch_env(fleet, run, generation, name, environ),
+            env=env,
         )
         for offer in offers[:MAX_OFFERS_TRIED]:
             try:
                 return settle_race(provider, run.name, provider.launch(offer, spec)), offer
             except NoCapacityError as e:
-                tried.append(f"{name} offer {offer.id}: {e}")
+                tried.append(redact(f"{name} offer {offer.id}: {e}", secrets))
             except ProviderError as e:  # bad key, API down, price check: next provider
-                tried.append(f"{name}: {e}")
+                tried.append(redact(f"{name}: {e}", secrets))
                 break
     raise ProviderError("no instance launched: " + "; ".join(tried))
 

@@ -119,6 +119,25 @@ def test_failed_listing_is_unknown_and_launches_nothing(tmp_path: Path, clouds: 
     assert vast.count("create") == 0 and runpod.count("podRentInterruptable") == 0
 
 
+def test_secrets_echoed_by_an_api_error_are_redacted(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"])
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"][0]["pod"]["secret_env"] = ["HF_TOKEN"]
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("HF_TOKEN", "hf_SuperSecretValue123")
+    vast.offers.clear()
+    runpod.echo_invalid_input = True
+    proc = run_cli("reconcile", "-c", str(path), "--json")
+    assert proc.returncode == 1
+    everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
+    assert "got invalid value" in everything  # the error itself is reported...
+    assert "hf_SuperSecretValue123" not in everything  # ...without the secret
+    assert "***" in everything
+
+
 def test_two_concurrent_ticks_leave_one_instance(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))

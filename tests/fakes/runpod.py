@@ -7,6 +7,7 @@ podRentInterruptable, myself { pods }, podTerminate. Values arrive only as varia
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from tests.fakes.http import FakeAPI, Reply
@@ -30,6 +31,7 @@ class FakeRunPod(FakeAPI):
         self.loading_polls = 1
         self.rent_inputs: list[dict[str, Any]] = []
         self.on_demand_anyway = False
+        self.echo_invalid_input = False  # GraphQL servers quote rejected variables back
         self.ssh_port = 22
 
     def route(self, method: str, path: str, body: Any) -> str:
@@ -97,6 +99,9 @@ class FakeRunPod(FakeAPI):
 
     def _rent(self, inp: dict[str, Any]) -> Reply:
         self.rent_inputs.append(inp)
+        if self.echo_invalid_input:
+            message = f'Variable "$input" got invalid value {json.dumps(inp)}.'
+            return Reply(200, {"errors": [{"message": message}], "data": None})
         t = self.types.get(inp["gpuTypeId"])
         if t is None or t[4] < inp["gpuCount"] or t[2] is None:
             return Reply(200, {"errors": [{"message": NO_CAPACITY}], "data": None})
