@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Client libraries log requests at debug level, headers and tokens included: -v is for
+    # respawn's own decisions, never for those.
+    for noisy in ("b2sdk", "urllib3", "paramiko", "requests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from controller.config import ConfigError
 
     try:

@@ -93,6 +93,8 @@ def main() -> int:
         format="%(asctime)s respawn-pod %(levelname)s %(message)s",
         stream=sys.stdout,
     )
+    for noisy in ("b2sdk", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     env = dict(os.environ)
     try:
         ctx = context_from_env(env)
