@@ -156,3 +156,12 @@ def test_store_url_prefix_isolates_fleets(tmp_path: Path) -> None:
     b = CheckpointStore(B2Backend(api, "respawn-test", "team-b"), "run")
     a.publish(1, make_step(tmp_path, 1, {"x.bin": b"x"}), 1, "t")
     assert b.read_pointer() is None and b.manifested_steps() == []
+
+
+def test_expired_auth_token_is_renewed_mid_run(tmp_path: Path) -> None:
+    api, sim = b2_simulator()
+    store = CheckpointStore(B2Backend(api, "respawn-test", "fleet"), "run", workers=1)
+    store.publish(1, make_step(tmp_path, 1, {"a.bin": b"a" * 300}), 1, "t")
+    sim.expire_auth_token(api.account_info.get_account_auth_token())
+    store.publish(2, make_step(tmp_path, 2, {"a.bin": b"b" * 300}), 1, "t")
+    assert store.read_pointer().step == 2  # type: ignore[union-attr]

@@ -63,3 +63,19 @@ def test_demo_recovers_and_verifies(tmp_path: Path) -> None:
     out = proc.stdout
     assert "SIGKILL instance" in out and "controller: dead" in out and "controller: finished" in out
     assert "✗" not in out and "demo passed" in out
+
+
+def test_local_only_tick_imports_no_cloud_sdk(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "local.yaml").read_text()
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(text.replace("/tmp/respawn-local", str(tmp_path)))
+    code = (
+        "import sys\n"
+        "from controller.config import load_config\n"
+        "from controller.reconcile import tick\n"
+        f"tick(load_config({str(fleet)!r}), act_on_plan=False)\n"
+        "print('HEAVY', [m for m in ('wandb', 'vastai', 'runpod', 'b2sdk', 'paramiko')"
+        " if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "HEAVY []" in proc.stdout, proc.stderr
