@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The instance's onstart: run the pod bootstrap, which restores the latest verified checkpoint
 # and supervises the trainer. The provider passes RESPAWN_* and the secrets in the environment.
+#
+# `exec`, not a child process: on RunPod this script is the container's PID 1, and a spot
+# reclaim sends SIGTERM to PID 1 only; the bootstrap must receive it to checkpoint in time.
 # Vast re-runs onstart when a paused (outbid) instance resumes: the bootstrap then finds a
-# newer generation in the store, if any, and exits without writing.
+# newer generation in the store, if there is one, and exits without writing.
 set -euo pipefail
-mkdir -p /var/log/respawn
+log_dir="${RESPAWN_LOG_DIR:-/var/log/respawn}"
+mkdir -p "$log_dir"
 cd "${RESPAWN_WORKDIR:-/workspace}"
-exec python -m pod_image.bootstrap 2>&1 | tee -a /var/log/respawn/pod.log
+exec > >(tee -a "$log_dir/pod.log") 2>&1
+exec "${RESPAWN_PYTHON:-python}" -m pod_image.bootstrap

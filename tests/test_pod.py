@@ -241,3 +241,37 @@ def test_nothing_verifies_reports_failure(tmp_path: Path, store: CheckpointStore
     assert proc.returncode == 2, out
     hb = store.read_heartbeat()
     assert hb is not None and hb.phase == "failed" and "verifies" in hb.message
+
+
+def test_onstart_script_delivers_sigterm_to_the_bootstrap(
+    tmp_path: Path, store: CheckpointStore
+) -> None:
+    # onstart.sh must exec the bootstrap: a reclaim signals only the container's PID 1.
+    disk = tmp_path / "workspace"
+    disk.mkdir()
+    env = {
+        **os.environ,
+        "RESPAWN_STORE": f"file://{tmp_path / 'store'}",
+        "RESPAWN_RUN": "r",
+        "RESPAWN_GENERATION": "1",
+        "RESPAWN_POD": pod_spec(TOY % (400, "0.05")).model_dump_json(),
+        "PYTHONPATH": str(ROOT),
+        "RESPAWN_WORKDIR": str(disk),
+        "RESPAWN_LOG_DIR": str(tmp_path / "log"),
+        "RESPAWN_PYTHON": sys.executable,
+    }
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "pod_image" / "onstart.sh")], env=env, start_new_session=True
+    )
+    try:
+        wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 5)
+        proc.send_signal(signal.SIGTERM)  # to the script's PID only, as docker stop does
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "log" / "pod.log").read_text()
+    assert "SIGTERM, checkpointed step" in log
+    hb = store.read_heartbeat()
+    assert hb is not None and hb.phase == "exiting"
+    assert store.read_pointer().step == hb.published_step  # type: ignore[union-attr]
