@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -17,7 +18,7 @@ from controller.decide import decide
 from controller.model import Observation, Plan
 from controller.observe import observe
 from controller.providers import get_provider
-from provisioning.base import Provider, ProviderError
+from provisioning.base import Instance, Provider, ProviderError
 
 
 class RunReport(BaseModel):
@@ -32,6 +33,35 @@ class RunReport(BaseModel):
     @property
     def failed(self) -> bool:
         return any(not r.ok for r in self.results)
+
+
+class ListingCache:
+    """One provider listing per tick, shared by every run's observation (a fleet of runs on one
+    account would otherwise list it once per run and run into rate limits). Only `observe`
+    sees it: `act` lists afresh, since settling a launch race needs the live answer."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self._lock = threading.Lock()
+        self._all: list[Instance] | Exception | None = None
+
+    def list_instances(self, run: str) -> list[Instance]:
+        every = getattr(self.provider, "_all", None)
+        if every is None:
+            return self.provider.list_instances(run)
+        with self._lock:
+            if self._all is None:
+                try:
+                    self._all = every()
+                except Exception as e:  # every run sees the same failure: all unknown
+                    self._all = e
+        if isinstance(self._all, Exception):
+            raise self._all
+        return [i for i in self._all if i.run == run]
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self.provider, attr)
 
 
 def open_providers(fleet: FleetConfig, names: set[str]) -> dict[str, Provider | Exception]:
@@ -52,9 +82,10 @@ def tick_run(
     now: datetime,
     act_on_plan: bool,
     dry_run: bool = False,
+    listings: Mapping[str, Provider | Exception] | None = None,
 ) -> RunReport:
     store = backend if isinstance(backend, Exception) else CheckpointStore(backend, run.name)
-    obs = observe(run, store, providers)
+    obs = observe(run, store, providers if listings is None else listings)
     plan = decide(run, obs, now)
     results: tuple[ActionResult, ...] = ()
     if act_on_plan and not dry_run:
@@ -78,9 +109,12 @@ def tick(
     except StoreError as e:
         backend = e
     when = now or utcnow()
+    listings: dict[str, Provider | Exception] = {
+        name: p if isinstance(p, Exception) else ListingCache(p) for name, p in providers.items()
+    }
 
     def one(run: RunConfig) -> RunReport:
-        return tick_run(fleet, run, backend, providers, when, act_on_plan, dry_run)
+        return tick_run(fleet, run, backend, providers, when, act_on_plan, dry_run, listings)
 
     with ThreadPoolExecutor(max_workers=min(8, len(runs))) as pool:
         return list(pool.map(one, runs))

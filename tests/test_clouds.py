@@ -265,3 +265,28 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
     finally:
         ssh.stop()
         os.environ.pop("RESPAWN_SSH_KEY", None)
+
+
+def test_one_listing_per_provider_per_tick(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"] += [{**doc["runs"][0], "name": f"job{n}"} for n in range(2, 5)]
+    path.write_text(yaml.safe_dump(doc))
+    vast.add_instance("respawn-job3-g1")
+    reports = tick(load_config(path), act_on_plan=False)
+    assert vast.count("list") == 1 and runpod.count("myself") == 1
+    by_run = {r.run: [i.name for i in r.observation.instances] for r in reports}
+    assert by_run == {"job": [], "job2": [], "job3": ["respawn-job3-g1"], "job4": []}
+
+
+def test_a_failed_shared_listing_makes_every_run_unknown(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"].append({**doc["runs"][0], "name": "job2"})
+    path.write_text(yaml.safe_dump(doc))
+    vast.fail("list", *[Fault(status=503)] * calls.ATTEMPTS)
+    reports = tick(load_config(path))
+    assert [r.plan.verdict.health.value for r in reports] == ["unknown", "unknown"]
+    assert vast.count("create") == 0
