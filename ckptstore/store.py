@@ -163,17 +163,13 @@ class CheckpointStore:
 
     def manifested_steps(self) -> list[int]:
         """Steps whose MANIFEST.json is in the store, oldest first."""
-        steps = set()
-        for obj in self.backend.list(self.keys.checkpoints):
-            rest = obj.key[len(self.keys.checkpoints) :]
-            parts = rest.split("/")
-            if len(parts) == 2 and parts[1] == "MANIFEST.json":
-                step = parse_step_dirname(parts[0])
-                if step is not None:
-                    steps.add(step)
-        return sorted(steps)
+        return self._manifested(self._objects_by_step())
+
+    def _manifested(self, by_step: dict[int, list[str]]) -> list[int]:
+        return sorted(s for s, keys in by_step.items() if self.keys.manifest(s) in keys)
 
     def _objects_by_step(self) -> dict[int, list[str]]:
+        """Every object under the checkpoints prefix, by step: one listing of the store."""
         out: dict[int, list[str]] = {}
         for obj in self.backend.list(self.keys.checkpoints):
             step = parse_step_dirname(obj.key[len(self.keys.checkpoints) :].split("/")[0])
@@ -358,7 +354,7 @@ class CheckpointStore:
         if pointer is None:
             return []
         by_step = self._objects_by_step()
-        manifested = [s for s in self.manifested_steps() if s <= pointer.step]
+        manifested = [s for s in self._manifested(by_step) if s <= pointer.step]
         keep = set(manifested[-keep_last:]) | {pointer.step} | set(protect)
         if keep_every:
             keep |= {s for s in manifested if s % keep_every == 0}

@@ -22,11 +22,9 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                 for res in r.results
             ]
         else:
+            detail = "planned (dry run)" if r.dry_run else "planned"
             actions = [
-                {**a.model_dump(mode="json"), "ok": None, "detail": "planned (dry run)"}
-                if r.dry_run
-                else {**a.model_dump(mode="json"), "ok": None, "detail": "planned"}
-                for a in r.plan.actions
+                {**a.model_dump(mode="json"), "ok": None, "detail": detail} for a in r.plan.actions
             ]
         runs.append(
             {
