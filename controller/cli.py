@@ -118,7 +118,6 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-
     fleet = _load(args)
     run = fleet.run(args.run)
 
