@@ -21,9 +21,9 @@ from pathlib import Path
 
 from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 
-from ckptstore.b2_backend import B2Backend
-from ckptstore.sources import LocalFile
-from ckptstore.store import CheckpointStore
+from respawn.store.b2_backend import B2Backend
+from respawn.store.disk import LocalFile
+from respawn.store.store import CheckpointStore
 
 WORKERS = 8
 

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ckptstore.sources import LocalFile
-from ckptstore.store import CheckpointStore
+from respawn.store.disk import LocalFile
+from respawn.store.store import CheckpointStore
 
 
 def make_tree(root: Path, total: int, files: int) -> list[LocalFile]:

@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=15)
     runs = p.parse_args().runs
     base = median_seconds([sys.executable, "-c", "pass"], runs)
-    helpt = median_seconds([sys.executable, "-m", "controller", "--help"], runs)
+    helpt = median_seconds([sys.executable, "-m", "respawn", "--help"], runs)
     imp = median_seconds(
         [sys.executable, "-c", "import wandb, vastai, runpod, b2sdk.v2"], max(3, runs // 3)
     )

@@ -11,13 +11,11 @@ import logging
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict
-
-from ckptstore.store import CheckpointStore, StoreError
-from controller.config import FleetConfig, RunConfig
-from controller.ledger import write_ledger
-from controller.model import (
+from respawn.controller.config import FleetConfig, RunConfig
+from respawn.controller.ledger import write_ledger
+from respawn.controller.model import (
     Action,
+    ActionResult,
     Alert,
     Halt,
     LaunchRecord,
@@ -28,27 +26,21 @@ from controller.model import (
     Terminate,
     describe,
 )
-from provisioning.base import (
+from respawn.provisioning.base import (
     Instance,
-    InstanceState,
     LaunchSpec,
-    NoCapacityError,
     Offer,
     Provider,
     ProviderError,
+    WithTrainerControl,
     instance_name,
 )
+from respawn.provisioning.failover import launch_first_fit
+
+from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
+from respawn.store.store import CheckpointStore, StoreError
 
 log = logging.getLogger("respawn.controller")
-MAX_OFFERS_TRIED = 5
-
-
-class ActionResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    action: Action
-    ok: bool
-    detail: str = ""
 
 
 class MissingSecretError(Exception):
@@ -56,19 +48,17 @@ class MissingSecretError(Exception):
 
 
 def launch_env(
-    fleet: FleetConfig, run: RunConfig, generation: int, provider: str, environ: Mapping[str, str]
-) -> dict[str, str]:
-    """The pod's environment: what it needs to find its store and resume, plus the secrets the
-    config names, read from the controller's environment (GitHub secrets in the workflow)."""
+    fleet: FleetConfig, run: RunConfig, pod_env: PodEnv, environ: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """The pod's environment and the secret values in it: where it finds its store and who it
+    is (`PodEnv`), plus the secrets the config names, read from the controller's environment
+    (GitHub secrets in the workflow)."""
     secrets = list(run.pod.secret_env)
     store_creds: dict[str, str] = {}
     if fleet.store.url.startswith("b2://"):
         secrets += [fleet.store.key_id_env, fleet.store.key_env]
         # The pod reads the store key under the canonical names, whatever the controller's.
-        store_creds = {
-            "B2_APPLICATION_KEY_ID": fleet.store.key_id_env,
-            "B2_APPLICATION_KEY": fleet.store.key_env,
-        }
+        store_creds = {ENV_STORE_KEY_ID: fleet.store.key_id_env, ENV_STORE_KEY: fleet.store.key_env}
     if run.wandb is not None:
         secrets.append(run.wandb.api_key_env)
     missing = [name for name in secrets if not environ.get(name)]
@@ -80,17 +70,8 @@ def launch_env(
     env = dict(run.pod.env)
     env.update({name: environ[name] for name in secrets})
     env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})
-    env.update(
-        RESPAWN_STORE=fleet.store.url,
-        RESPAWN_RUN=run.name,
-        RESPAWN_GENERATION=str(generation),
-        RESPAWN_WRITER=f"{provider}:{instance_name(run.name, generation)}",
-        RESPAWN_POD=run.pod.model_dump_json(),
-    )
-    wandb_id = run.wandb.run_id if run.wandb else None
-    if wandb_id:
-        env["RESPAWN_WANDB_RUN_ID"] = wandb_id
-    return env
+    env.update(pod_env.to_env())
+    return env, [environ[name] for name in secrets]
 
 
 def redact(text: str, secrets: list[str]) -> str:
@@ -105,72 +86,41 @@ def redact(text: str, secrets: list[str]) -> str:
 def provision(
     fleet: FleetConfig,
     run: RunConfig,
+    store: CheckpointStore,
     providers: Mapping[str, Provider | Exception],
     generation: int,
     environ: Mapping[str, str],
 ) -> tuple[Instance, Offer]:
-    """Launch on the cheapest fitting offer, failing over offer by offer, then provider by
-    provider in the run's order. Raises ProviderError listing what every attempt said."""
-    cap = run.resources.max_price_per_hour
-    tried: list[str] = []
-    for name in run.providers:
-        provider = providers.get(name)
-        if provider is None or isinstance(provider, Exception):
-            tried.append(f"{name}: {provider or 'not configured'}")
-            continue
-        try:
-            offers = [o for o in provider.offers(run.resources) if o.price_per_hour <= cap]
-        except ProviderError as e:
-            tried.append(f"{name}: offers failed: {e}")
-            continue
-        if not offers:
-            tried.append(f"{name}: no offer under ${cap:g}/h")
-            continue
-        env = launch_env(fleet, run, generation, name, environ)
-        secrets = [
-            v for k, v in env.items() if k not in run.pod.env and not k.startswith("RESPAWN_")
-        ]
-        spec = LaunchSpec(
+    """Publish the pod spec of this generation, then launch through failover."""
+    spec_doc = run.pod.canonical_json()
+    store.write_pod_spec(generation, spec_doc)
+    wandb_id = run.wandb.run_id if run.wandb else None
+    secrets: list[str] = []
+
+    def spec_for(provider: str, offer: Offer) -> LaunchSpec:
+        pod_env = PodEnv(
+            store=fleet.store.url,
+            run=run.name,
+            generation=generation,
+            writer=f"{provider}:{instance_name(run.name, generation)}",
+            pod_sha256=pod_sha256(spec_doc),
+            wandb_run_id=wandb_id,
+        )
+        env, values = launch_env(fleet, run, pod_env, environ)
+        secrets[:] = values
+        return LaunchSpec(
             run=run.name,
             generation=generation,
             image=run.pod.image,
             disk_gb=run.resources.disk_gb,
-            max_price_per_hour=cap,
+            max_price_per_hour=run.resources.max_price_per_hour,
+            market=offer.market,
             env=env,
         )
-        for offer in offers[:MAX_OFFERS_TRIED]:
-            try:
-                return settle_race(provider, run.name, provider.launch(offer, spec)), offer
-            except NoCapacityError as e:
-                tried.append(redact(f"{name} offer {offer.id}: {e}", secrets))
-            except ProviderError as e:  # bad key, API down, price check: next provider
-                tried.append(redact(f"{name}: {e}", secrets))
-                break
-    raise ProviderError("no instance launched: " + "; ".join(tried))
 
-
-def _id_order(instance: Instance) -> tuple[int, str]:
-    return (len(instance.id), instance.id)  # numeric ids compare as numbers
-
-
-def settle_race(provider: Provider, run: str, mine: Instance) -> Instance:
-    """Two ticks at once may both launch the same generation. Each launcher looks again after
-    its launch; the instance with the lowest id wins and a loser destroys its own, so the
-    pair settles on one instance without any lock."""
-    try:
-        twins = [
-            i
-            for i in provider.list_instances(run)
-            if i.generation == mine.generation and i.state != InstanceState.TERMINATED
-        ]
-    except ProviderError as e:
-        log.warning("could not check for a concurrent launch: %s", e)
-        return mine
-    winner = min([*twins, mine], key=_id_order)
-    if winner.id != mine.id:
-        log.warning("a concurrent tick launched %s first; destroying ours (%s)", winner.id, mine.id)
-        provider.terminate(mine.id)
-    return winner
+    return launch_first_fit(
+        run.providers, providers, run.resources, spec_for, lambda t: redact(t, secrets)
+    )
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
@@ -233,7 +183,11 @@ class _Actor:
                 self.save_ledger()  # claim the generation first: it fences the old pod
                 gen = action.generation
                 try:
-                    inst, offer = provision(self.fleet, self.run, self.providers, gen, self.environ)
+                    if self.store is None:
+                        raise StoreError("checkpoint store unavailable: cannot launch")
+                    inst, offer = provision(
+                        self.fleet, self.run, self.store, self.providers, gen, self.environ
+                    )
                 except (ProviderError, MissingSecretError) as e:
                     self.ledger = _record_launch(self.ledger, gen, error=str(e))
                     raise
@@ -246,10 +200,10 @@ class _Actor:
                 )
                 return f"{inst.provider}:{inst.id} {inst.name} at ${offer.price_per_hour:g}/h"
             case RestartInPlace():
-                restart = getattr(self._provider(action.provider), "restart_trainer", None)
-                if restart is None:
+                provider = self._provider(action.provider)
+                if not isinstance(provider, WithTrainerControl):
                     raise ProviderError(f"{action.provider} cannot restart a trainer in place")
-                restart(action.instance_id)
+                provider.restart_trainer(action.instance_id)
                 return action.reason
             case Alert():
                 log.warning("ALERT %s", action.message)

@@ -8,19 +8,21 @@ import os
 import sys
 from pathlib import Path
 
-from ckptstore.progress import TransferProgress, human_bytes
-from ckptstore.sources import LocalFile
-from ckptstore.store import CheckpointStore, StoreError
-from controller.cli import EXIT_FAILED, EXIT_OK, UsageError
+from respawn.controller.exits import EXIT_FAILED, EXIT_OK, UsageError
+
+from respawn.store.disk import LocalFile
+from respawn.store.progress import TransferProgress, human_bytes
+from respawn.store.store import CheckpointStore, StoreError
 
 
 def _store(args: argparse.Namespace) -> CheckpointStore:
     if args.store is not None:
         return CheckpointStore.open(args.store, args.run)
     if args.config is not None:
-        from controller.config import load_config
+        from respawn.controller.config import load_config
+        from respawn.controller.stores import open_run_store
 
-        return load_config(args.config).store.open(args.run)
+        return open_run_store(load_config(args.config).store, args.run)
     raise UsageError("name the store: --store URL, or -c FLEET.yaml")
 
 

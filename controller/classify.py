@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from controller.config import RunConfig
-from controller.model import Health, Observation, ProgressMark, Verdict
-from provisioning.base import Instance
+from respawn.controller.config import RunConfig
+from respawn.controller.model import Health, Observation, ProgressMark, Verdict
+from respawn.provisioning.base import Instance
 
 
 def ago(delta: timedelta) -> str:

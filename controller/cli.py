@@ -12,18 +12,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from controller.config import FleetConfig, RunConfig
-    from provisioning.base import Provider
+    from respawn.controller.config import FleetConfig, RunConfig
+    from respawn.provisioning.base import Provider
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    pass
+from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
 
 def _load(args: argparse.Namespace) -> FleetConfig:
-    from controller.config import load_config
+    from respawn.controller.config import load_config
 
     return load_config(args.config)
 
@@ -32,7 +28,7 @@ def _per_provider(
     fleet: FleetConfig, run: RunConfig, work: Callable[[str, Provider], None]
 ) -> bool:
     """Run `work` for each of the run's providers; report failures; True if all succeeded."""
-    from controller.reconcile import open_providers
+    from respawn.controller.providers import open_providers
 
     ok = True
     for name, provider in open_providers(fleet, set(run.providers)).items():
@@ -47,28 +43,28 @@ def _per_provider(
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from controller.reconcile import tick
-    from controller.report import dumps, exit_code, to_text, write_step_summary
+    from respawn.controller.reconcile import Mode, tick
+    from respawn.controller.report import dumps, exit_code, to_text, write_step_summary
 
     fleet = _load(args)
-    reports = tick(fleet, only=args.run, act_on_plan=True, dry_run=args.dry_run)
+    reports = tick(fleet, only=args.run, mode=Mode.DRY_RUN if args.dry_run else Mode.ACT)
     print(dumps(reports) if args.json else to_text(reports))
     write_step_summary(reports)
     return exit_code(reports)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from controller.reconcile import tick
-    from controller.report import dumps, exit_code, to_text
+    from respawn.controller.reconcile import Mode, tick
+    from respawn.controller.report import dumps, exit_code, to_text
 
     fleet = _load(args)
-    reports = tick(fleet, only=args.run, act_on_plan=False, dry_run=True)
+    reports = tick(fleet, only=args.run, mode=Mode.OBSERVE)
     print(dumps(reports) if args.json else to_text(reports))
     return exit_code(reports)
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from provisioning.base import Offer
+    from respawn.provisioning.base import Offer
 
     fleet = _load(args)
     run = fleet.run(args.run)
@@ -88,15 +84,16 @@ def cmd_offers(args: argparse.Namespace) -> int:
 
 
 def _set_halted(fleet: FleetConfig, run_name: str, reason: str | None) -> None:
-    from controller.ledger import read_ledger, write_ledger
+    from respawn.controller.ledger import read_ledger, write_ledger
+    from respawn.controller.stores import open_run_store
 
-    store = fleet.store.open(run_name)
+    store = open_run_store(fleet.store, run_name)
     ledger = read_ledger(store)
     write_ledger(store, ledger.model_copy(update={"halted": reason}))
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
-    from ckptstore.schema import utcnow
+    from respawn.store.schema import utcnow
 
     fleet = _load(args)
     run = fleet.run(args.run)
@@ -144,7 +141,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from controller.config import json_schema
+    from respawn.controller.config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
@@ -157,13 +154,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from controller.demo import run_demo
+    from respawn.examples.demo import run_demo
 
     return run_demo(workdir=args.workdir, keep=args.keep)
 
 
 def cmd_ckpt(args: argparse.Namespace) -> int:
-    from controller.ckpt_cli import run_ckpt
+    from respawn.controller.ckpt_cli import run_ckpt
 
     return run_ckpt(args)
 
@@ -265,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     # respawn's own decisions, never for those.
     for noisy in ("b2sdk", "urllib3", "paramiko", "requests"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from controller.config import ConfigError
+    from respawn.controller.config import ConfigError
 
     try:
         return int(args.func(args))

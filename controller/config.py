@@ -8,23 +8,29 @@ live in the file: it names environment variables that the workflow fills from Gi
 from __future__ import annotations
 
 import re
-import string
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from respawn.provisioning.base import Resources
+from respawn.provisioning.registry import REGISTRY
 
-from ckptstore.durations import Duration
-from ckptstore.sources import CheckpointSource
-from ckptstore.store import CheckpointStore
-from provisioning.base import Resources
+from respawn.contract.durations import Duration
+from respawn.contract.pod import ENV_NAME as _ENV_NAME
+from respawn.contract.pod import PodSpec
 
-ProviderName = Literal["local", "vast", "runpod"]
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ProviderName = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
 _RUN_NAME = r"^[a-z0-9][a-z0-9-]{0,47}$"
-COMMAND_FIELDS = {"resume_step", "run", "generation", "python", "workdir"}
 
 
 class _Strict(BaseModel):
@@ -53,9 +59,6 @@ class StoreSettings(_Strict):
     def credential_envs(self) -> tuple[str, str]:
         return (self.key_id_env, self.key_env)
 
-    def open(self, run: str) -> CheckpointStore:
-        return CheckpointStore.open(self.url, run, credential_envs=self.credential_envs)
-
 
 class HealthPolicy(_Strict):
     startup_grace: Duration = Field(
@@ -67,72 +70,6 @@ class HealthPolicy(_Strict):
     dead_after: Duration = Field(
         timedelta(minutes=15), description="no heartbeat for this long means dead"
     )
-
-
-class CheckpointPolicy(_Strict):
-    sources: tuple[CheckpointSource, ...] = Field(min_length=1)
-    keep_last: int = Field(3, ge=2, description="steps kept in the store (>= 2: pointer+fallback)")
-    keep_local: int = Field(1, ge=1, description="published steps kept on the pod's disk")
-    keep_every: int | None = Field(
-        None, ge=1, description="also keep milestone steps divisible by this, forever"
-    )
-
-
-class PodSpec(_Strict):
-    image: str | None = Field(None, description="container image (cloud providers)")
-    workdir: str = Field(".", description="directory the trainer runs in; sources are under it")
-    command: str = Field(description="training command; {resume_step} is the step to resume")
-    fresh_command: str | None = Field(
-        None, description="command when there is no checkpoint yet (default: command, step 0)"
-    )
-    env: dict[str, str] = Field(default_factory=dict, description="plain, non-secret variables")
-    secret_env: tuple[str, ...] = Field(
-        (), description="names of environment variables passed through to the pod"
-    )
-    checkpoints: CheckpointPolicy
-    sync_interval: Duration = Field(timedelta(seconds=30))
-    heartbeat_interval: Duration = Field(timedelta(seconds=60))
-    max_trainer_restarts: int = Field(3, ge=0, description="in-place restarts of a crashed trainer")
-    hang_after: Duration | None = Field(
-        None,
-        description="restart the trainer when no new step directory appears for this long "
-        "(longer than the checkpoint interval); unset: no watchdog",
-    )
-    term_grace: Duration = Field(
-        timedelta(seconds=25), description="how long the trainer gets to checkpoint on SIGTERM"
-    )
-
-    @field_validator("command", "fresh_command")
-    @classmethod
-    def _template(cls, v: str | None, info: Any) -> str | None:
-        if v is None:
-            return v
-        names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
-        unknown = names - COMMAND_FIELDS
-        if unknown:
-            raise ValueError(
-                f"unknown placeholder {{{sorted(unknown)[0]}}}; "
-                f"allowed: {', '.join('{' + n + '}' for n in sorted(COMMAND_FIELDS))}"
-            )
-        if info.field_name == "command" and "resume_step" not in names:
-            raise ValueError("must contain {resume_step}, the step the trainer resumes from")
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not re.match(_ENV_NAME, k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
-        return v
-
-    @field_validator("secret_env")
-    @classmethod
-    def _secret_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for k in v:
-            if not re.match(_ENV_NAME, k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
-        return v
 
 
 class Budget(_Strict):
@@ -165,37 +102,31 @@ class RunConfig(_Strict):
         return v
 
 
-class LocalProviderSettings(_Strict):
-    state_dir: str = Field(description="where the local provider keeps its instance records")
-
-
-class VastSettings(_Strict):
-    api_key_env: str = Field("VAST_API_KEY", pattern=_ENV_NAME)
-    bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
-    server_url: str | None = Field(None, description="API base URL (default: Vast's)")
-
-
-class RunPodSettings(_Strict):
-    api_key_env: str = Field("RUNPOD_API_KEY", pattern=_ENV_NAME)
-    bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
-    api_url: str = Field("https://api.runpod.io/graphql", description="GraphQL endpoint")
-    cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = "ALL"
-
-
-class ProviderSettings(_Strict):
-    local: LocalProviderSettings | None = None
-    vast: VastSettings = VastSettings()
-    runpod: RunPodSettings = RunPodSettings()
-    ssh_private_key_env: str | None = Field(
-        None,
-        pattern=_ENV_NAME,
-        description="variable holding the SSH private key for restart-in-place and diagnosis",
+def _provider_settings_model() -> type[BaseModel]:
+    """`providers:` has one block per registered cloud (`respawn.provisioning.registry`)."""
+    fields: dict[str, Any] = {
+        name: (entry.settings | None, None)
+        if entry.needs_settings
+        else (entry.settings, entry.settings())
+        for name, entry in REGISTRY.items()
+    }
+    fields["ssh_private_key_env"] = (
+        str | None,
+        Field(
+            None,
+            pattern=_ENV_NAME,
+            description="variable holding the SSH private key for restart-in-place and diagnosis",
+        ),
     )
+    return create_model("ProviderSettings", __base__=_Strict, **fields)
+
+
+ProviderSettings = _provider_settings_model()
 
 
 class FleetConfig(_Strict):
     store: StoreSettings
-    providers: ProviderSettings = ProviderSettings()
+    providers: ProviderSettings = ProviderSettings()  # type: ignore[valid-type]
     runs: tuple[RunConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -211,7 +142,7 @@ class FleetConfig(_Strict):
                     f"run {r.name!r} uses {', '.join(clouds)}: set pod.image (the image that "
                     "holds your trainer and respawn's pod side, see pod_image/Dockerfile)"
                 )
-            if "local" in r.providers and self.providers.local is None:
+            if "local" in r.providers and self.providers.local is None:  # type: ignore[attr-defined]
                 raise ValueError(
                     f"run {r.name!r} uses provider 'local': set providers.local.state_dir"
                 )

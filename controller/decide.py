@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from controller.classify import classify, current_instances
-from controller.config import Budget, RunConfig
-from controller.model import (
+from respawn.controller.classify import classify, current_instances
+from respawn.controller.config import Budget, RunConfig
+from respawn.controller.model import (
     MAX_LEDGER_EVENTS,
     MAX_LEDGER_LAUNCHES,
     Action,
@@ -28,7 +28,7 @@ from controller.model import (
     Verdict,
     describe,
 )
-from provisioning.base import Instance, InstanceState
+from respawn.provisioning.base import Instance, InstanceState
 
 DAY = timedelta(days=1)
 

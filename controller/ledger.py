@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pydantic import ValidationError
+from respawn.controller.model import Ledger
 
-from ckptstore.store import CheckpointStore, StoreError
-from controller.model import Ledger
+from respawn.store.store import CheckpointStore, StoreError
 
 
 def read_ledger(store: CheckpointStore) -> Ledger:

@@ -7,9 +7,9 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from respawn.provisioning.base import Instance
 
-from ckptstore.schema import Heartbeat, LatestPointer
-from provisioning.base import Instance
+from respawn.store.schema import Heartbeat, LatestPointer
 
 
 class _Frozen(BaseModel):
@@ -145,6 +145,26 @@ class Plan(_Frozen):
     @property
     def destructive(self) -> bool:
         return any(isinstance(a, Terminate | Provision) for a in self.actions)
+
+
+class ActionResult(_Frozen):
+    action: Action
+    ok: bool
+    detail: str = ""
+
+
+class RunReport(_Frozen):
+    """What one tick saw, decided and did for one run."""
+
+    run: str
+    observation: Observation
+    plan: Plan
+    results: tuple[ActionResult, ...] = ()
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return any(not r.ok for r in self.results)
 
 
 def describe(action: Action) -> str:

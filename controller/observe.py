@@ -4,20 +4,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future
 
-from ckptstore.store import CheckpointStore, StoreError
-from controller.classify import current_instances
-from controller.config import RunConfig
-from controller.ledger import read_ledger
-from controller.model import Ledger, Observation
-from provisioning.base import Instance, Provider
+from respawn.controller.classify import current_instances
+from respawn.controller.config import RunConfig
+from respawn.controller.ledger import read_ledger
+from respawn.controller.model import Ledger, Observation
+from respawn.provisioning.base import Instance, Provider, can_restart
+
+from respawn.store.store import CheckpointStore, StoreError
+
+Listings = Mapping[str, "Future[list[Instance]]"]
 
 
 def observe(
     run: RunConfig,
     store: CheckpointStore | Exception,
     providers: Mapping[str, Provider | Exception],
+    listings: Listings | None = None,
 ) -> Observation:
+    """`listings`: each provider's whole listing for this tick, already under way; without
+    it, the run's providers are listed here."""
     errors: list[str] = []
     ledger, pointer, heartbeat = Ledger(run=run.name), None, None
     if isinstance(store, Exception):
@@ -42,7 +49,9 @@ def observe(
             errors.append(f"{name}: {provider or 'not configured'}")
             continue
         try:
-            instances += [i for i in provider.list_instances(run.name) if i.run == run.name]
+            pending = (listings or {}).get(name)
+            every = pending.result() if pending is not None else provider.list_all()
+            instances += [i for i in every if i.run == run.name]
         except Exception as e:  # any failure to list means we do not know what runs
             errors.append(f"{name}: listing instances failed: {e}")
     obs = Observation(
@@ -54,7 +63,5 @@ def observe(
         errors=tuple(errors),
     )
     current = current_instances(obs)
-    restartable = bool(current) and bool(
-        getattr(providers.get(current[0].provider), "can_restart", False)
-    )
+    restartable = bool(current) and can_restart(providers.get(current[0].provider))
     return obs.model_copy(update={"restartable": restartable})

@@ -6,8 +6,7 @@ import json
 import os
 from typing import Any
 
-from controller.model import Health, describe
-from controller.reconcile import RunReport
+from respawn.controller.model import Health, RunReport, describe
 
 NEEDS_HUMAN = {Health.HALTED, Health.UNKNOWN}
 

@@ -1,12 +1,12 @@
-"""Pod bootstrap: the first thing an instance runs (`python -m pod_image.bootstrap`).
+"""Pod bootstrap: the first thing an instance runs (`respawn-pod`, or `python -m respawn.pod`).
 
 read latest.json → pull + verify that checkpoint only (falling back to an older step that
 verifies) → export WANDB_RUN_ID / WANDB_RESUME=allow → run the trainer with {resume_step}
 under the supervisor.
 
-Everything arrives in the environment the provider passed at launch:
-RESPAWN_STORE, RESPAWN_RUN, RESPAWN_GENERATION, RESPAWN_POD (the pod spec as JSON), and
-optionally RESPAWN_WRITER, RESPAWN_WANDB_RUN_ID, plus the secrets the config names.
+Everything arrives in the environment the provider passed at launch: the `PodEnv` of
+`respawn.contract.pod` (store URL, run, generation, the pod spec's sha256), plus the secrets
+the config names.
 """
 
 from __future__ import annotations
@@ -14,47 +14,45 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import ValidationError
+from respawn.pod.supervisor import PodContext, Supervisor
 
-from ckptstore.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
-from controller.config import PodSpec
-from pod_image.supervisor import PodContext, Supervisor
+from respawn.contract.pod import ENV_INSTANCE_ID, PodEnv, PodEnvError
+from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
 
 log = logging.getLogger("respawn.pod")
-REQUIRED = ("RESPAWN_STORE", "RESPAWN_RUN", "RESPAWN_GENERATION", "RESPAWN_POD")
 
 
 class BootstrapError(Exception):
     pass
 
 
-def context_from_env(env: dict[str, str]) -> PodContext:
-    missing = [k for k in REQUIRED if not env.get(k)]
-    if missing:
-        raise BootstrapError(f"missing environment: {', '.join(missing)} (set by the provider)")
+def context_from_env(env: Mapping[str, str]) -> PodContext:
     try:
-        pod = PodSpec.model_validate_json(env["RESPAWN_POD"])
-    except ValidationError as e:
-        raise BootstrapError(f"RESPAWN_POD is not a valid pod spec: {e}") from e
+        pod_env = PodEnv.from_env(env)
+    except PodEnvError as e:
+        raise BootstrapError(str(e)) from None
+    store = CheckpointStore.open(pod_env.store, pod_env.run)
+    stored = None if pod_env.pod_inline else store.read_pod_spec(pod_env.generation)
     try:
-        generation = int(env["RESPAWN_GENERATION"])
-    except ValueError as e:
-        raise BootstrapError("RESPAWN_GENERATION must be an integer") from e
-    run = env["RESPAWN_RUN"]
-    store = CheckpointStore.open(env["RESPAWN_STORE"], run)
-    writer = env.get("RESPAWN_WRITER") or env.get("RESPAWN_INSTANCE_ID") or f"pod:{os.getpid()}"
+        pod = pod_env.pod_spec(stored)
+    except PodEnvError as e:
+        raise BootstrapError(str(e)) from None
+    writer = pod_env.writer
+    if writer == "pod":
+        writer = env.get(ENV_INSTANCE_ID) or f"pod:{os.getpid()}"
     workdir = Path(pod.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     return PodContext(
         store=store,
-        run=run,
-        generation=generation,
+        run=pod_env.run,
+        generation=pod_env.generation,
         writer=writer,
         workdir=workdir,
         pod=pod,
-        wandb_run_id=env.get("RESPAWN_WANDB_RUN_ID") or None,
+        wandb_run_id=pod_env.wandb_run_id,
     )
 
 
@@ -96,6 +94,7 @@ def main() -> int:
     for noisy in ("b2sdk", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     env = dict(os.environ)
+    ctx: PodContext | None = None
     try:
         ctx = context_from_env(env)
         ctx.store.check_fence(ctx.generation)
@@ -105,7 +104,8 @@ def main() -> int:
         return 0
     except NothingVerifiesError as e:
         log.error("%s", e)
-        _report_failure(ctx, str(e))
+        if ctx is not None:
+            _report_failure(ctx, str(e))
         return 2
     except (BootstrapError, StoreError) as e:
         log.error("%s", e)

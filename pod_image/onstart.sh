@@ -11,4 +11,6 @@ log_dir="${RESPAWN_LOG_DIR:-/var/log/respawn}"
 mkdir -p "$log_dir"
 cd "${RESPAWN_WORKDIR:-/workspace}"
 exec > >(tee -a "$log_dir/pod.log") 2>&1
-exec "${RESPAWN_PYTHON:-python}" -m pod_image.bootstrap
+# respawn's pod side lives in its own virtual environment, never in the trainer's Python.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+exec "${RESPAWN_POD_BIN:-/opt/respawn/venv/bin/respawn-pod}"

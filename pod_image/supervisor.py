@@ -2,12 +2,14 @@
 
 - The trainer runs in its own process group, so stopping it also stops whatever it spawned
   (an inference server, dataloader workers).
-- The newest complete step is published every `sync_interval`: files → manifest → pointer.
+- A sync thread publishes the newest complete step every `sync_interval` (files → manifest →
+  pointer), beside the main loop, so a long upload never delays the reaction to a signal.
 - A heartbeat thread writes `heartbeat.json` every `heartbeat_interval`, even while a long
   upload runs, and checks fencing: once a newer generation appears, this pod stops writing,
   stops the trainer and exits.
-- SIGTERM (spot reclaim): the trainer gets SIGTERM and `term_grace` to checkpoint; the newest
-  complete step is published before exit. SIGUSR1: restart the trainer in place.
+- SIGTERM (spot reclaim): the trainer gets SIGTERM at once; whatever is left of `term_grace`
+  after it exits goes to publishing its newest complete step. SIGUSR1 (sent through the
+  pidfile): restart the trainer in place.
 - A crashed trainer is restarted from the newest published step, up to `max_trainer_restarts`;
   a hung one (no new step directory for `hang_after`) is restarted too.
 """
@@ -27,11 +29,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptstore.progress import TransferProgress
-from ckptstore.schema import Heartbeat, Phase, utcnow
-from ckptstore.sources import complete_steps, step_dirs
-from ckptstore.store import BackwardsError, CheckpointStore, FencedError, StoreError
-from controller.config import PodSpec
+from respawn.contract.pod import (
+    ENV_PIDFILE,
+    ENV_RESUME_STEP,
+    SUPERVISOR_PIDFILE,
+    PodSpec,
+    render_command,
+)
+from respawn.store.disk import complete_steps, step_dirs
+from respawn.store.progress import TransferProgress
+from respawn.store.schema import Heartbeat, Phase, utcnow
+from respawn.store.store import BackwardsError, CheckpointStore, FencedError, StoreError
 
 log = logging.getLogger("respawn.pod")
 
@@ -59,19 +67,6 @@ class PodContext:
         )
 
 
-def trainer_command(
-    pod: PodSpec, ctx_run: str, generation: int, workdir: Path, resume: int | None
-) -> str:
-    template = pod.command if resume is not None or pod.fresh_command is None else pod.fresh_command
-    return template.format(
-        resume_step=resume if resume is not None else 0,
-        run=ctx_run,
-        generation=generation,
-        python=sys.executable,
-        workdir=str(workdir),
-    )
-
-
 class Supervisor:
     def __init__(self, ctx: PodContext, resume_step: int | None, env: dict[str, str]) -> None:
         self.ctx = ctx
@@ -89,6 +84,11 @@ class Supervisor:
         self._done = threading.Event()  # the main loop has returned
         self._proc: subprocess.Popen[bytes] | None = None
         self._step_seen_at = time.monotonic()
+        # Sync requests: the main loop asks, the sync thread publishes; `_synced` counts rounds.
+        self._sync_cond = threading.Condition()
+        self._sync_asked = 0
+        self._synced = 0
+        self._writer_done = False
 
     # -- heartbeat -----------------------------------------------------------------------
 
@@ -125,14 +125,19 @@ class Supervisor:
     # -- trainer -------------------------------------------------------------------------
 
     def _start_trainer(self) -> None:
-        command = trainer_command(
-            self.ctx.pod, self.ctx.run, self.ctx.generation, self.ctx.workdir, self.published
+        command = render_command(
+            self.ctx.pod,
+            self.ctx.run,
+            self.ctx.generation,
+            self.ctx.workdir,
+            self.published,
+            sys.executable,
         )
         log.info("starting trainer (resume step %s): %s", self.published, command)
         self._proc = subprocess.Popen(
             shlex.split(command),
             cwd=self.ctx.workdir,
-            env={**self.env, "RESPAWN_RESUME_STEP": str(self.published or 0)},
+            env={**self.env, ENV_RESUME_STEP: str(self.published or 0)},
             process_group=0,
         )
         self._step_seen_at = time.monotonic()
@@ -152,6 +157,38 @@ class Supervisor:
             return proc.wait()
 
     # -- sync ----------------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        interval = self.ctx.pod.sync_interval.total_seconds()
+        while True:
+            with self._sync_cond:
+                self._sync_cond.wait_for(
+                    lambda: self._sync_asked > self._synced or self._done.is_set(), interval
+                )
+                if self._done.is_set() or self._fenced.is_set():
+                    return
+                asked, writer_done = self._sync_asked, self._writer_done
+            self.sync(writer_done)
+            with self._sync_cond:
+                self._synced = max(self._synced, asked)
+                self._sync_cond.notify_all()
+
+    def _sync_and_wait(self, writer_done: bool = False, deadline: float | None = None) -> bool:
+        """Ask the sync thread for a round (after any in flight) and wait for it, at most until
+        `deadline` (monotonic) and, without one, only while no SIGTERM arrives."""
+        with self._sync_cond:
+            self._sync_asked += 1
+            self._writer_done = self._writer_done or writer_done
+            ticket = self._sync_asked
+            self._sync_cond.notify_all()
+            while self._synced < ticket:
+                if deadline is None and self._stop.is_set():
+                    return False
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._sync_cond.wait(left)
+            return True
 
     def sync(self, writer_done: bool = False) -> None:
         """Publish the newest complete step. `writer_done`: the trainer exited cleanly, so a
@@ -245,6 +282,9 @@ class Supervisor:
             return 0
         beater = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beater.start()
+        syncer = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
+        syncer.start()
+        pidfile = write_pidfile()
         try:
             return self._loop(pod)
         except Exception:
@@ -254,33 +294,31 @@ class Supervisor:
             return self._give_up("supervisor failed; see the pod log")
         finally:
             self._done.set()
+            with self._sync_cond:
+                self._sync_cond.notify_all()
             beater.join(timeout=5)
+            if pidfile is not None:
+                pidfile.unlink(missing_ok=True)
 
     def _loop(self, pod: PodSpec) -> int:
-        sync_every = pod.sync_interval.total_seconds()
         grace = pod.term_grace.total_seconds()
         hang_after = pod.hang_after.total_seconds() if pod.hang_after else None
         self._start_trainer()
-        last_sync = time.monotonic()
         while True:
-            self._stop.wait(min(0.2, sync_every))
+            self._stop.wait(0.2)
             if self._fenced.is_set():
                 self._stop_trainer(grace)
                 log.warning("fenced: exited without writing")
                 return 0
             if self._stop.is_set():
-                log.info("SIGTERM: asking the trainer to checkpoint (%.0fs grace)", grace)
-                self._set_phase("exiting", "SIGTERM")
-                rc = self._stop_trainer(grace)
-                self.sync(writer_done=rc == 0)
-                self.beat()
-                return 0
+                return self._on_sigterm(grace)
             hung = hang_after is not None and time.monotonic() - self._step_seen_at > hang_after
             if self._restart.is_set() or hung:
                 requested = self._restart.is_set()
                 self._restart.clear()
                 self._stop_trainer(grace)
-                self.sync()
+                if not self._sync_and_wait():
+                    continue  # SIGTERM arrived meanwhile: handled at the top of the loop
                 if hung:
                     # A trainer that hangs again and again needs a new machine, not a loop.
                     self.restarts += 1
@@ -293,7 +331,8 @@ class Supervisor:
             assert self._proc is not None
             rc = self._proc.poll()
             if rc is not None:
-                self.sync(writer_done=rc == 0)
+                if not self._sync_and_wait(writer_done=rc == 0):
+                    continue
                 if rc == 0:
                     self._set_phase("finished")
                     self.beat()
@@ -307,6 +346,28 @@ class Supervisor:
                 )
                 self._start_trainer()
                 continue
-            if time.monotonic() - last_sync >= sync_every:
-                self.sync()
-                last_sync = time.monotonic()
+
+    def _on_sigterm(self, grace: float) -> int:
+        """The trainer is signalled at once; its final checkpoint is published with whatever
+        is left of `term_grace` (a spot reclaim gives seconds, not minutes)."""
+        deadline = time.monotonic() + grace
+        log.info("SIGTERM: asking the trainer to checkpoint (%.0fs grace)", grace)
+        self._set_phase("exiting", "SIGTERM")
+        rc = self._stop_trainer(grace)
+        if not self._sync_and_wait(writer_done=rc == 0, deadline=deadline):
+            log.warning("SIGTERM: the final publish did not finish within term_grace")
+        self.beat()
+        return 0
+
+
+def write_pidfile() -> Path | None:
+    """Where restart-in-place finds the supervisor (`kill -USR1 $(cat PIDFILE)`): a pattern
+    match on the command line would also match the shell that runs it."""
+    path = Path(os.environ.get(ENV_PIDFILE) or SUPERVISOR_PIDFILE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as e:
+        log.warning("cannot write the pidfile %s (%s): restart in place is unavailable", path, e)
+        return None
+    return path

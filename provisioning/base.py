@@ -7,9 +7,11 @@ Clouds hold the truth: instances are found again by name on every call
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +24,7 @@ class InstanceState(StrEnum):
 
 
 LIVE_STATES = frozenset({InstanceState.PENDING, InstanceState.RUNNING})
+Market = Literal["interruptible", "on_demand"]
 
 
 class Instance(BaseModel):
@@ -37,11 +40,16 @@ class Instance(BaseModel):
     price_per_hour: float | None = None
     ssh_host: str | None = None
     ssh_port: int | None = None
+    interruptible: bool | None = Field(None, description="spot; None when the cloud won't say")
     detail: str = ""
 
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+    @property
+    def billing(self) -> bool:
+        return self.state != InstanceState.TERMINATED
 
 
 class Offer(BaseModel):
@@ -53,6 +61,7 @@ class Offer(BaseModel):
     gpu_count: int
     vram_gb: float
     price_per_hour: float = Field(description="what we would pay per hour (the bid for spot)")
+    market: Market = "interruptible"
     min_bid: float | None = None
     reliability: float | None = None
     inet_down_mbps: float | None = None
@@ -83,6 +92,7 @@ class LaunchSpec(BaseModel):
     image: str | None
     disk_gb: float
     max_price_per_hour: float
+    market: Market = "interruptible"
     env: dict[str, str] = Field(repr=False)  # holds secrets: never printed
 
     @property
@@ -98,10 +108,6 @@ class ProviderError(Exception):
 
 class NoCapacityError(ProviderError):
     """The offer is gone or full: try the next offer."""
-
-
-class PriceTooHighError(ProviderError):
-    """No offer fits under the run's price cap."""
 
 
 class RateLimitedError(ProviderError):
@@ -122,23 +128,147 @@ class NotFoundError(ProviderError):
     """The instance does not exist (any more)."""
 
 
-class Provider(Protocol):
-    name: str
+class LaunchRefusedError(NoCapacityError):
+    """The cloud refused the launch but may have created the instance anyway (Vast answers a
+    too-low bid with an error that carries the new contract's id): it is destroyed."""
 
+    def __init__(self, message: str, instance_id: str | None = None) -> None:
+        super().__init__(message)
+        self.instance_id = instance_id
+
+
+class VerificationError(ProviderError):
+    """The instance a create produced is not what was asked for (on-demand instead of spot,
+    above the price cap, created stopped): it was destroyed; the next offer may do."""
+
+
+class Provider(ABC):
+    """One GPU cloud. Adapters implement the five primitives; `launch`, `list_instances` and
+    `terminate` are implemented once, here, with the safety rules every cloud needs:
+
+    - a create is never retried blind: when its outcome is unknown (timeout, lost response),
+      the instance is looked up by its unique name and adopted, or there is none;
+    - whatever instance the create produced is read back and verified (market, price cap, not
+      stopped) and destroyed if it fails, or if anything else goes wrong;
+    - only instances named `respawn-<run>-g<N>` are ever listed, matched exactly;
+    - terminating an instance that is already gone is not an error.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
     def offers(self, resources: Resources) -> list[Offer]:
         """Offers that fit the resources and the price cap, cheapest first."""
-        ...
 
-    def launch(self, offer: Offer, spec: LaunchSpec) -> Instance: ...
+    @abstractmethod
+    def list_all(self) -> list[Instance]:
+        """Every respawn instance in the account that exists or still bills. Raises on a
+        failed listing: an error is never the same as "no instances"."""
+
+    @abstractmethod
+    def _create(self, offer: Offer, spec: LaunchSpec) -> str:
+        """Send the create; return the new instance's id. Raises LaunchRefusedError (with the
+        id when the cloud made one anyway), NoCapacityError, or TransientProviderError when
+        the outcome is unknown."""
+
+    @abstractmethod
+    def _read_back(self, instance_id: str, spec: LaunchSpec) -> Instance | None:
+        """The instance as the cloud describes it now, or None when it does not exist."""
+
+    @abstractmethod
+    def _destroy(self, instance_id: str) -> None:
+        """Destroy the instance; raise NotFoundError when it does not exist."""
+
+    # -- implemented once ----------------------------------------------------------------
 
     def list_instances(self, run: str) -> list[Instance]:
-        """Every instance of the run that exists or still bills. Raises on a failed listing:
-        an error is never the same as "no instances"."""
-        ...
+        return [i for i in self.list_all() if i.run == run]
 
     def terminate(self, instance_id: str) -> None:
         """Destroy the instance; a missing instance is not an error."""
-        ...
+        try:
+            self._destroy(instance_id)
+        except NotFoundError:
+            return
+
+    def launch(self, offer: Offer, spec: LaunchSpec) -> Instance:
+        try:
+            instance_id = self._create(offer, spec)
+        except LaunchRefusedError as e:
+            if e.instance_id is not None:
+                self.terminate(e.instance_id)
+            raise
+        except TransientProviderError as e:
+            instance_id = self._adopt(spec, e)
+        try:
+            inst = self._read_back(instance_id, spec)
+            if inst is None:
+                raise VerificationError(
+                    f"{self.name}: instance {instance_id} vanished right after create"
+                )
+            problem = verification_problem(inst, spec)
+            if problem is not None:
+                raise VerificationError(f"{self.name}: instance {instance_id} {problem}")
+            return inst
+        except BaseException:
+            # Never leave a half-created or unverified instance billing behind.
+            self.terminate(instance_id)
+            raise
+
+    def _adopt(self, spec: LaunchSpec, cause: TransientProviderError) -> str:
+        """The create's outcome is unknown: find what it may have made by its unique name.
+        None found means none was made (names are never reused); several are all ours: keep
+        the first created, destroy the rest."""
+        try:
+            mine = [i for i in self.list_all() if i.name == spec.name and i.billing]
+        except ProviderError as e:
+            raise TransientProviderError(
+                f"{self.name}: create failed ({cause}) and the instance list could not be read "
+                f"({e}); the next tick looks for {spec.name} again"
+            ) from e
+        if not mine:
+            raise TransientProviderError(f"{self.name}: create failed, nothing made: {cause}")
+        winner, *others = sorted(mine, key=winner_order)
+        for other in others:
+            self.terminate(other.id)
+        return winner.id
+
+
+def winner_order(instance: Instance) -> tuple[bool, datetime, str]:
+    """The one rule used everywhere two instances of a generation compete: the earliest
+    created wins, then the smallest id. Unknown creation times sort last."""
+    at = instance.created_at or datetime.max.replace(tzinfo=UTC)
+    return (instance.created_at is None, at, instance.id)
+
+
+def verification_problem(inst: Instance, spec: LaunchSpec) -> str | None:
+    """Why an instance a create produced must not be kept, or None."""
+    if spec.market == "interruptible" and inst.interruptible is False:
+        return "was rented on-demand, not interruptible"
+    if inst.price_per_hour is not None and inst.price_per_hour > spec.max_price_per_hour + 1e-6:
+        return f"costs ${inst.price_per_hour:g}/h > cap ${spec.max_price_per_hour:g}/h"
+    if inst.state in (InstanceState.STOPPED, InstanceState.TERMINATED):
+        why = f": {inst.detail}" if inst.detail else ""
+        return f"was created {inst.state.value}{why}"
+    return None
+
+
+class WithTrainerControl(ABC):
+    """A provider that can reach into its instances: restart the trainer in place, diagnose."""
+
+    @property
+    def can_restart(self) -> bool:
+        return True
+
+    @abstractmethod
+    def restart_trainer(self, instance_id: str) -> None: ...
+
+    @abstractmethod
+    def diagnose(self, instance_id: str) -> dict[str, str]: ...
+
+
+def can_restart(provider: object) -> bool:
+    return isinstance(provider, WithTrainerControl) and provider.can_restart
 
 
 _NAME = re.compile(r"^respawn-(?P<run>.+)-g(?P<gen>\d+)$")
@@ -153,3 +283,25 @@ def parse_instance_name(name: str) -> tuple[str, int] | None:
     claims `respawn-a-b-g1`, which belongs to run `a-b`."""
     m = _NAME.match(name or "")
     return (m.group("run"), int(m.group("gen"))) if m else None
+
+
+class Secrets:
+    """The controller's environment as adapters may see it: a named variable, or a clear
+    error naming it; and the SSH access built from the configured key, if any."""
+
+    def __init__(self, environ: Mapping[str, str], ssh_key_env: str | None = None) -> None:
+        self._environ = environ
+        self.ssh_key_env = ssh_key_env
+
+    def require(self, name: str, what: str) -> str:
+        value = self._environ.get(name)
+        if not value:
+            raise InvalidCredentialsError(f"{what}: environment variable {name} is not set")
+        return value
+
+    def remote(self) -> Any:
+        if self.ssh_key_env is None:
+            return None
+        from respawn.provisioning.remote import Remote, load_key  # paramiko: only when used
+
+        return Remote(load_key(self.require(self.ssh_key_env, "ssh")))

@@ -12,20 +12,19 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import requests
+from respawn.provisioning.base import (
+    InvalidCredentialsError,
+    NotFoundError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
 from tenacity import (
     RetryCallState,
     retry,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
-)
-
-from provisioning.base import (
-    InvalidCredentialsError,
-    NotFoundError,
-    ProviderError,
-    RateLimitedError,
-    TransientProviderError,
 )
 
 T = TypeVar("T")
@@ -44,7 +43,22 @@ def _retry_after(response: requests.Response | None) -> float | None:
         return None
 
 
+def _json_body(response: requests.Response | None) -> object:
+    try:
+        return response.json() if response is not None else None
+    except ValueError:
+        return None
+
+
 def error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderError:
+    err = _error_from_http(e, what, key_env)
+    # Kept for callers that must look inside (a refused create that made an instance anyway);
+    # never part of the message.
+    err.body = _json_body(e.response)  # type: ignore[attr-defined]
+    return err
+
+
+def _error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderError:
     response = e.response
     status = response.status_code if response is not None else 0
     body = (response.text or "")[:300] if response is not None else ""
@@ -57,7 +71,8 @@ def error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderE
     if status == 429:
         return RateLimitedError(f"{what}: rate limited (HTTP 429)", _retry_after(response))
     if status >= 500:
-        return TransientProviderError(f"{what}: HTTP {status} {body}".strip())
+        # A server error's body is noise at best and an echo of our request at worst.
+        return TransientProviderError(f"{what}: HTTP {status}")
     err = ProviderError(f"{what}: HTTP {status} {body}".strip())
     err.retryable = False
     return err
@@ -83,6 +98,14 @@ def _wait(state: RetryCallState) -> float:
     return min(MAX_WAIT_SECONDS, max(backoff, after)) if after else backoff
 
 
+def once(fn: Callable[[], T], what: str, key_env: str) -> T:
+    """One attempt with typed errors: for calls that are not idempotent (a create)."""
+    try:
+        return fn()
+    except Exception as e:
+        raise translate(e, what, key_env) from e
+
+
 def call(fn: Callable[[], T], what: str, key_env: str) -> T:
     """Run one provider call with typed errors and bounded retries of transient failures."""
 
@@ -93,9 +116,6 @@ def call(fn: Callable[[], T], what: str, key_env: str) -> T:
         reraise=True,
     )
     def attempt() -> T:
-        try:
-            return fn()
-        except Exception as e:
-            raise translate(e, what, key_env) from e
+        return once(fn, what, key_env)
 
     return attempt()

@@ -21,17 +21,25 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from provisioning.base import (
+from pydantic import BaseModel, ConfigDict, Field
+from respawn.provisioning.base import (
     Instance,
     InstanceState,
     LaunchSpec,
+    NotFoundError,
     Offer,
+    Provider,
     ProviderError,
     Resources,
+    Secrets,
+    WithTrainerControl,
     parse_instance_name,
 )
 
-POD_ENTRYPOINT = [sys.executable, "-m", "pod_image.bootstrap"]
+from respawn.contract.pod import ENV_INSTANCE_ID, ENV_PIDFILE, POD_MODULE
+
+# The interpreter respawn runs in has the pod side: no PATH lookup of `respawn-pod` needed.
+POD_ENTRYPOINT = [sys.executable, "-m", POD_MODULE]
 
 
 def _session_processes(sid: int) -> list[int]:
@@ -61,15 +69,18 @@ def _start_ticks(pid: int) -> int | None:
     return int(stat[stat.rfind(")") + 2 :].split()[19])
 
 
-class LocalProvider:
+class LocalProvider(WithTrainerControl, Provider):
     name = "local"
-    can_restart = True  # SIGUSR1 to the pod supervisor
 
     def __init__(self, state_dir: str | Path, term_grace: float = 30.0) -> None:
         self.state_dir = Path(state_dir)
         self.term_grace = term_grace
         self._records = self.state_dir / "instances"
-        self._records.mkdir(parents=True, exist_ok=True)
+
+    def _ensure_dirs(self) -> None:
+        # 0700: records and logs name sessions and may hold a trainer's output.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._records.mkdir(mode=0o700, exist_ok=True)
 
     # -- records -------------------------------------------------------------------------
 
@@ -108,13 +119,22 @@ class LocalProvider:
             )
         ]
 
-    def launch(self, offer: Offer, spec: LaunchSpec) -> Instance:
+    def _create(self, offer: Offer, spec: LaunchSpec) -> str:
+        self._ensure_dirs()
         instance_id = f"local-{uuid.uuid4().hex[:10]}"
         disk = self.state_dir / "disks" / instance_id
         disk.mkdir(parents=True)
         log_path = self.state_dir / "logs" / f"{instance_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **spec.env, "RESPAWN_INSTANCE_ID": instance_id}
+        # Only the launch environment, as a cloud would pass it: never the controller's own
+        # (its cloud keys). PATH and HOME so the trainer's tools are found.
+        inherited = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+        env = {
+            **inherited,
+            **spec.env,
+            ENV_INSTANCE_ID: instance_id,
+            ENV_PIDFILE: str(disk / "supervisor.pid"),
+        }
         created = datetime.now(UTC)
         with open(log_path, "ab") as log:
             try:
@@ -143,7 +163,14 @@ class LocalProvider:
         tmp = self._record_path(instance_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self._record_path(instance_id))
-        return self._instance(record, InstanceState.RUNNING)
+        return instance_id
+
+    def _read_back(self, instance_id: str, spec: LaunchSpec) -> Instance | None:
+        rec = self.record(instance_id)
+        if rec is None:
+            return None
+        state = InstanceState.RUNNING if self._alive(rec) else InstanceState.STOPPED
+        return self._instance(rec, state)
 
     def _instance(self, rec: dict[str, object], state: InstanceState) -> Instance:
         return Instance(
@@ -158,14 +185,13 @@ class LocalProvider:
             detail=f"session {rec['sid']}, log {rec['log']}",
         )
 
-    def list_instances(self, run: str) -> list[Instance]:
+    def list_all(self) -> list[Instance]:
         out = []
         for path in sorted(self._records.glob("*.json")):
             rec = self._read(path)
             if rec is None:
                 continue
-            parsed = parse_instance_name(str(rec.get("name", "")))
-            if parsed is None or parsed[0] != run:
+            if parse_instance_name(str(rec.get("name", ""))) is None:
                 continue
             if self._alive(rec):
                 out.append(self._instance(rec, InstanceState.RUNNING))
@@ -189,10 +215,10 @@ class LocalProvider:
                 os.kill(pid, sig)
         return len(members)
 
-    def terminate(self, instance_id: str) -> None:
+    def _destroy(self, instance_id: str) -> None:
         rec = self.record(instance_id)
         if rec is None:
-            return
+            raise NotFoundError(f"local: no instance {instance_id}")
         if self.signal(instance_id, signal.SIGTERM):
             deadline = time.monotonic() + self.term_grace
             while self._alive(rec) and time.monotonic() < deadline:
@@ -222,3 +248,13 @@ class LocalProvider:
         if rec is None or not self._alive(rec):
             raise ProviderError(f"local: instance {instance_id} is not running")
         os.kill(int(rec["sid"]), signal.SIGUSR1)  # type: ignore[arg-type]
+
+
+class LocalSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: str = Field(description="where the local provider keeps its instance records")
+
+
+def from_settings(settings: LocalSettings, secrets: Secrets) -> LocalProvider:
+    return LocalProvider(settings.state_dir)

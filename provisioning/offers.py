@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from provisioning.base import Offer, Resources
+from respawn.provisioning.base import Offer, Resources
 
 
 def gpu_key(name: str) -> str:

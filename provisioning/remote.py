@@ -12,14 +12,17 @@ import logging
 from dataclasses import dataclass
 
 import paramiko
+from respawn.provisioning.base import ProviderError, TransientProviderError
 
-from provisioning.base import Instance, ProviderError, TransientProviderError
+from respawn.contract.pod import SUPERVISOR_PIDFILE
 
 log = logging.getLogger("respawn.remote")
 CONNECT_TIMEOUT = 20.0
 COMMAND_TIMEOUT = 60.0
 
-RESTART = "pkill -USR1 -f 'python -m pod_image.bootstrap' && echo signalled"
+# Signal the supervisor through its pidfile: a `pkill -f` pattern also matches the `sh -c`
+# that runs it (killing the wrapper, so success reads as failure) and misses `python3`.
+RESTART = f'kill -USR1 "$(cat {SUPERVISOR_PIDFILE})" && echo signalled'
 DIAGNOSE = {
     "gpus": "nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total "
     "--format=csv,noheader 2>&1 || echo 'nvidia-smi failed'",
@@ -82,37 +85,3 @@ class Remote:
 
     def diagnose(self, host: str, port: int) -> dict[str, str]:
         return {name: self.run(host, port, cmd)[1] for name, cmd in DIAGNOSE.items()}
-
-
-class ShellAccess:
-    """Listing by run, restart in place and diagnosis for a cloud whose instances have an SSH
-    address. The cloud adapter provides `name`, `remote` and `_all()`."""
-
-    name: str
-    remote: Remote | None
-
-    def _all(self) -> list[Instance]:
-        raise NotImplementedError
-
-    @property
-    def can_restart(self) -> bool:
-        return self.remote is not None
-
-    def list_instances(self, run: str) -> list[Instance]:
-        return [i for i in self._all() if i.run == run]
-
-    def _remote_at(self, instance_id: str) -> tuple[Remote, str, int]:
-        if self.remote is None:
-            raise ProviderError(f"{self.name}: no SSH key (set providers.ssh_private_key_env)")
-        inst = next((i for i in self._all() if i.id == instance_id), None)
-        if inst is None or not inst.ssh_host or not inst.ssh_port:
-            raise ProviderError(f"{self.name}: instance {instance_id} has no SSH address")
-        return self.remote, inst.ssh_host, inst.ssh_port
-
-    def restart_trainer(self, instance_id: str) -> None:
-        remote, host, port = self._remote_at(instance_id)
-        remote.restart_trainer(host, port)
-
-    def diagnose(self, instance_id: str) -> dict[str, str]:
-        remote, host, port = self._remote_at(instance_id)
-        return remote.diagnose(host, port)

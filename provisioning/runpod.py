@@ -10,11 +10,11 @@ Pods have no labels: they are found by `name` (`respawn-<run>-g<N>`), matched ex
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import requests
-
-from provisioning.base import (
+from pydantic import BaseModel, ConfigDict, Field
+from respawn.provisioning.base import (
     Instance,
     InstanceState,
     InvalidCredentialsError,
@@ -22,17 +22,19 @@ from provisioning.base import (
     NoCapacityError,
     NotFoundError,
     Offer,
-    PriceTooHighError,
+    Provider,
     ProviderError,
     Resources,
+    Secrets,
     parse_instance_name,
 )
-from provisioning.calls import TIMEOUT_SECONDS, call
-from provisioning.offers import bid_for, gpu_key, select
-from provisioning.remote import ShellAccess
+from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once
+from respawn.provisioning.offers import bid_for, gpu_key, select
+from respawn.provisioning.shell import ShellAccess
+
+from respawn.contract.pod import ENV_NAME
 
 API_URL = "https://api.runpod.io/graphql"
-PRICE_SLACK = 1e-6
 
 GPU_TYPES = """
 query GpuTypes($gpuCount: Int!) {
@@ -74,7 +76,7 @@ def runpod_state(pod: dict[str, Any]) -> InstanceState:
     return InstanceState.STOPPED  # EXITED (spot reclaimed), STOPPED: the volume still bills
 
 
-class RunPodProvider(ShellAccess):
+class RunPodProvider(ShellAccess, Provider):
     name = "runpod"
 
     def __init__(
@@ -94,7 +96,9 @@ class RunPodProvider(ShellAccess):
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {api_key}"
 
-    def _gql(self, query: str, variables: dict[str, Any], what: str) -> dict[str, Any]:
+    def _gql(
+        self, query: str, variables: dict[str, Any], what: str, retry: bool = True
+    ) -> dict[str, Any]:
         def post() -> dict[str, Any]:
             r = self.session.post(
                 self.api_url,
@@ -108,7 +112,7 @@ class RunPodProvider(ShellAccess):
                 raise _graphql_error(errors, what, self.key_env)
             return doc["data"]
 
-        return call(post, f"runpod: {what}", self.key_env)
+        return (call if retry else once)(post, f"runpod: {what}", self.key_env)
 
     # -- offers --------------------------------------------------------------------------
 
@@ -141,9 +145,9 @@ class RunPodProvider(ShellAccess):
             )
         return select(out, resources)
 
-    # -- launch --------------------------------------------------------------------------
+    # -- launch (the safety rules are in Provider.launch) -------------------------------
 
-    def launch(self, offer: Offer, spec: LaunchSpec) -> Instance:
+    def _create(self, offer: Offer, spec: LaunchSpec) -> str:
         count = max(1, offer.gpu_count)
         bid_per_gpu = round(offer.price_per_hour / count, 4)
         variables = {
@@ -162,22 +166,15 @@ class RunPodProvider(ShellAccess):
                 "supportPublicIp": True,
             }
         }
-        data = self._gql(RENT, variables, f"rent {offer.gpu_count}x {offer.id}")
+        # Not retried: a create whose answer was lost may still have made a pod.
+        data = self._gql(RENT, variables, f"rent {offer.gpu_count}x {offer.id}", retry=False)
         pod = data.get("podRentInterruptable")
         if not pod or not pod.get("id"):
             raise NoCapacityError(f"runpod: no {offer.id} pod at ${bid_per_gpu:g}/GPU/h")
-        try:
-            cost = pod.get("costPerHr")
-            if cost is not None and float(cost) > spec.max_price_per_hour + PRICE_SLACK:
-                # Rented above the bid: it is not the spot pod we asked for.
-                raise PriceTooHighError(
-                    f"runpod: pod {pod['id']} costs ${float(cost):g}/h "
-                    f"> cap ${spec.max_price_per_hour:g}/h"
-                )
-            return self._instance({**pod, "runtime": None})
-        except BaseException:
-            self.terminate(str(pod["id"]))
-            raise
+        return str(pod["id"])
+
+    def _read_back(self, instance_id: str, spec: LaunchSpec) -> Instance | None:
+        return next((i for i in self.list_all() if i.id == instance_id), None)
 
     # -- listing / termination -----------------------------------------------------------
 
@@ -205,16 +202,13 @@ class RunPodProvider(ShellAccess):
             detail=str(pod.get("desiredStatus") or ""),
         )
 
-    def _all(self) -> list[Instance]:
+    def list_all(self) -> list[Instance]:
         data = self._gql(PODS, {}, "list pods")
         pods = (data.get("myself") or {}).get("pods") or []
         return [self._instance(p) for p in pods if parse_instance_name(str(p.get("name") or ""))]
 
-    def terminate(self, instance_id: str) -> None:
-        try:
-            self._gql(TERMINATE, {"input": {"podId": instance_id}}, f"terminate {instance_id}")
-        except NotFoundError:
-            return
+    def _destroy(self, instance_id: str) -> None:
+        self._gql(TERMINATE, {"input": {"podId": instance_id}}, f"terminate {instance_id}")
 
 
 def _graphql_error(errors: list[dict[str, Any]], what: str, key_env: str) -> ProviderError:
@@ -229,3 +223,23 @@ def _graphql_error(errors: list[dict[str, Any]], what: str, key_env: str) -> Pro
     err = ProviderError(f"runpod: {what}: {message}")
     err.retryable = False
     return err
+
+
+class RunPodSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key_env: str = Field("RUNPOD_API_KEY", pattern=ENV_NAME)
+    bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
+    api_url: str = Field(API_URL, description="GraphQL endpoint")
+    cloud_type: Literal["ALL", "SECURE", "COMMUNITY"] = "ALL"
+
+
+def from_settings(settings: RunPodSettings, secrets: Secrets) -> RunPodProvider:
+    return RunPodProvider(
+        secrets.require(settings.api_key_env, "runpod"),
+        key_env=settings.api_key_env,
+        api_url=settings.api_url,
+        bid_margin=settings.bid_margin,
+        cloud_type=settings.cloud_type,
+        remote=secrets.remote(),
+    )

@@ -16,25 +16,35 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from provisioning.base import (
+from pydantic import BaseModel, ConfigDict, Field
+from respawn.provisioning.base import (
     Instance,
     InstanceState,
     InvalidCredentialsError,
+    LaunchRefusedError,
     LaunchSpec,
     NoCapacityError,
     NotFoundError,
     Offer,
-    PriceTooHighError,
+    Provider,
     ProviderError,
     Resources,
+    Secrets,
     parse_instance_name,
 )
-from provisioning.calls import TIMEOUT_SECONDS, call
-from provisioning.offers import bid_for, select
-from provisioning.remote import ShellAccess
+from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once
+from respawn.provisioning.offers import bid_for, select
+from respawn.provisioning.shell import ShellAccess
 
-ONSTART = "bash /opt/respawn/pod_image/onstart.sh"
-PRICE_SLACK = 1e-6
+from respawn.contract.pod import ENV_NAME
+
+ONSTART = "bash /opt/respawn/onstart.sh"
+
+
+def _contract_in(doc: object) -> str | None:
+    if isinstance(doc, dict) and doc.get("new_contract"):
+        return str(doc["new_contract"])
+    return None
 
 
 def vast_state(row: dict[str, Any]) -> InstanceState:
@@ -48,7 +58,7 @@ def vast_state(row: dict[str, Any]) -> InstanceState:
     return InstanceState.STOPPED
 
 
-class VastProvider(ShellAccess):
+class VastProvider(ShellAccess, Provider):
     name = "vast"
 
     def __init__(
@@ -112,60 +122,57 @@ class VastProvider(ShellAccess):
             )
         return select(out, resources)
 
-    # -- launch --------------------------------------------------------------------------
+    # -- launch (the safety rules are in Provider.launch) -------------------------------
 
-    def launch(self, offer: Offer, spec: LaunchSpec) -> Instance:
-        try:
-            resp = self._call(
-                lambda: self.sdk.create_instance(
-                    id=int(offer.id),
-                    image=spec.image,
-                    disk=spec.disk_gb,
-                    env=dict(spec.env),
-                    price=offer.price_per_hour,
-                    label=spec.name,
-                    onstart_cmd=ONSTART,
-                    ssh=True,
-                    direct=True,
-                ),
-                f"create on offer {offer.id}",
+    def _create(self, offer: Offer, spec: LaunchSpec) -> str:
+        def create() -> Any:
+            return self.sdk.create_instance(
+                id=int(offer.id),
+                image=spec.image,
+                disk=spec.disk_gb,
+                env=dict(spec.env),
+                price=offer.price_per_hour,
+                label=spec.name,
+                onstart_cmd=ONSTART,
+                ssh=True,
+                direct=True,
             )
-        except (NotFoundError, NoCapacityError) as e:
-            raise NoCapacityError(f"vast: offer {offer.id} is gone ({e})") from e
+
+        # Not retried: a create whose answer was lost may still have made an instance.
+        try:
+            resp = once(create, f"vast: create on offer {offer.id}", self.key_env)
         except ProviderError as e:
+            contract = _contract_in(getattr(e, "body", None))
+            if contract is not None:
+                raise LaunchRefusedError(
+                    f"vast: offer {offer.id} refused, contract {contract} made anyway",
+                    contract,
+                ) from e
+            if isinstance(e, NotFoundError | NoCapacityError):
+                raise NoCapacityError(f"vast: offer {offer.id} is gone ({e})") from e
             # A 4xx other than auth: the offer was taken or cannot be rented: next offer.
             if not e.retryable and not isinstance(e, InvalidCredentialsError):
                 raise NoCapacityError(f"vast: offer {offer.id} refused: {e}") from e
             raise
-        if not isinstance(resp, dict) or not resp.get("success") or not resp.get("new_contract"):
-            raise NoCapacityError(f"vast: offer {offer.id} refused: {str(resp)[:200]}")
-        instance_id = str(resp["new_contract"])
-        try:
-            return self._verify(instance_id, offer, spec)
-        except BaseException:
-            # Never leave a half-created instance billing behind a failed launch.
-            self.terminate(instance_id)
-            raise
+        contract = _contract_in(resp)
+        if not isinstance(resp, dict) or not resp.get("success") or contract is None:
+            # A too-low or pending bid: Vast answers an error that still created a stopped
+            # contract, billing storage (dstack PR 4036). It is destroyed by launch().
+            msg = resp.get("msg") or resp.get("error") if isinstance(resp, dict) else None
+            raise LaunchRefusedError(
+                f"vast: offer {offer.id} refused: {msg or 'no contract'}", contract
+            )
+        return contract
 
-    def _verify(self, instance_id: str, offer: Offer, spec: LaunchSpec) -> Instance:
-        row = self._call(lambda: self.sdk.show_instance(int(instance_id)), "read back instance")
-        if row is None:
-            raise ProviderError(f"vast: instance {instance_id} vanished right after create")
-        if row.get("is_bid") is False:
-            raise ProviderError(
-                f"vast: instance {instance_id} was rented on-demand, not interruptible"
-            )
-        price = row.get("dph_total")
-        if price is not None and float(price) > spec.max_price_per_hour + PRICE_SLACK:
-            raise PriceTooHighError(
-                f"vast: instance {instance_id} costs ${float(price):g}/h "
-                f"> cap ${spec.max_price_per_hour:g}/h"
-            )
-        if vast_state(row) == InstanceState.STOPPED:
-            raise NoCapacityError(
-                f"vast: instance {instance_id} was created stopped "
-                f"({row.get('status_msg') or 'bid too low'})"
-            )
+    def _read_back(self, instance_id: str, spec: LaunchSpec) -> Instance | None:
+        try:
+            row = self._call(lambda: self.sdk.show_instance(int(instance_id)), "read back")
+        except NotFoundError:
+            return None
+        if not row:
+            return None
+        if not row.get("label"):
+            row = {**row, "label": spec.name}
         return self._instance(row)
 
     # -- listing / termination -----------------------------------------------------------
@@ -185,15 +192,31 @@ class VastProvider(ShellAccess):
             price_per_hour=row.get("dph_total"),
             ssh_host=row.get("ssh_host") or row.get("public_ipaddr"),
             ssh_port=int(row["ssh_port"]) if row.get("ssh_port") else None,
+            interruptible=row.get("is_bid") if isinstance(row.get("is_bid"), bool) else None,
             detail=str(row.get("status_msg") or "")[:200],
         )
 
-    def terminate(self, instance_id: str) -> None:
-        try:
-            self._call(lambda: self.sdk.destroy_instance(int(instance_id)), "destroy")
-        except NotFoundError:
-            return
+    def _destroy(self, instance_id: str) -> None:
+        self._call(lambda: self.sdk.destroy_instance(int(instance_id)), "destroy")
 
-    def _all(self) -> list[Instance]:
+    def list_all(self) -> list[Instance]:
         rows = self._call(self.sdk.show_instances, "list instances")
         return [self._instance(r) for r in rows if parse_instance_name(str(r.get("label") or ""))]
+
+
+class VastSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key_env: str = Field("VAST_API_KEY", pattern=ENV_NAME)
+    bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
+    server_url: str | None = Field(None, description="API base URL (default: Vast's)")
+
+
+def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
+    return VastProvider(
+        secrets.require(settings.api_key_env, "vast"),
+        key_env=settings.api_key_env,
+        server_url=settings.server_url,
+        bid_margin=settings.bid_margin,
+        remote=secrets.remote(),
+    )

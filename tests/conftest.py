@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from ckptstore.file_backend import FileBackend
-from ckptstore.sources import LocalFile
-from ckptstore.store import CheckpointStore
+from respawn.store.disk import LocalFile
+from respawn.store.file_backend import FileBackend
+from respawn.store.store import CheckpointStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
     """The same contract suite runs against every backend."""
     if request.param == "file":
         return CheckpointStore(FileBackend.from_url(f"file://{tmp_path / 'store'}"), "run-a")
-    from ckptstore.b2_backend import B2Backend
+    from respawn.store.b2_backend import B2Backend
 
     api, _sim = b2_simulator()
     return CheckpointStore(B2Backend(api, "respawn-test", "fleet/prefix"), "run-a")
@@ -61,7 +61,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "controller", *args],
+        [sys.executable, "-m", "respawn", *args],
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from b2sdk.v2 import exception as b2exc
 
-from ckptstore import b2_backend
-from ckptstore.b2_backend import B2Backend
-from ckptstore.backend import StoreConfigError
-from ckptstore.store import CheckpointStore, StoreError
+from respawn.store import b2_backend
+from respawn.store.b2_backend import B2Backend
+from respawn.store.backend import StoreConfigError
+from respawn.store.store import CheckpointStore, StoreError
 from tests.conftest import b2_simulator, make_step
 
 URL = "b2://respawn-test/fleet"

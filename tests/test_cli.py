@@ -11,7 +11,7 @@ from tests.conftest import ROOT, run_cli
 def test_help_lists_commands_without_importing_cloud_sdks() -> None:
     code = (
         "import sys\n"
-        "from controller.cli import main\n"
+        "from respawn.controller.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('wandb', 'vastai', 'runpod', 'b2sdk', 'paramiko', 'pydantic')"
         " if m in sys.modules]\n"
@@ -71,9 +71,9 @@ def test_local_only_tick_imports_no_cloud_sdk(tmp_path: Path) -> None:
     fleet.write_text(text.replace("/tmp/respawn-local", str(tmp_path)))
     code = (
         "import sys\n"
-        "from controller.config import load_config\n"
-        "from controller.reconcile import tick\n"
-        f"tick(load_config({str(fleet)!r}), act_on_plan=False)\n"
+        "from respawn.controller.config import load_config\n"
+        "from respawn.controller.reconcile import Mode, tick\n"
+        f"tick(load_config({str(fleet)!r}), mode=Mode.OBSERVE)\n"
         "print('HEAVY', [m for m in ('wandb', 'vastai', 'runpod', 'b2sdk', 'paramiko')"
         " if m in sys.modules])\n"
     )

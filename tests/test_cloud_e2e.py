@@ -20,16 +20,17 @@ from typing import Any
 
 import pytest
 import yaml
+from respawn.controller.config import load_config
+from respawn.controller.reconcile import tick
+from respawn.controller.stores import open_run_store
+from respawn.provisioning import calls
 
-from controller.config import load_config
-from controller.reconcile import tick
-from provisioning import calls
 from tests.conftest import ROOT, wait_for
 from tests.fakes.http import Reply
 from tests.fakes.vast import FakeVast
 
 TOY = (
-    "{python} -m respawn_examples.toy_trainer --resume-step {resume_step}"
+    "{python} -m respawn.examples.toy_trainer --resume-step {resume_step}"
     " --target-step 30 --ckpt-every 5 --seed 11 --step-seconds 0.05"
 )
 
@@ -51,7 +52,7 @@ class BootingVast(FakeVast):
             env = {**os.environ, "PYTHONPATH": str(ROOT), **body["env"]}
             with open(disk / "pod.log", "wb") as log:
                 self.procs[iid] = subprocess.Popen(
-                    [sys.executable, "-m", "pod_image.bootstrap"],
+                    [sys.executable, "-m", "respawn.pod"],
                     cwd=disk,
                     env=env,
                     stdout=log,
@@ -126,7 +127,7 @@ def test_rent_preempt_resume_finish_through_the_vast_api(tmp_path: Path, vast: B
     }
     (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(doc))
     fleet = load_config(tmp_path / "fleet.yaml")
-    store = fleet.store.open("toy")
+    store = open_run_store(fleet.store, "toy")
 
     assert tick(fleet)[0].results[0].ok  # rent g1
     (g1,) = vast.procs

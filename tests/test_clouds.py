@@ -13,13 +13,14 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
+from respawn.controller.config import load_config
+from respawn.controller.ledger import read_ledger, write_ledger
+from respawn.controller.model import ProgressMark
+from respawn.controller.reconcile import Mode, tick
+from respawn.controller.stores import open_run_store
+from respawn.provisioning import calls
 
-from ckptstore.schema import utcnow
-from controller.config import load_config
-from controller.ledger import read_ledger, write_ledger
-from controller.model import ProgressMark
-from controller.reconcile import tick
-from provisioning import calls
+from respawn.store.schema import utcnow
 from tests.conftest import run_cli
 from tests.fakes.http import Fault
 from tests.fakes.runpod import FakeRunPod
@@ -88,7 +89,7 @@ def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -
     assert vast.labels() == ["respawn-job-g1"] and runpod.pods == {}
     env = vast.bodies[-1]["env"]
     assert env["RESPAWN_GENERATION"] == "1" and env["RESPAWN_STORE"].startswith("file://")
-    assert read_ledger(fleet.store.open("job")).launch_of(1).provider == "vast"  # type: ignore[union-attr]
+    assert read_ledger(open_run_store(fleet.store, "job")).launch_of(1).provider == "vast"  # type: ignore[union-attr]
 
 
 def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) -> None:
@@ -158,16 +159,16 @@ def test_two_concurrent_ticks_leave_one_instance(tmp_path: Path, clouds: tuple) 
     assert tick(fleet)[0].plan.actions == ()  # the survivor is adopted, nothing more to do
 
 
-def test_launch_race_is_settled_on_the_lowest_id(tmp_path: Path, clouds: tuple) -> None:
-    from controller.act import settle_race
-    from provisioning.vast import VastProvider
+def test_launch_race_is_settled_on_the_earliest_created(tmp_path: Path, clouds: tuple) -> None:
+    from respawn.provisioning.failover import settle_race
+    from respawn.provisioning.vast import VastProvider
 
     vast, _ = clouds
     p = VastProvider(vast.api_key, server_url=vast.url)  # type: ignore[attr-defined]
     first = vast.add_instance("respawn-job-g1")
     second = vast.add_instance("respawn-job-g1")  # a concurrent tick's launch
     mine = next(i for i in p.list_instances("job") if i.id == str(second))
-    winner = settle_race(p, "job", mine)
+    winner = settle_race(p, mine)
     assert winner.id == str(first)
     assert list(vast.instances) == [first]
 
@@ -227,12 +228,12 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
     key.write_private_key_file(str(pem))
     monkeypatch.setenv("RESPAWN_SSH_KEY", pem.read_text())
     gpus = (FIXTURES / "nvidia-smi-h100-hung.csv").read_text()
-    ssh = FakeSSH(key, {"pkill -USR1": (0, "signalled\n"), "nvidia-smi": (0, gpus)})
+    ssh = FakeSSH(key, {"kill -USR1": (0, "signalled\n"), "nvidia-smi": (0, gpus)})
     vast.ssh_port = ssh.port
     try:
         fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"], "RESPAWN_SSH_KEY"))
         tick(fleet)  # g1
-        store = fleet.store.open("job")
+        store = open_run_store(fleet.store, "job")
         ledger = read_ledger(store)
         # The pod beats but the step has not moved for 40 minutes: a hung trainer.
         old = utcnow() - timedelta(minutes=40)
@@ -243,7 +244,7 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
                 update={"launches": launches, "progress": ProgressMark(step=10, at=old)}
             ),
         )
-        from ckptstore.schema import Heartbeat
+        from respawn.store.schema import Heartbeat
 
         store.write_heartbeat(
             Heartbeat(run="job", generation=1, writer="w", at=utcnow(), phase="training", step=10)
@@ -252,7 +253,7 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         report = tick(fleet)[0]
         assert report.plan.verdict.health.value == "stalled"
         assert [(r.action.kind, r.ok) for r in report.results] == [("restart", True)]
-        assert any(c.startswith("pkill -USR1") for c in ssh.commands)
+        assert any(c.startswith("kill -USR1") for c in ssh.commands)
         # Diagnosis over the same channel: GPU state, log tail, disk.
         proc = run_cli("diagnose", "-c", str(tmp_path / "fleet.yaml"), "--run", "job")
         assert proc.returncode == 0, proc.stderr
@@ -274,7 +275,7 @@ def test_one_listing_per_provider_per_tick(tmp_path: Path, clouds: tuple) -> Non
     doc["runs"] += [{**doc["runs"][0], "name": f"job{n}"} for n in range(2, 5)]
     path.write_text(yaml.safe_dump(doc))
     vast.add_instance("respawn-job3-g1")
-    reports = tick(load_config(path), act_on_plan=False)
+    reports = tick(load_config(path), mode=Mode.OBSERVE)
     assert vast.count("list") == 1 and runpod.count("myself") == 1
     by_run = {r.run: [i.name for i in r.observation.instances] for r in reports}
     assert by_run == {"job": [], "job2": [], "job3": ["respawn-job3-g1"], "job4": []}

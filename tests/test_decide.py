@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from ckptstore.schema import Heartbeat, LatestPointer
-from controller.classify import classify
-from controller.config import parse_config
-from controller.decide import decide
-from controller.model import (
+from respawn.controller.classify import classify
+from respawn.controller.config import parse_config
+from respawn.controller.decide import decide
+from respawn.controller.model import (
     Alert,
     Halt,
     Health,
@@ -22,7 +20,9 @@ from controller.model import (
     RestartInPlace,
     Terminate,
 )
-from provisioning.base import Instance, InstanceState
+from respawn.provisioning.base import Instance, InstanceState
+
+from respawn.store.schema import Heartbeat, LatestPointer
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=1)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from provisioning.base import Offer, Resources
-from provisioning.offers import bid_for, fits, gpu_key, rank, select
+from respawn.provisioning.base import Offer, Resources
+from respawn.provisioning.offers import bid_for, fits, gpu_key, rank, select
 
 RES = Resources(
     gpus=("H100_SXM", "H100 NVL"), gpu_count=8, min_vram_gb=80, disk_gb=500, max_price_per_hour=16

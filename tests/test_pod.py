@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from respawn.controller.config import PodSpec
 
-from ckptstore.store import CheckpointStore
-from controller.config import PodSpec
+from respawn.store.store import CheckpointStore
 from tests.conftest import ROOT, make_step, wait_for
 
 TOY = (
-    "{python} -m respawn_examples.toy_trainer --resume-step {resume_step}"
+    "{python} -m respawn.examples.toy_trainer --resume-step {resume_step}"
     " --target-step %d --ckpt-every 5 --seed 3 --step-seconds %s"
 )
 SOURCES = [
@@ -53,7 +53,7 @@ def start_pod(
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "pod_image.bootstrap"],
+        [sys.executable, "-m", "respawn.pod"],
         cwd=disk,
         env=env,
         text=True,
@@ -64,7 +64,7 @@ def start_pod(
 
 
 def session_alive(sid: int) -> bool:
-    from provisioning.local import _session_processes
+    from respawn.provisioning.local import _session_processes
 
     return bool(_session_processes(sid))
 
@@ -143,7 +143,7 @@ def test_resume_from_published_step_and_disk_cleanup(
 
 FLAKY = """
 import os, sys, time
-from respawn_examples import toy_trainer
+from respawn.examples import toy_trainer
 resume = int(sys.argv[1])
 args = ["--ckpt-every", "5", "--seed", "3", "--resume-step", str(resume)]
 if resume == 0 and not os.path.exists("crashed-once"):
@@ -184,7 +184,7 @@ def test_crash_loop_on_the_pod_gives_up(tmp_path: Path, store: CheckpointStore) 
 def test_pod_refuses_to_start_on_bad_environment(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "pod_image.bootstrap"],
+        [sys.executable, "-m", "respawn.pod"],
         cwd=tmp_path / "d",
         capture_output=True,
         text=True,
@@ -258,7 +258,7 @@ def test_onstart_script_delivers_sigterm_to_the_bootstrap(
         "PYTHONPATH": str(ROOT),
         "RESPAWN_WORKDIR": str(disk),
         "RESPAWN_LOG_DIR": str(tmp_path / "log"),
-        "RESPAWN_PYTHON": sys.executable,
+        "RESPAWN_POD_BIN": str(Path(sys.executable).parent / "respawn-pod"),
     }
     proc = subprocess.Popen(
         ["bash", str(ROOT / "pod_image" / "onstart.sh")], env=env, start_new_session=True

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from respawn.controller.config import FleetConfig, load_config
+from respawn.controller.reconcile import tick
+from respawn.controller.stores import open_run_store
+from respawn.provisioning.local import LocalProvider
 
-from controller.config import FleetConfig, load_config
-from controller.reconcile import tick
-from provisioning.local import LocalProvider
 from tests.conftest import run_cli, wait_for
 
 SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
@@ -157,27 +158,28 @@ class _StuckProvider(LocalProvider):
     """A cloud whose destroy call fails (the far side refuses)."""
 
     def terminate(self, instance_id: str) -> None:
-        from provisioning.base import ProviderError
+        from respawn.provisioning.base import ProviderError
 
         raise ProviderError("destroy refused: 503")
 
 
 def test_failed_termination_cancels_the_launch(fleet_path: Path) -> None:
-    from ckptstore.schema import utcnow
-    from controller.act import act
-    from controller.decide import decide
-    from controller.ledger import read_ledger
-    from controller.observe import observe
+    from respawn.controller.act import act
+    from respawn.controller.decide import decide
+    from respawn.controller.ledger import read_ledger
+    from respawn.controller.observe import observe
+
+    from respawn.store.schema import utcnow
 
     fleet = load_config(fleet_path)
     tick(fleet)
     run = fleet.runs[0]
     assert fleet.providers.local is not None
     stuck = _StuckProvider(fleet.providers.local.state_dir)
-    store = fleet.store.open(run.name)
+    store = open_run_store(fleet.store, run.name)
     # Generation 1 is up; pretend the ledger moved on so it is a stray of a dead generation.
     ledger = read_ledger(store)
-    from controller.ledger import write_ledger
+    from respawn.controller.ledger import write_ledger
 
     write_ledger(store, ledger.model_copy(update={"generation": 2}))
     obs = observe(run, store, {"local": stuck})

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from provisioning import calls
-from provisioning.base import (
+from respawn.provisioning import calls
+from respawn.provisioning.base import (
     InstanceState,
     InvalidCredentialsError,
     LaunchSpec,
     NoCapacityError,
-    PriceTooHighError,
     Resources,
     TransientProviderError,
+    VerificationError,
 )
-from provisioning.runpod import RunPodProvider
+from respawn.provisioning.runpod import RunPodProvider
+
 from tests.fakes.http import Fault
 from tests.fakes.runpod import FakeRunPod
 
@@ -78,7 +78,7 @@ def test_pod_rented_above_the_bid_is_terminated(fake: FakeRunPod) -> None:
     fake.on_demand_anyway = True
     p = provider(fake)
     res = RES.model_copy(update={"max_price_per_hour": 2.5})
-    with pytest.raises(PriceTooHighError):
+    with pytest.raises(VerificationError):
         p.launch(p.offers(res)[0], spec().model_copy(update={"max_price_per_hour": 2.5}))
     assert fake.pods == {}
 
@@ -93,6 +93,7 @@ def test_no_capacity_is_typed(fake: FakeRunPod) -> None:
 
 def test_listing_finds_pods_by_exact_name_with_ssh_port(fake: FakeRunPod) -> None:
     p = provider(fake)
+    fake.loading_polls = 2  # the launch's own read-back is one poll
     p.launch(p.offers(RES)[0], spec())
     fake.ssh_port = 40022
     states = [p.list_instances("job")[0] for _ in range(3)]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ckptstore.sources import CheckpointSource, complete_steps
+from respawn.contract.sources import CheckpointSource
+from respawn.store.disk import complete_steps
 
 WEIGHTS = CheckpointSource(path="outputs/weights/step_{step}", marker="STABLE")
 STATE = CheckpointSource(path="outputs/checkpoints/step_{step}", quiet_for="30s")  # type: ignore[arg-type]

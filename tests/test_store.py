@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ckptstore.backend import Backend
-from ckptstore.file_backend import FileBackend
-from ckptstore.schema import Heartbeat, utcnow
-from ckptstore.store import (
+from respawn.store.backend import Backend
+from respawn.store.file_backend import FileBackend
+from respawn.store.schema import Heartbeat, utcnow
+from respawn.store.store import (
     BackwardsError,
     CheckpointStore,
     FencedError,
@@ -268,7 +268,7 @@ def test_malformed_pointer_is_an_error_not_a_fresh_start(store: CheckpointStore)
 
 
 def test_file_url_must_be_absolute() -> None:
-    from ckptstore.backend import StoreConfigError, open_backend
+    from respawn.store.backend import StoreConfigError, open_backend
 
     with pytest.raises(StoreConfigError, match="absolute path"):
         open_backend("file://relative/path")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from provisioning import calls
-from provisioning.base import (
+from respawn.provisioning import calls
+from respawn.provisioning.base import (
     InstanceState,
     InvalidCredentialsError,
     LaunchSpec,
@@ -15,8 +14,10 @@ from provisioning.base import (
     ProviderError,
     Resources,
     TransientProviderError,
+    VerificationError,
 )
-from provisioning.vast import VastProvider
+from respawn.provisioning.vast import VastProvider
+
 from tests.fakes.http import Fault
 from tests.fakes.vast import FakeVast
 
@@ -74,7 +75,7 @@ def test_launch_bids_labels_and_passes_the_environment(fake: FakeVast) -> None:
     body = fake.bodies[-1]
     assert body["price"] == 0.165 and body["label"] == "respawn-job-g1"
     assert body["env"]["HF_TOKEN"] == "s3cr3t" and body["image"] == "img:1"
-    assert "pod_image" in body["onstart"] and body["disk"] == 100
+    assert "onstart.sh" in body["onstart"] and body["disk"] == 100
     assert "s3cr3t" not in repr(spec())  # the spec never prints its secrets
 
 
@@ -89,7 +90,7 @@ def test_on_demand_rental_is_destroyed(fake: FakeVast) -> None:
 def test_bid_instance_created_stopped_is_destroyed(fake: FakeVast) -> None:
     p = provider(fake)
     offer = p.offers(RES)[0].model_copy(update={"price_per_hour": 0.01})  # under min_bid
-    with pytest.raises(NoCapacityError, match="created stopped"):
+    with pytest.raises(VerificationError, match="created stopped"):
         p.launch(offer, spec())
     assert fake.instances == {}
 

@@ -66,7 +66,7 @@ def test_reconcile_step_runs_as_in_the_workflow(tmp_path: Path, dry_run: str) ->
         assert launched == (dry_run == "false")
     finally:
         subprocess.run(
-            [sys.executable, "-m", "controller", "terminate", "-c", str(fleet), "--run", "toy"],
+            [sys.executable, "-m", "respawn", "terminate", "-c", str(fleet), "--run", "toy"],
             capture_output=True,
             timeout=60,
         )

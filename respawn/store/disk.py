@@ -1,70 +1,16 @@
-"""What a checkpoint is on disk: sources, each a directory template with `{step}` and a
-completeness rule (DESIGN.md "What a checkpoint is on disk").
+"""Checkpoint steps on a pod's disk: find each source's step directories, judge completeness.
 
-A step is complete only when every required source is. Templates may hold other `{name}`
-placeholders (AReaL's `epoch{epoch}epochstep{s}globalstep{step}`): those match any text.
+A step is complete only when every required source is (`respawn.contract.sources`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from ckptstore.durations import Duration
-
-DEFAULT_TEMP_PATTERNS = ("*.tmp", "*.temp", "*.partial", "*.incomplete", ".tmp*", "*.lock")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class CheckpointSource(BaseModel):
-    """One directory of a checkpoint. Exactly one completeness rule: `marker` or `quiet_for`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: str = Field(description="directory template relative to the pod's workdir, with {step}")
-    marker: str | None = Field(
-        None, description="the step is complete once this file exists in the directory"
-    )
-    quiet_for: Duration | None = Field(
-        None, description="the step is complete once no file changed for this long (e.g. 30s)"
-    )
-    temp_patterns: tuple[str, ...] = Field(
-        DEFAULT_TEMP_PATTERNS, description="files matching these mean a write is in progress"
-    )
-    required: bool = Field(True, description="an optional source is shipped when present")
-
-    @field_validator("path")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        names = _PLACEHOLDER.findall(v)
-        if names.count("step") != 1:
-            raise ValueError("must contain {step} exactly once, e.g. 'outputs/step_{step}'")
-        if v.startswith("/") or ".." in Path(v).parts:
-            raise ValueError("must be a relative path inside the workdir")
-        return v.rstrip("/")
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> CheckpointSource:
-        if (self.marker is None) == (self.quiet_for is None):
-            raise ValueError("set exactly one completeness rule: 'marker' or 'quiet_for'")
-        return self
-
-    def _regex(self) -> re.Pattern[str]:
-        out, pos = [], 0
-        for m in _PLACEHOLDER.finditer(self.path):
-            out.append(re.escape(self.path[pos : m.start()]))
-            out.append(r"(?P<step>\d+)" if m.group(1) == "step" else r"[^/]*?")
-            pos = m.end()
-        out.append(re.escape(self.path[pos:]))
-        return re.compile("^" + "".join(out) + "$")
-
-    def _glob(self) -> str:
-        return _PLACEHOLDER.sub("*", self.path)
+from respawn.contract.sources import CheckpointSource
 
 
 @dataclass(frozen=True)
@@ -86,9 +32,9 @@ class StepOnDisk:
 
 
 def _step_dirs(workdir: Path, source: CheckpointSource) -> dict[int, Path]:
-    rx = source._regex()
+    rx = source.regex()
     found: dict[int, Path] = {}
-    for path in workdir.glob(source._glob()):
+    for path in workdir.glob(source.glob()):
         rel = path.relative_to(workdir).as_posix()
         m = rx.match(rel)
         if m and path.is_dir():
@@ -159,7 +105,6 @@ def step_dirs(
 
 
 __all__ = [
-    "CheckpointSource",
     "LocalFile",
     "StepOnDisk",
     "complete_steps",

@@ -21,9 +21,10 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from ckptstore.backend import Backend, Progress, StoreError, open_backend
-from ckptstore.progress import TransferProgress
-from ckptstore.schema import (
+from respawn.store.backend import Backend, Progress, StoreError, open_backend
+from respawn.store.disk import LocalFile
+from respawn.store.progress import TransferProgress
+from respawn.store.schema import (
     Heartbeat,
     Keys,
     LatestPointer,
@@ -32,7 +33,6 @@ from ckptstore.schema import (
     parse_step_dirname,
     utcnow,
 )
-from ckptstore.sources import LocalFile
 
 log = logging.getLogger("respawn.store")
 _Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest)
@@ -136,6 +136,12 @@ class CheckpointStore:
 
     def read_manifest(self, step: int) -> Manifest | None:
         return self._parse(self.keys.manifest(step), Manifest)
+
+    def read_pod_spec(self, generation: int) -> bytes | None:
+        return self.backend.read_bytes(self.keys.pod_spec(generation))
+
+    def write_pod_spec(self, generation: int, doc: bytes) -> None:
+        self.backend.write_bytes(self.keys.pod_spec(generation), doc)
 
     def write_heartbeat(self, hb: Heartbeat) -> None:
         self.write_json(self.keys.heartbeat, hb.model_dump(mode="json", by_alias=True))

@@ -23,13 +23,14 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from respawn.controller.config import FleetConfig
+from respawn.controller.ledger import read_ledger
+from respawn.controller.model import Health, Provision, Terminate
+from respawn.controller.reconcile import RunReport, tick
+from respawn.controller.stores import open_run_store
+from respawn.provisioning.local import LocalProvider
 
-from controller.config import FleetConfig
-from controller.ledger import read_ledger
-from controller.model import Health, Provision, Terminate
-from controller.reconcile import RunReport, tick
-from pod_image.supervisor import trainer_command
-from provisioning.local import LocalProvider
+from respawn.contract.pod import render_command
 
 TICK_SECONDS = 0.5
 DEADLINE_SECONDS = 55.0
@@ -53,7 +54,7 @@ class Timeline:
 
 
 def demo_config(base: Path) -> FleetConfig:
-    text = resources.files("respawn_examples").joinpath("local.yaml").read_text()
+    text = resources.files("respawn.examples").joinpath("local.yaml").read_text()
     doc = yaml.safe_load(text)
     doc["store"]["url"] = f"file://{base / 'store'}"
     doc["providers"]["local"]["state_dir"] = str(base / "instances")
@@ -77,7 +78,7 @@ class Demo:
         self.base = base
         self.fleet = demo_config(base)
         self.run = self.fleet.runs[0]
-        self.store = self.fleet.store.open(self.run.name)
+        self.store = open_run_store(self.fleet.store, self.run.name)
         assert self.fleet.providers.local is not None
         self.provider = LocalProvider(self.fleet.providers.local.state_dir)
         self.log = Timeline()
@@ -117,7 +118,7 @@ class Demo:
     def start_reference(self) -> subprocess.Popen[bytes]:
         ref = self.base / "reference"
         ref.mkdir(parents=True, exist_ok=True)
-        cmd = trainer_command(self.run.pod, self.run.name, 0, ref, None)
+        cmd = render_command(self.run.pod, self.run.name, 0, ref, None, sys.executable)
         return subprocess.Popen(
             shlex.split(cmd), cwd=ref, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

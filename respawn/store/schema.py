@@ -104,6 +104,11 @@ class Keys:
     def ledger(self) -> str:
         return f"{self.run}/ledger.json"
 
+    def pod_spec(self, generation: int) -> str:
+        """The pod spec the controller launched a generation with (its sha256 is in the pod's
+        environment)."""
+        return f"{self.run}/pods/g{generation:06d}.json"
+
     @property
     def checkpoints(self) -> str:
         return f"{self.run}/checkpoints/"

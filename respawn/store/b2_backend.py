@@ -34,7 +34,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from ckptstore.backend import ObjectInfo, Progress, StoreConfigError, StoreError
+from respawn.store.backend import ObjectInfo, Progress, StoreConfigError, StoreError
 
 NEEDED_CAPABILITIES = ("listBuckets", "listFiles", "readFiles", "writeFiles", "deleteFiles")
 _URL = re.compile(r"^b2://(?P<bucket>[A-Za-z0-9-]{6,63})(?:/(?P<prefix>.*))?$")

@@ -1,7 +1,7 @@
 """The small object-store interface every backend implements (file://, b2://).
 
 Keys are '/'-separated strings relative to the store root. The protocol above this layer
-(`ckptstore.store`) is the same for every backend; a backend only moves bytes.
+(`respawn.store.store`) is the same for every backend; a backend only moves bytes.
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def open_backend(url: str, credential_envs: tuple[str, str] | None = None) -> Ba
 
     `credential_envs` names the environment variables holding the key id and key (B2)."""
     if url.startswith("file://"):
-        from ckptstore.file_backend import FileBackend
+        from respawn.store.file_backend import FileBackend
 
         return FileBackend.from_url(url)
     if url.startswith("b2://"):
-        from ckptstore.b2_backend import B2Backend
+        from respawn.store.b2_backend import B2Backend
 
         if credential_envs is None:
             return B2Backend.from_url(url)

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ckptstore.backend import ObjectInfo, Progress, StoreConfigError, StoreError
+from respawn.store.backend import ObjectInfo, Progress, StoreConfigError, StoreError
 
 _TMP_PREFIX = ".respawn-tmp-"
 _CHUNK = 8 << 20

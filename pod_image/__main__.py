@@ -1,0 +1,5 @@
+import sys
+
+from respawn.pod.bootstrap import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""Failover: the cheapest fitting offer first, offer by offer, then provider by provider in
+the run's order; and settling a launch race between two ticks on one rule.
+
+- No capacity, or an instance that failed its read-back (price, market): the next offer.
+- Bad key, API down, anything else: the next provider.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from respawn.provisioning.base import (
+    Instance,
+    LaunchSpec,
+    NoCapacityError,
+    Offer,
+    Provider,
+    ProviderError,
+    Resources,
+    VerificationError,
+    winner_order,
+)
+
+log = logging.getLogger("respawn.provisioning")
+MAX_OFFERS_TRIED = 5
+
+
+def launch_first_fit(
+    order: Sequence[str],
+    providers: Mapping[str, Provider | Exception],
+    resources: Resources,
+    spec_for: Callable[[str, Offer], LaunchSpec],
+    redact: Callable[[str], str] = lambda s: s,
+) -> tuple[Instance, Offer]:
+    """Launch on the first offer that works. Raises ProviderError listing every attempt."""
+    cap = resources.max_price_per_hour
+    tried: list[str] = []
+    for name in order:
+        provider = providers.get(name)
+        if provider is None or isinstance(provider, Exception):
+            tried.append(f"{name}: {provider or 'not configured'}")
+            continue
+        try:
+            offers = [o for o in provider.offers(resources) if o.price_per_hour <= cap]
+        except ProviderError as e:
+            tried.append(redact(f"{name}: offers failed: {e}"))
+            continue
+        if not offers:
+            tried.append(f"{name}: no offer under ${cap:g}/h")
+            continue
+        for offer in offers[:MAX_OFFERS_TRIED]:
+            spec = spec_for(name, offer)
+            try:
+                mine = provider.launch(offer, spec)
+            except (NoCapacityError, VerificationError) as e:
+                tried.append(redact(f"{name} offer {offer.id}: {e}"))
+                continue
+            except ProviderError as e:  # bad key, API down: the next provider
+                tried.append(redact(f"{name}: {e}"))
+                break
+            return settle_race(provider, mine), offer
+    raise ProviderError("no instance launched: " + "; ".join(tried))
+
+
+def settle_race(provider: Provider, mine: Instance) -> Instance:
+    """Two ticks at once may both launch the same generation. Each launcher looks again after
+    its launch; `winner_order` (earliest created, then id) picks one and a loser destroys its
+    own, so the pair settles on one instance without a lock."""
+    try:
+        twins = [
+            i
+            for i in provider.list_instances(mine.run)
+            if i.generation == mine.generation and i.billing
+        ]
+    except ProviderError as e:
+        log.warning("could not check for a concurrent launch: %s", e)
+        return mine
+    winner = min([*twins, mine], key=winner_order)
+    if winner.id != mine.id:
+        log.warning("a concurrent tick launched %s first; destroying ours (%s)", winner.id, mine.id)
+        provider.terminate(mine.id)
+    return winner

@@ -1,0 +1,5 @@
+import sys
+
+from respawn.controller.cli import main
+
+sys.exit(main())
