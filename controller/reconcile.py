@@ -21,7 +21,8 @@ from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
 from respawn.provisioning.base import Instance, Provider
 
-from respawn.store.backend import Backend, StoreError, open_backend
+from respawn.store import open_backend
+from respawn.store.backend import Backend, StoreError
 from respawn.store.schema import utcnow
 from respawn.store.store import CheckpointStore
 

@@ -1,5 +1,3 @@
-import sys
+from respawn.pod.bootstrap import entrypoint
 
-from respawn.pod.bootstrap import main
-
-sys.exit(main())
+entrypoint()

@@ -117,5 +117,16 @@ def main() -> int:
     return Supervisor(ctx, resume_step, trainer_env).run()
 
 
+def entrypoint() -> None:
+    """`respawn-pod`: exit as soon as the supervisor is done. An upload still running past
+    term_grace must not hold the process (the interpreter would join its threads) until the
+    provider's SIGKILL."""
+    rc = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

@@ -40,7 +40,11 @@ def pod_spec(command: str, **kw: object) -> PodSpec:
 
 
 def start_pod(
-    tmp: Path, spec: PodSpec, generation: int = 1, name: str = "pod"
+    tmp: Path,
+    spec: PodSpec,
+    generation: int = 1,
+    name: str = "pod",
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     disk = tmp / name
     disk.mkdir()
@@ -51,6 +55,8 @@ def start_pod(
         "RESPAWN_GENERATION": str(generation),
         "RESPAWN_POD": spec.model_dump_json(),
         "PYTHONPATH": str(ROOT),
+        "RESPAWN_PIDFILE": str(disk / "supervisor.pid"),
+        **(extra_env or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "respawn.pod"],

@@ -268,7 +268,8 @@ def test_malformed_pointer_is_an_error_not_a_fresh_start(store: CheckpointStore)
 
 
 def test_file_url_must_be_absolute() -> None:
-    from respawn.store.backend import StoreConfigError, open_backend
+    from respawn.store import open_backend
+    from respawn.store.backend import StoreConfigError
 
     with pytest.raises(StoreConfigError, match="absolute path"):
         open_backend("file://relative/path")

@@ -1,0 +1,25 @@
+"""The checkpoint store: the pointer protocol (`store.py`) over a small backend interface
+(`backend.py`) with two backends, file:// and b2://."""
+
+from __future__ import annotations
+
+from respawn.store.backend import Backend, StoreConfigError
+
+
+def open_backend(url: str, credential_envs: tuple[str, str] | None = None) -> Backend:
+    """The backend for a store URL, importing its SDK only when that scheme is used.
+
+    `credential_envs` names the environment variables holding the key id and key (B2)."""
+    if url.startswith("file://"):
+        from respawn.store.file_backend import FileBackend
+
+        return FileBackend.from_url(url)
+    if url.startswith("b2://"):
+        from respawn.store.b2_backend import B2Backend
+
+        if credential_envs is None:
+            return B2Backend.from_url(url)
+        return B2Backend.from_url(url, *credential_envs)
+    raise StoreConfigError(
+        f"unsupported store URL {url!r}: expected file:///ABS/PATH or b2://BUCKET/PREFIX"
+    )

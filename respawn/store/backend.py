@@ -61,22 +61,3 @@ class Backend(Protocol):
     def delete(self, keys: list[str]) -> None:
         """Remove the keys (all versions, where the backend keeps versions); missing is fine."""
         ...
-
-
-def open_backend(url: str, credential_envs: tuple[str, str] | None = None) -> Backend:
-    """The backend for a store URL, importing its SDK only when that scheme is used.
-
-    `credential_envs` names the environment variables holding the key id and key (B2)."""
-    if url.startswith("file://"):
-        from respawn.store.file_backend import FileBackend
-
-        return FileBackend.from_url(url)
-    if url.startswith("b2://"):
-        from respawn.store.b2_backend import B2Backend
-
-        if credential_envs is None:
-            return B2Backend.from_url(url)
-        return B2Backend.from_url(url, *credential_envs)
-    raise StoreConfigError(
-        f"unsupported store URL {url!r}: expected file:///ABS/PATH or b2://BUCKET/PREFIX"
-    )

@@ -21,7 +21,8 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from respawn.store.backend import Backend, Progress, StoreError, open_backend
+from respawn.store import open_backend
+from respawn.store.backend import Backend, Progress, StoreError
 from respawn.store.disk import LocalFile
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import (

@@ -19,6 +19,9 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # sleep before answering (a timeout when longer than the client's)
     malformed: bool = False  # 200 with a body that is not JSON
+    # The request is carried out, then the answer comes after `delay`: a create whose
+    # response the client never sees (it timed out), although the instance exists.
+    lost_answer: bool = False
 
 
 @dataclass
@@ -71,6 +74,11 @@ class FakeAPI:
                 with api.lock:
                     api.calls.append(route)
                     fault = api.faults[route].pop(0) if api.faults[route] else None
+                if fault is not None and fault.lost_answer:
+                    with api.lock:
+                        reply = api.handle(self.command, parts.path, query, body)
+                    time.sleep(fault.delay)
+                    return self._send(reply.status, json.dumps(reply.doc).encode(), reply.headers)
                 if fault is not None:
                     time.sleep(fault.delay)
                     if fault.malformed:
