@@ -8,6 +8,7 @@ bad requests are raised at once.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,6 +33,7 @@ TIMEOUT_SECONDS = 30.0
 ATTEMPTS = 3
 BACKOFF_SECONDS = 1.0
 MAX_WAIT_SECONDS = 60.0
+sleep = time.sleep  # how retries wait; tests replace it to check waits without waiting
 
 
 def _retry_after(response: requests.Response | None) -> float | None:
@@ -113,6 +115,7 @@ def call(fn: Callable[[], T], what: str, key_env: str) -> T:
         retry=retry_if_exception_type((TransientProviderError, RateLimitedError)),
         stop=stop_after_attempt(ATTEMPTS),
         wait=_wait,
+        sleep=lambda seconds: sleep(seconds),
         reraise=True,
     )
     def attempt() -> T:

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
@@ -57,6 +59,7 @@ def test_ckpt_errors_are_clear(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no checkpoint yet" in proc.stderr
 
 
+@pytest.mark.slow
 def test_demo_recovers_and_verifies(tmp_path: Path) -> None:
     proc = run_cli("demo", "--workdir", str(tmp_path / "demo"), timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

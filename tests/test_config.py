@@ -34,10 +34,15 @@ runs:
 """
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "production.yaml"])
-def test_examples_validate(name: str) -> None:
-    fleet = load_config(ROOT / "examples" / name)
-    assert fleet.runs
+def test_examples_validate_and_say_what_they_claim() -> None:
+    local = load_config(ROOT / "examples" / "local.yaml")
+    assert [r.providers for r in local.runs] == [("local",)]
+    assert "respawn.examples.toy_trainer" in local.runs[0].pod.command
+    production = load_config(ROOT / "examples" / "production.yaml")
+    for run in production.runs:
+        assert run.pod.image, f"{run.name}: a cloud run needs its pod image"
+        assert set(run.providers) <= {"vast", "runpod"} and run.providers
+        assert len(run.pod.checkpoints.sources) >= 1
 
 
 def test_defaults_and_durations() -> None:

@@ -111,7 +111,8 @@ def test_preempted_pod_is_stopped_not_gone(fake: FakeRunPod) -> None:
 
 
 def test_terminate_missing_pod_is_fine(fake: FakeRunPod) -> None:
-    provider(fake).terminate("pod9999")
+    provider(fake).terminate("pod9999")  # no error: it is gone, which is what was asked
+    assert fake.count("podTerminate") == 1, "the terminate must still be sent"
 
 
 def test_bad_key_is_fatal(fake: FakeRunPod) -> None:
