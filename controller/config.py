@@ -1,4 +1,4 @@
-"""The fleet config: one YAML file listing the store and the runs (DESIGN.md "Fleet config").
+"""The fleet config: one YAML file listing the store and the runs (`docs/contracts.md`).
 
 Every model is frozen and forbids unknown fields, so a typo is an error, not a silently ignored
 setting. Errors name the file, the line, the field path and what was expected. Secrets never

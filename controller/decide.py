@@ -24,6 +24,7 @@ from respawn.controller.model import (
     Plan,
     Provision,
     RestartInPlace,
+    RestartRecord,
     Terminate,
     Verdict,
     describe,
@@ -130,7 +131,7 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
             current = current_instances(obs)
             gen = ledger.generation
             tried = any(r.generation == gen for r in ledger.restarts)
-            if current and obs.restartable and not tried:
+            if current and obs.shell_access and not tried:
                 target = current[0]
                 actions = [*_strays(obs)]
                 actions.append(
@@ -138,7 +139,7 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                         provider=target.provider, instance_id=target.id, reason=verdict.reason
                     )
                 )
-                record = LaunchRecord(
+                record = RestartRecord(
                     generation=gen, at=now, provider=target.provider, instance_id=target.id
                 )
                 ledger = ledger.model_copy(update={"restarts": (*ledger.restarts, record)[-10:]})

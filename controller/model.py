@@ -40,6 +40,15 @@ class LaunchRecord(_Frozen):
     error: str | None = None
 
 
+class RestartRecord(_Frozen):
+    """A restart of the trainer in place (the instance stays)."""
+
+    generation: int
+    at: datetime
+    provider: str
+    instance_id: str
+
+
 class ProgressMark(_Frozen):
     """The highest step seen and when it was first seen: how 'no progress for X' is known."""
 
@@ -59,7 +68,7 @@ class Ledger(_Frozen):
     run: str
     generation: int = 0
     launches: tuple[LaunchRecord, ...] = ()
-    restarts: tuple[LaunchRecord, ...] = ()
+    restarts: tuple[RestartRecord, ...] = ()
     progress: ProgressMark | None = None
     halted: str | None = None
     finished_at: datetime | None = None
@@ -87,7 +96,9 @@ class Observation(_Frozen):
     instances: tuple[Instance, ...] = ()
     ledger: Ledger
     errors: tuple[str, ...] = ()
-    restartable: bool = Field(False, description="the current instance's trainer can be restarted")
+    shell_access: bool = Field(
+        False, description="the current instance's provider can reach into it (restart in place)"
+    )
 
 
 class Verdict(_Frozen):

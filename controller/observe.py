@@ -63,5 +63,5 @@ def observe(
         errors=tuple(errors),
     )
     current = current_instances(obs)
-    restartable = bool(current) and can_restart(providers.get(current[0].provider))
-    return obs.model_copy(update={"restartable": restartable})
+    shell_access = bool(current) and can_restart(providers.get(current[0].provider))
+    return obs.model_copy(update={"shell_access": shell_access})

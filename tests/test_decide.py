@@ -18,6 +18,7 @@ from respawn.controller.model import (
     ProgressMark,
     Provision,
     RestartInPlace,
+    RestartRecord,
     Terminate,
 )
 from respawn.provisioning.base import Instance, InstanceState
@@ -223,22 +224,25 @@ DECISIONS = [
         ["terminate", "provision"],
     ),
     (
-        "stalled, restartable → restart in place",
-        obs(ledger=ledger(progress=(100, 31 * M)), restartable=True),
+        "stalled, shell_access → restart in place",
+        obs(ledger=ledger(progress=(100, 31 * M)), shell_access=True),
         ["restart"],
     ),
     (
         "stalled, restart already tried → replace",
         obs(
             ledger=ledger(
-                progress=(100, 31 * M), restarts=(LaunchRecord(generation=1, at=NOW - 10 * M),)
+                progress=(100, 31 * M),
+                restarts=(
+                    RestartRecord(generation=1, at=NOW - 10 * M, provider="local", instance_id="a"),
+                ),
             ),
-            restartable=True,
+            shell_access=True,
         ),
         ["terminate", "provision"],
     ),
     (
-        "stalled, not restartable → replace",
+        "stalled, not shell_access → replace",
         obs(ledger=ledger(progress=(100, 31 * M))),
         ["terminate", "provision"],
     ),
@@ -334,7 +338,7 @@ def test_decide_is_pure() -> None:
 
 
 def test_restart_is_recorded_so_it_is_tried_once() -> None:
-    plan = decide(RUN, obs(ledger=ledger(progress=(100, 31 * M)), restartable=True), NOW)
+    plan = decide(RUN, obs(ledger=ledger(progress=(100, 31 * M)), shell_access=True), NOW)
     assert isinstance(plan.actions[-1], RestartInPlace)
-    again = decide(RUN, obs(ledger=plan.ledger, restartable=True), NOW + M)
+    again = decide(RUN, obs(ledger=plan.ledger, shell_access=True), NOW + M)
     assert kinds(again.actions) == ["terminate", "provision"]

@@ -1,4 +1,4 @@
-"""The pointer protocol of DESIGN.md, against the file:// store."""
+"""The pointer protocol (docs/contracts.md), against the file:// store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The documents the pod writes and the controller reads (DESIGN.md "Keys inside the store").
+"""The documents the pod writes and the controller reads (`docs/contracts.md`, "Store keys").
 
 Parsing is tolerant of extra fields (a newer writer may add some) but strict on the fields
 the protocol depends on: a pointer with no step is malformed, not "step 0".
