@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 
 from respawn.controller.config import FleetConfig, RunConfig
+from respawn.controller.launch import MissingSecretError, provision
 from respawn.controller.ledger import write_ledger
 from respawn.controller.model import (
     Action,
@@ -26,101 +27,11 @@ from respawn.controller.model import (
     Terminate,
     describe,
 )
-from respawn.provisioning.base import (
-    Instance,
-    LaunchSpec,
-    Offer,
-    Provider,
-    ProviderError,
-    WithTrainerControl,
-    instance_name,
-)
-from respawn.provisioning.failover import launch_first_fit
+from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
 
-from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
 from respawn.store.store import CheckpointStore, StoreError
 
 log = logging.getLogger("respawn.controller")
-
-
-class MissingSecretError(Exception):
-    pass
-
-
-def launch_env(
-    fleet: FleetConfig, run: RunConfig, pod_env: PodEnv, environ: Mapping[str, str]
-) -> tuple[dict[str, str], list[str]]:
-    """The pod's environment and the secret values in it: where it finds its store and who it
-    is (`PodEnv`), plus the secrets the config names, read from the controller's environment
-    (GitHub secrets in the workflow)."""
-    secrets = list(run.pod.secret_env)
-    store_creds: dict[str, str] = {}
-    if fleet.store.url.startswith("b2://"):
-        secrets += [fleet.store.key_id_env, fleet.store.key_env]
-        # The pod reads the store key under the canonical names, whatever the controller's.
-        store_creds = {ENV_STORE_KEY_ID: fleet.store.key_id_env, ENV_STORE_KEY: fleet.store.key_env}
-    if run.wandb is not None:
-        secrets.append(run.wandb.api_key_env)
-    missing = [name for name in secrets if not environ.get(name)]
-    if missing:
-        raise MissingSecretError(
-            f"environment variable(s) {', '.join(missing)} are not set on the controller; "
-            "the pod needs them (add them as secrets to the workflow)"
-        )
-    env = dict(run.pod.env)
-    env.update({name: environ[name] for name in secrets})
-    env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})
-    env.update(pod_env.to_env())
-    return env, [environ[name] for name in secrets]
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Cloud APIs may echo a rejected request (GraphQL quotes invalid variables): never let a
-    secret from the launch environment reach a log, a report or the ledger."""
-    for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def provision(
-    fleet: FleetConfig,
-    run: RunConfig,
-    store: CheckpointStore,
-    providers: Mapping[str, Provider | Exception],
-    generation: int,
-    environ: Mapping[str, str],
-) -> tuple[Instance, Offer]:
-    """Publish the pod spec of this generation, then launch through failover."""
-    spec_doc = run.pod.canonical_json()
-    store.write_pod_spec(generation, spec_doc)
-    wandb_id = run.wandb.run_id if run.wandb else None
-    secrets: list[str] = []
-
-    def spec_for(provider: str, offer: Offer) -> LaunchSpec:
-        pod_env = PodEnv(
-            store=fleet.store.url,
-            run=run.name,
-            generation=generation,
-            writer=f"{provider}:{instance_name(run.name, generation)}",
-            pod_sha256=pod_sha256(spec_doc),
-            wandb_run_id=wandb_id,
-        )
-        env, values = launch_env(fleet, run, pod_env, environ)
-        secrets[:] = values
-        return LaunchSpec(
-            run=run.name,
-            generation=generation,
-            image=run.pod.image,
-            disk_gb=run.resources.disk_gb,
-            max_price_per_hour=run.resources.max_price_per_hour,
-            market=offer.market,
-            env=env,
-        )
-
-    return launch_first_fit(
-        run.providers, providers, run.resources, spec_for, lambda t: redact(t, secrets)
-    )
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
