@@ -28,7 +28,6 @@ from respawn.controller.model import (
     describe,
 )
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
-
 from respawn.store.store import CheckpointStore, StoreError
 
 log = logging.getLogger("respawn.controller")

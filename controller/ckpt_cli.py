@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, UsageError
-
 from respawn.store.disk import LocalFile
 from respawn.store.progress import TransferProgress, human_bytes
 from respawn.store.store import CheckpointStore, StoreError

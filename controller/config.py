@@ -22,12 +22,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from respawn.provisioning.base import Resources
-from respawn.provisioning.registry import REGISTRY
 
 from respawn.contract.durations import Duration
 from respawn.contract.pod import ENV_NAME as _ENV_NAME
 from respawn.contract.pod import PodSpec
+from respawn.provisioning.base import Resources
+from respawn.provisioning.registry import REGISTRY
 
 ProviderName = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
 _RUN_NAME = r"^[a-z0-9][a-z0-9-]{0,47}$"

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.provisioning.base import Instance, LaunchSpec, Offer, Provider, instance_name
 from respawn.provisioning.failover import launch_first_fit
-
-from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
 from respawn.store.store import CheckpointStore
 
 

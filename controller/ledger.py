@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pydantic import ValidationError
-from respawn.controller.model import Ledger
 
+from respawn.controller.model import Ledger
 from respawn.store.store import CheckpointStore, StoreError
 
 

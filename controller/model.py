@@ -7,8 +7,8 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from respawn.provisioning.base import Instance
 
+from respawn.provisioning.base import Instance
 from respawn.store.schema import Heartbeat, LatestPointer
 
 

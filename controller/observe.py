@@ -11,7 +11,6 @@ from respawn.controller.config import RunConfig
 from respawn.controller.ledger import read_ledger
 from respawn.controller.model import Ledger, Observation
 from respawn.provisioning.base import Instance, Provider, can_restart
-
 from respawn.store.store import CheckpointStore, StoreError
 
 Listings = Mapping[str, "Future[list[Instance]]"]

@@ -20,7 +20,6 @@ from respawn.controller.model import RunReport
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
 from respawn.provisioning.base import Instance, Provider
-
 from respawn.store import open_backend
 from respawn.store.backend import Backend, StoreError
 from respawn.store.schema import utcnow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from respawn.controller.config import StoreSettings
-
 from respawn.store.store import CheckpointStore
 
 

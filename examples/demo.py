@@ -23,14 +23,14 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from respawn.contract.pod import render_command
 from respawn.controller.config import FleetConfig
 from respawn.controller.ledger import read_ledger
 from respawn.controller.model import Health, Provision, Terminate
 from respawn.controller.reconcile import RunReport, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
-
-from respawn.contract.pod import render_command
 
 TICK_SECONDS = 0.5
 DEADLINE_SECONDS = 55.0

@@ -17,9 +17,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from respawn.pod.supervisor import PodContext, Supervisor
-
 from respawn.contract.pod import ENV_INSTANCE_ID, PodEnv, PodEnvError
+from respawn.pod.supervisor import PodContext, Supervisor
 from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
 
 log = logging.getLogger("respawn.pod")

@@ -13,19 +13,20 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import requests
-from respawn.provisioning.base import (
-    InvalidCredentialsError,
-    NotFoundError,
-    ProviderError,
-    RateLimitedError,
-    TransientProviderError,
-)
 from tenacity import (
     RetryCallState,
     retry,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
+)
+
+from respawn.provisioning.base import (
+    InvalidCredentialsError,
+    NotFoundError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
 )
 
 T = TypeVar("T")

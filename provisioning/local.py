@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from respawn.contract.pod import ENV_INSTANCE_ID, ENV_PIDFILE, POD_MODULE
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
@@ -35,8 +37,6 @@ from respawn.provisioning.base import (
     WithTrainerControl,
     parse_instance_name,
 )
-
-from respawn.contract.pod import ENV_INSTANCE_ID, ENV_PIDFILE, POD_MODULE
 
 # The interpreter respawn runs in has the pod side: no PATH lookup of `respawn-pod` needed.
 POD_ENTRYPOINT = [sys.executable, "-m", POD_MODULE]

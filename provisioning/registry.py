@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+
 from respawn.provisioning import local, runpod, vast
 from respawn.provisioning.base import Provider, ProviderError, Secrets
 

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 
 import paramiko
-from respawn.provisioning.base import ProviderError, TransientProviderError
 
 from respawn.contract.pod import SUPERVISOR_PIDFILE
+from respawn.provisioning.base import ProviderError, TransientProviderError
 
 log = logging.getLogger("respawn.remote")
 CONNECT_TIMEOUT = 20.0

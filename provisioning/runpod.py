@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field
+
+from respawn.contract.pod import ENV_NAME
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
@@ -31,8 +33,6 @@ from respawn.provisioning.base import (
 from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once
 from respawn.provisioning.offers import bid_for, gpu_key, select
 from respawn.provisioning.shell import ShellAccess
-
-from respawn.contract.pod import ENV_NAME
 
 API_URL = "https://api.runpod.io/graphql"
 

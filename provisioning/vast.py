@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from respawn.contract.pod import ENV_NAME
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
@@ -35,8 +37,6 @@ from respawn.provisioning.base import (
 from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once
 from respawn.provisioning.offers import bid_for, select
 from respawn.provisioning.shell import ShellAccess
-
-from respawn.contract.pod import ENV_NAME
 
 ONSTART = "bash /opt/respawn/onstart.sh"
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
+
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
 from respawn.examples import toy_trainer
 from respawn.provisioning import calls
-
 from tests.conftest import ROOT, wait_for
 from tests.fakes.http import Reply
 from tests.fakes.vast import FakeVast

@@ -13,13 +13,13 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
+
 from respawn.controller.config import load_config
 from respawn.controller.ledger import read_ledger, write_ledger
 from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
-
 from respawn.store.schema import utcnow
 from tests.conftest import run_cli
 from tests.fakes.http import Fault

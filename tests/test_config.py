@@ -5,9 +5,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from respawn.controller.config import ConfigError, load_config, parse_config
 
 from respawn.contract.durations import format_duration, parse_duration
+from respawn.controller.config import ConfigError, load_config, parse_config
 from tests.conftest import ROOT, run_cli
 
 GOOD = """\

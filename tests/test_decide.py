@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from respawn.controller.classify import classify
 from respawn.controller.config import parse_config
 from respawn.controller.decide import decide
@@ -22,7 +23,6 @@ from respawn.controller.model import (
     Terminate,
 )
 from respawn.provisioning.base import Instance, InstanceState
-
 from respawn.store.schema import Heartbeat, LatestPointer
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from respawn.provisioning import calls
 from respawn.provisioning.base import LaunchSpec, Resources, VerificationError
 from respawn.provisioning.vast import VastProvider
-
 from tests.fakes.http import Fault
 from tests.fakes.vast import FakeVast
 

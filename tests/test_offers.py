@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from respawn.provisioning.base import Offer, Resources
 from respawn.provisioning.offers import bid_for, fits, gpu_key, rank, select
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from respawn.controller.config import PodSpec
 
+from respawn.controller.config import PodSpec
 from respawn.store.store import CheckpointStore
 from tests.conftest import ROOT, make_step, wait_for
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from respawn.controller.config import FleetConfig, load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
-
 from tests.conftest import run_cli, wait_for
 
 SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
@@ -168,7 +168,6 @@ def test_failed_termination_cancels_the_launch(fleet_path: Path) -> None:
     from respawn.controller.decide import decide
     from respawn.controller.ledger import read_ledger
     from respawn.controller.observe import observe
-
     from respawn.store.schema import utcnow
 
     fleet = load_config(fleet_path)

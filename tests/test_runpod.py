@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from respawn.provisioning import calls
 from respawn.provisioning.base import (
     InstanceState,
@@ -16,7 +17,6 @@ from respawn.provisioning.base import (
     VerificationError,
 )
 from respawn.provisioning.runpod import RunPodProvider
-
 from tests.fakes.http import Fault
 from tests.fakes.runpod import FakeRunPod
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from respawn.provisioning import calls
 from respawn.provisioning.base import (
     InstanceState,
@@ -17,7 +18,6 @@ from respawn.provisioning.base import (
     VerificationError,
 )
 from respawn.provisioning.vast import VastProvider
-
 from tests.fakes.http import Fault
 from tests.fakes.vast import FakeVast
 
