@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.launch import MissingSecretError, provision
-from respawn.controller.ledger import write_ledger
+from respawn.controller.lease import Lease
+from respawn.controller.ledger import read_halt, write_ledger
 from respawn.controller.model import (
     Action,
     ActionResult,
@@ -55,10 +56,14 @@ class _Actor:
         providers: Mapping[str, Provider | Exception],
         ledger: Ledger,
         environ: Mapping[str, str],
+        version: int,
+        lease: Lease | None,
     ) -> None:
         self.run, self.fleet, self.store = run, fleet, store
         self.providers, self.ledger, self.environ = providers, ledger, environ
+        self.version, self.lease = version, lease
         self.termination_failed = False
+        self.stopped: StoreError | None = None
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
@@ -69,10 +74,26 @@ class _Actor:
     def save_ledger(self) -> None:
         if self.store is None:
             raise StoreError("checkpoint store unavailable: cannot write the ledger")
-        write_ledger(self.store, self.ledger)
+        self._still_ours()
+        written = write_ledger(self.store, self.ledger, self.version)
+        self.version = written.version
+
+    def _still_ours(self) -> None:
+        """Before every change: this tick still holds the run. Once it does not (the lease
+        was lost, the ledger moved), nothing more is done."""
+        if self.stopped is not None:
+            raise self.stopped
+        if self.lease is not None:
+            try:
+                self.lease.check()
+            except StoreError as e:
+                self.stopped = e
+                raise
 
     def do(self, action: Action) -> str:
         """Carry out one action; return what happened, or raise."""
+        if isinstance(action, Terminate | Provision | RestartInPlace):
+            self._still_ours()
         match action:
             case Terminate():
                 try:
@@ -90,7 +111,15 @@ class _Actor:
                     )
                     self.ledger = self.ledger.model_copy(update={"launches": launches})
                     raise ProviderError("skipped: a termination failed (never two at once)")
-                self.save_ledger()  # claim the generation first: it fences the old pod
+                if self.store is not None:
+                    order = read_halt(self.store)  # `terminate` may have run since observe
+                    if order is not None and order.halted:
+                        raise ProviderError(f"skipped: stopped by hand ({order.reason})")
+                try:
+                    self.save_ledger()  # claim the generation first: it fences the old pod
+                except StoreError as e:
+                    self.stopped = e  # a stale plan must not launch, nor write later
+                    raise
                 gen = action.generation
                 try:
                     if self.store is None:
@@ -131,10 +160,12 @@ def act(
     providers: Mapping[str, Provider | Exception],
     previous_ledger: Ledger,
     environ: Mapping[str, str] | None = None,
+    lease: Lease | None = None,
 ) -> list[ActionResult]:
-    actor = _Actor(
-        run, fleet, store, providers, plan.ledger, os.environ if environ is None else environ
-    )
+    """`previous_ledger`: the ledger as observed; its version is the only one this tick
+    writes over. `lease`: the run's tick lease, checked before every change."""
+    env = os.environ if environ is None else environ
+    actor = _Actor(run, fleet, store, providers, plan.ledger, env, previous_ledger.version, lease)
     results: list[ActionResult] = []
     for action in plan.actions:
         try:
@@ -146,7 +177,8 @@ def act(
             log.exception("%s failed unexpectedly", describe(action))
             detail = f"unexpected {type(e).__name__}: {e}"
             results.append(ActionResult(action=action, ok=False, detail=detail))
-    if store is not None and actor.ledger != previous_ledger:
+    trusted = plan.verdict.ledger_trusted
+    if store is not None and trusted and actor.stopped is None and actor.ledger != previous_ledger:
         try:
             actor.save_ledger()
         except StoreError as e:

@@ -5,11 +5,31 @@ Pure: no I/O, no clock reads.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from respawn.controller.config import RunConfig
-from respawn.controller.model import Health, Observation, ProgressMark, Verdict
-from respawn.provisioning.base import Instance
+from respawn.controller.model import (
+    Health,
+    HeartbeatMark,
+    Observation,
+    ProgressMark,
+    Verdict,
+)
+from respawn.provisioning.base import Instance, InstanceState, winner_order
+
+from respawn.store.schema import Heartbeat
+
+# Ticks on which the listing says "gone" while the heartbeat still changes, before the
+# listing is believed anyway (a pod that writes but no cloud lists: replaced, and fenced).
+DOUBT_TICKS = 3
+_ALIVENESS = {
+    InstanceState.RUNNING: 3,
+    InstanceState.PENDING: 2,
+    InstanceState.STOPPED: 1,
+    InstanceState.TERMINATED: 0,
+}
 
 
 def ago(delta: timedelta) -> str:
@@ -41,19 +61,81 @@ def progress_mark(obs: Observation, now: datetime) -> ProgressMark | None:
     return prev
 
 
+def merge_rows(rows: Iterable[Instance]) -> tuple[Instance, ...]:
+    """One row per instance. A listing that shows an instance twice with different states
+    (paging under change, eventual consistency) is read as its most alive state: an instance
+    is never destroyed as its own duplicate or as dead while any row says it runs."""
+    merged: dict[tuple[str, str], Instance] = {}
+    for row in rows:
+        key = (row.provider, row.id)
+        seen = merged.get(key)
+        if seen is None or _ALIVENESS[row.state] > _ALIVENESS[seen.state]:
+            merged[key] = row
+    return tuple(merged.values())
+
+
 def current_instances(obs: Observation) -> list[Instance]:
-    """Live instances of the newest generation, newest first."""
+    """Live instances of the current generation, the one to keep first: the same rule
+    (`winner_order`, earliest created) that settles a launch race."""
     gen = obs.ledger.generation
-    live = [i for i in obs.instances if i.generation == gen and i.live]
-    return sorted(live, key=lambda i: (i.created_at is not None, i.created_at), reverse=True)
+    live = [i for i in merge_rows(obs.instances) if i.generation == gen and i.live]
+    return sorted(live, key=winner_order)
+
+
+def fencing_generation(obs: Observation) -> tuple[int, str]:
+    """The newest generation any signal has seen, and which signal: the ledger, the pointer,
+    the heartbeat, the instances' names. A pod fences itself below this, so a new generation
+    must be allocated above it."""
+    sources = [(obs.ledger.generation, "the ledger")]
+    if obs.pointer is not None:
+        sources.append((obs.pointer.generation, "latest.json"))
+    if obs.heartbeat is not None:
+        sources.append((obs.heartbeat.generation, "heartbeat.json"))
+    sources += [(i.generation, f"instance {i.name}") for i in obs.instances if i.billing]
+    return max(sources, key=lambda s: s[0])
+
+
+def heartbeat_digest(hb: Heartbeat) -> str:
+    return hashlib.sha256(hb.model_dump_json().encode()).hexdigest()[:16]
+
+
+def heartbeat_mark(obs: Observation, now: datetime) -> HeartbeatMark | None:
+    """When the controller first saw the current heartbeat's content: its age, judged by
+    the controller's clock whatever the pod's clock says."""
+    hb = obs.heartbeat
+    if hb is None:
+        return obs.ledger.heartbeat_seen
+    prev, digest = obs.ledger.heartbeat_seen, heartbeat_digest(hb)
+    if prev is not None and prev.digest == digest and prev.generation == hb.generation:
+        return prev
+    return HeartbeatMark(generation=hb.generation, digest=digest, at=now)
+
+
+def breaker_halt(obs: Observation) -> str | None:
+    """The ledger's halt by a breaker, unless a person resumed the run after it."""
+    ledger, order = obs.ledger, obs.halt
+    if ledger.halted is None:
+        return None
+    resumed = order is not None and not order.halted
+    if resumed and (ledger.halted_at is None or order.at > ledger.halted_at):  # type: ignore[union-attr]
+        return None
+    return ledger.halted
 
 
 def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     step = observed_step(obs)
     progress = progress_mark(obs, now)
+    seen = heartbeat_mark(obs, now)
 
-    def verdict(health: Health, reason: str) -> Verdict:
-        return Verdict(health=health, reason=reason, step=step, progress=progress)
+    def verdict(health: Health, reason: str, doubts: int = 0) -> Verdict:
+        return Verdict(
+            health=health,
+            reason=reason,
+            step=step,
+            progress=progress,
+            heartbeat_seen=seen,
+            doubts=doubts,
+        )
 
     if obs.errors:
         return Verdict(
@@ -61,10 +143,29 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
             reason="observation failed: " + "; ".join(obs.errors),
             step=step,
             progress=obs.ledger.progress,
+            heartbeat_seen=obs.ledger.heartbeat_seen,
+            doubts=obs.ledger.doubts,
+            ledger_trusted=obs.ledger_state == "ok",
         )
     ledger = obs.ledger
-    if ledger.halted:
-        return verdict(Health.HALTED, ledger.halted)
+    if obs.halt is not None and obs.halt.halted:
+        return verdict(Health.STOPPED, f"stopped by hand: {obs.halt.reason}")
+    fence, source = fencing_generation(obs)
+    if fence > ledger.generation:
+        what = "there is no ledger" if obs.ledger_state == "missing" else "the ledger says"
+        return Verdict(
+            health=Health.UNKNOWN,
+            reason=(
+                f"{what} g{ledger.generation} but {source} is at g{fence}: the ledger was lost "
+                f"or rolled back; nothing is changed until `respawn ledger repair --run {run.name}`"
+            ),
+            step=step,
+            progress=ledger.progress,
+            ledger_trusted=False,
+        )
+    halted = breaker_halt(obs)
+    if halted:
+        return verdict(Health.HALTED, halted)
     if ledger.finished_at is not None:
         return verdict(Health.FINISHED, f"finished at step {step}")
     target = run.target_step
@@ -83,7 +184,25 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     if not current:
         mine = [i for i in obs.instances if i.generation == gen]
         state = f" (it is {mine[0].state.value})" if mine else ""
-        return verdict(Health.DEAD, f"no live instance of generation {gen}{state}")
+        gone = f"no live instance of generation {gen}{state}"
+        beating = (
+            hb is not None
+            and seen is not None
+            and hb.phase in ("restoring", "training")
+            and now - seen.at < 2 * run.pod.heartbeat_interval
+        )
+        if beating:
+            # Two signals before a launch: the listing says gone, the heartbeat still moves.
+            doubts = ledger.doubts + 1
+            if doubts < DOUBT_TICKS:
+                return verdict(
+                    Health.UNKNOWN,
+                    f"{gone}, but its heartbeat still changes: waiting for the two to agree "
+                    f"(tick {doubts} of {DOUBT_TICKS})",
+                    doubts=doubts,
+                )
+            gone += f" for {doubts} ticks, though its heartbeat still changes"
+        return verdict(Health.DEAD, gone)
 
     launch = ledger.launch_of(gen)
     launched_at = launch.at if launch else current[0].created_at or now
@@ -100,9 +219,11 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         )
     if hb.phase == "failed":
         return verdict(Health.DEAD, f"g{gen} pod reported failure: {hb.message or 'no message'}")
-    silent = now - hb.at
+    silent = now - seen.at if seen is not None else timedelta(0)
     if silent > policy.dead_after:
-        return verdict(Health.DEAD, f"no heartbeat from g{gen} for {ago(silent)}")
+        return verdict(
+            Health.DEAD, f"no heartbeat from g{gen} for {ago(silent)} (unchanged since then)"
+        )
 
     if progress is None or progress.at <= launched_at:
         if since_launch < policy.startup_grace:

@@ -83,13 +83,38 @@ def cmd_offers(args: argparse.Namespace) -> int:
     return EXIT_OK if ok or offers else EXIT_FAILED
 
 
-def _set_halted(fleet: FleetConfig, run_name: str, reason: str | None) -> None:
-    from respawn.controller.ledger import read_ledger, write_ledger
+def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -> str | None:
+    """Write the run's halt order. Returns None, or why it could not be written."""
+    from respawn.controller.ledger import write_halt
+    from respawn.controller.model import HaltOrder
     from respawn.controller.stores import open_run_store
 
-    store = open_run_store(fleet.store, run_name)
-    ledger = read_ledger(store)
-    write_ledger(store, ledger.model_copy(update={"halted": reason}))
+    from respawn.store.schema import utcnow
+
+    try:
+        store = open_run_store(fleet.store, run_name)
+        write_halt(store, HaltOrder(halted=halted, reason=reason, at=utcnow()))
+    except Exception as e:  # the store is down or the key rejected: say so, no traceback
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _destroy_all(fleet: FleetConfig, run: RunConfig) -> tuple[int, bool]:
+    """Destroy every instance of the run on each of its providers (not only the ledger's
+    generation). Returns how many were destroyed and whether every provider answered."""
+    destroyed = 0
+
+    def destroy(name: str, provider: Provider) -> None:
+        nonlocal destroyed
+        for inst in provider.list_instances(run.name):
+            if not inst.billing:
+                continue
+            provider.terminate(inst.id)
+            destroyed += 1
+            print(f"terminated {name}:{inst.id} {inst.name}")
+
+    ok = _per_provider(fleet, run, destroy)
+    return destroyed, ok
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
@@ -97,21 +122,29 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    # Halt first: otherwise the next scheduled tick sees `dead` and launches again.
-    _set_halted(
-        fleet,
-        run.name,
-        f"terminated by hand at {utcnow():%Y-%m-%d %H:%M}Z (`respawn resume` to continue)",
-    )
-
-    def destroy(name: str, provider: Provider) -> None:
-        for inst in provider.list_instances(run.name):
-            provider.terminate(inst.id)
-            print(f"terminated {name}:{inst.id} {inst.name}")
-
-    ok = _per_provider(fleet, run, destroy)
-    print(f"run {run.name} halted; `respawn resume -c {args.config} --run {run.name}` undoes it")
-    return EXIT_OK if ok else EXIT_FAILED
+    # Destroy first: a store that cannot be written (or a rejected key) never keeps the kill
+    # switch from killing. Then record the halt, so that no tick launches again, and sweep
+    # once more for a launch that raced this command.
+    _, destroyed_all = _destroy_all(fleet, run)
+    when = f"{utcnow():%Y-%m-%d %H:%M}Z"
+    halt_error = _record_halt(fleet, run.name, True, f"`respawn terminate` at {when}")
+    if halt_error is None:
+        _, swept = _destroy_all(fleet, run)
+        destroyed_all = destroyed_all and swept
+    failed = []
+    if not destroyed_all:
+        failed.append("destroying instances failed on a provider (above): run this again")
+    if halt_error is not None:
+        failed.append(
+            f"the halt could not be recorded ({halt_error}): the next tick may launch again; "
+            "fix the store and run this again"
+        )
+    for line in failed:
+        print(f"respawn terminate: FAILED: {line}", file=sys.stderr)
+    if halt_error is None:
+        undo = f"respawn resume -c {args.config} --run {run.name}"
+        print(f"run {run.name} halted; `{undo}` undoes it")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -133,10 +166,46 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from respawn.store.schema import utcnow
+
     fleet = _load(args)
     run = fleet.run(args.run)
-    _set_halted(fleet, run.name, None)
+    error = _record_halt(fleet, run.name, False, f"`respawn resume` at {utcnow():%Y-%m-%d %H:%M}Z")
+    if error is not None:
+        print(f"respawn resume: FAILED: could not record the resume ({error})", file=sys.stderr)
+        return EXIT_FAILED
     print(f"run {run.name} is no longer halted; the next tick acts on it")
+    return EXIT_OK
+
+
+def cmd_ledger_repair(args: argparse.Namespace) -> int:
+    """Rebuild a lost, unreadable or rolled-back ledger from every fencing source."""
+    from respawn.controller.ledger import repair_ledger
+    from respawn.controller.stores import open_run_store
+
+    from respawn.store.schema import utcnow
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    generations: list[int] = []
+
+    def collect(_name: str, provider: Provider) -> None:
+        generations.extend(i.generation for i in provider.list_instances(run.name) if i.billing)
+
+    if not _per_provider(fleet, run, collect):
+        # The instances' names are a fencing source: without them the repair could allocate
+        # a generation that a live pod already has.
+        print("respawn ledger repair: FAILED: a provider could not be listed", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        store = open_run_store(fleet.store, run.name)
+        ledger, notes = repair_ledger(store, generations, utcnow())
+    except Exception as e:  # the store is down or the key rejected: say so, no traceback
+        print(f"respawn ledger repair: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    for note in notes:
+        print(f"  {note}")
+    print(f"run {run.name}: ledger rebuilt at generation {ledger.generation}")
     return EXIT_OK
 
 
@@ -215,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sp)
     sp.add_argument("--run", required=True)
     sp.set_defaults(func=cmd_resume)
+
+    sp = sub.add_parser("ledger", help="the controller's ledger of a run")
+    ls = sp.add_subparsers(dest="ledger_command", required=True, metavar="OP")
+    rp = ls.add_parser(
+        "repair",
+        help="rebuild a lost or unreadable ledger from the pointer, heartbeat and instances",
+    )
+    with_config(rp)
+    rp.add_argument("--run", required=True)
+    rp.set_defaults(func=cmd_ledger_repair)
 
     sp = sub.add_parser("validate", help="check a fleet config")
     with_config(sp)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from respawn.controller.classify import classify, current_instances
+from respawn.controller.classify import (
+    breaker_halt,
+    classify,
+    current_instances,
+    fencing_generation,
+)
 from respawn.controller.config import Budget, RunConfig
 from respawn.controller.model import (
     MAX_LEDGER_EVENTS,
@@ -39,7 +44,14 @@ def _terminate(i: Instance, reason: str) -> Terminate:
 
 
 def _billing(obs: Observation) -> list[Instance]:
-    return [i for i in obs.instances if i.state != InstanceState.TERMINATED]
+    # One row per instance: a listing that repeats a row must not yield two terminations.
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for i in obs.instances:
+        if i.state != InstanceState.TERMINATED and (i.provider, i.id) not in seen:
+            seen.add((i.provider, i.id))
+            out.append(i)
+    return out
 
 
 def estimated_spend(ledger: Ledger, now: datetime) -> float:
@@ -56,10 +68,17 @@ def estimated_spend(ledger: Ledger, now: datetime) -> float:
     return total
 
 
-def budget_trip(budget: Budget, ledger: Ledger, now: datetime) -> str | None:
+def budget_trip(
+    budget: Budget, ledger: Ledger, now: datetime, since: datetime | None = None
+) -> str | None:
     # Only launches that produced an instance count: a spot market with no capacity for an
-    # hour is retried every tick, not mistaken for a crash loop.
-    recent = [lr for lr in ledger.launches if now - lr.at < DAY and lr.instance_id]
+    # hour is retried every tick, not mistaken for a crash loop. Launches before a person's
+    # `resume` (`since`) do not count either: resuming must allow a launch.
+    recent = [
+        lr
+        for lr in ledger.launches
+        if now - lr.at < DAY and lr.instance_id and (since is None or lr.at > since)
+    ]
     if len(recent) >= budget.max_launches_per_day:
         return (
             f"crash-loop breaker: {len(recent)} launches in 24h "
@@ -75,11 +94,13 @@ def budget_trip(budget: Budget, ledger: Ledger, now: datetime) -> str | None:
 
 
 def _strays(obs: Observation) -> list[Terminate]:
-    """Everything billing except the newest live instance of the current generation."""
+    """Everything billing except the one live instance of the current generation that
+    `winner_order` keeps (the same rule that settles a launch race)."""
     keep = current_instances(obs)[:1]
+    kept = {(i.provider, i.id) for i in keep}
     out = []
     for i in _billing(obs):
-        if i in keep:
+        if (i.provider, i.id) in kept:
             continue
         if i.generation != obs.ledger.generation:
             why = f"older generation g{i.generation} (current g{obs.ledger.generation})"
@@ -95,11 +116,13 @@ def _replace(
     run: RunConfig, obs: Observation, ledger: Ledger, now: datetime, why: str
 ) -> tuple[list[Action], Ledger]:
     actions: list[Action] = [_terminate(i, f"replacing: {why}") for i in _billing(obs)]
-    trip = budget_trip(run.budget, ledger, now)
+    resumed = obs.halt.at if obs.halt is not None and not obs.halt.halted else None
+    trip = budget_trip(run.budget, ledger, now, since=resumed)
     if trip is not None:
         actions += [Halt(reason=trip), Alert(message=f"{run.name} halted: {trip}")]
-        return actions, ledger.model_copy(update={"halted": trip})
-    gen = ledger.generation + 1
+        return actions, ledger.model_copy(update={"halted": trip, "halted_at": now})
+    # Above every fencing source: a pod refuses to start below the newest generation seen.
+    gen = max(ledger.generation, fencing_generation(obs)[0]) + 1
     resume = obs.pointer.step if obs.pointer is not None else None
     actions.append(Provision(generation=gen, resume_step=resume, reason=why))
     launches = (*ledger.launches, LaunchRecord(generation=gen, at=now, resume_step=resume))
@@ -110,13 +133,28 @@ def _replace(
 
 def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
     verdict = classify(run, obs, now)
-    ledger = obs.ledger.model_copy(update={"progress": verdict.progress})
+    ledger = obs.ledger.model_copy(
+        update={
+            "progress": verdict.progress,
+            "heartbeat_seen": verdict.heartbeat_seen,
+            "doubts": verdict.doubts,
+        }
+    )
+    if ledger.halted is not None and breaker_halt(obs) is None:
+        ledger = ledger.model_copy(update={"halted": None, "halted_at": None})
     actions: list[Action] = []
     match verdict.health:
         case Health.UNKNOWN:
             # Nothing destructive on partial knowledge (skypilot#10155): alert and wait.
-            ledger = obs.ledger
+            # Only what disagreed is remembered: the heartbeat seen and for how many ticks.
+            ledger = obs.ledger.model_copy(
+                update={"doubts": verdict.doubts, "heartbeat_seen": verdict.heartbeat_seen}
+            )
             actions = [Alert(message=f"{run.name}: {verdict.reason}")]
+        case Health.STOPPED:
+            # A person halted the run: make sure nothing of it bills (a launch that raced
+            # `respawn terminate` included), and say nothing more.
+            actions = [_terminate(i, "stopped by hand") for i in _billing(obs)]
         case Health.HALTED:
             actions = [Alert(message=f"{run.name} is halted: {verdict.reason}")]
         case Health.FINISHED:
@@ -148,6 +186,10 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 actions, ledger = _replace(run, obs, ledger, now, why)
         case Health.DEGENERATE:
             actions = [Alert(message=f"{run.name} is degenerate: {verdict.reason}")]
+    if not verdict.ledger_trusted:
+        # Never overwrite a ledger that could not be read or lost its memory: the plan
+        # carries it unchanged and act does not write it.
+        return Plan(verdict=verdict, actions=tuple(actions), ledger=obs.ledger)
     return Plan(
         verdict=verdict, actions=tuple(actions), ledger=_with_event(ledger, verdict, actions, now)
     )

@@ -23,7 +23,8 @@ class Health(StrEnum):
     DEAD = "dead"
     DEGENERATE = "degenerate"
     FINISHED = "finished"
-    HALTED = "halted"
+    HALTED = "halted"  # the controller halted it (a breaker): a person must look
+    STOPPED = "stopped"  # a person halted it (`respawn terminate`): nothing to report
     UNKNOWN = "unknown"
 
 
@@ -56,6 +57,15 @@ class ProgressMark(_Frozen):
     at: datetime
 
 
+class HeartbeatMark(_Frozen):
+    """The heartbeat's content as last seen and when the controller first saw that content:
+    its age is judged by the controller's clock, never by the pod's `at`."""
+
+    generation: int
+    digest: str
+    at: datetime
+
+
 class LedgerEvent(_Frozen):
     at: datetime
     health: Health
@@ -64,13 +74,21 @@ class LedgerEvent(_Frozen):
 
 
 class Ledger(_Frozen):
+    """Written by the controller only (a person's halt is the separate `HaltOrder`)."""
+
     schema_: int = Field(1, alias="schema")
     run: str
+    # Bumped by every write; a tick writes only over the version it read (stale writes fail).
+    version: int = 0
     generation: int = 0
     launches: tuple[LaunchRecord, ...] = ()
     restarts: tuple[RestartRecord, ...] = ()
     progress: ProgressMark | None = None
-    halted: str | None = None
+    heartbeat_seen: HeartbeatMark | None = None
+    # Consecutive ticks on which the listing and the heartbeat disagreed about liveness.
+    doubts: int = 0
+    halted: str | None = None  # by a breaker (crash loop, budget)
+    halted_at: datetime | None = None
     finished_at: datetime | None = None
     events: tuple[LedgerEvent, ...] = ()
 
@@ -84,6 +102,18 @@ MAX_LEDGER_LAUNCHES = 50
 MAX_LEDGER_EVENTS = 50
 
 
+class HaltOrder(_Frozen):
+    """What a person said (`respawn terminate` / `respawn resume`), kept apart from the
+    ledger so that no tick can overwrite it."""
+
+    halted: bool
+    reason: str = ""
+    at: datetime
+
+
+LedgerState = Literal["ok", "missing", "unreadable"]
+
+
 # -- observation ---------------------------------------------------------------------------
 
 
@@ -95,6 +125,8 @@ class Observation(_Frozen):
     heartbeat: Heartbeat | None = None
     instances: tuple[Instance, ...] = ()
     ledger: Ledger
+    ledger_state: LedgerState = "ok"
+    halt: HaltOrder | None = None
     errors: tuple[str, ...] = ()
     shell_access: bool = Field(
         False, description="the current instance's provider can reach into it (restart in place)"
@@ -106,6 +138,11 @@ class Verdict(_Frozen):
     reason: str
     step: int | None = None
     progress: ProgressMark | None = None
+    heartbeat_seen: HeartbeatMark | None = None
+    doubts: int = 0
+    # False when the ledger could not be trusted (unreadable, lost, behind the other signals):
+    # it is then never overwritten, only rebuilt by `respawn ledger repair`.
+    ledger_trusted: bool = True
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -172,6 +209,7 @@ class RunReport(_Frozen):
     plan: Plan
     results: tuple[ActionResult, ...] = ()
     dry_run: bool = False
+    skipped: str | None = Field(None, description="why this tick did not act (another holds it)")
 
     @property
     def failed(self) -> bool:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Future
 
-from respawn.controller.classify import current_instances
+from respawn.controller.classify import current_instances, merge_rows
 from respawn.controller.config import RunConfig
-from respawn.controller.ledger import read_ledger
-from respawn.controller.model import Ledger, Observation
+from respawn.controller.ledger import find_ledger, read_halt
+from respawn.controller.model import HaltOrder, Ledger, LedgerState, Observation
 from respawn.provisioning.base import Instance, Provider, can_restart
 from respawn.store.store import CheckpointStore, StoreError
 
@@ -26,13 +26,20 @@ def observe(
     it, the run's providers are listed here."""
     errors: list[str] = []
     ledger, pointer, heartbeat = Ledger(run=run.name), None, None
+    ledger_state: LedgerState = "unreadable"
+    halt: HaltOrder | None = None
     if isinstance(store, Exception):
         errors.append(f"checkpoint store: {store}")
     else:
         try:
-            ledger = read_ledger(store)
+            found = find_ledger(store)
+            ledger, ledger_state = found or ledger, "ok" if found is not None else "missing"
         except StoreError as e:
-            errors.append(f"ledger: {e}")
+            errors.append(f"ledger: {e} (nothing is overwritten; `respawn ledger repair`)")
+        try:
+            halt = read_halt(store)
+        except StoreError as e:
+            errors.append(f"halt order: {e}")
         try:
             pointer = store.read_pointer()
         except StoreError as e:
@@ -57,8 +64,10 @@ def observe(
         run=run.name,
         pointer=pointer,
         heartbeat=heartbeat,
-        instances=tuple(instances),
+        instances=merge_rows(instances),
         ledger=ledger,
+        ledger_state=ledger_state,
+        halt=halt,
         errors=tuple(errors),
     )
     current = current_instances(obs)

@@ -8,14 +8,17 @@ race needs the live answer.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from respawn.controller.act import ActionResult, act
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.decide import decide
+from respawn.controller.lease import Clock, Lease
 from respawn.controller.model import RunReport
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
@@ -42,16 +45,42 @@ def tick_run(
     listings: Listings,
     now: datetime,
     mode: Mode,
+    clock: Clock | None = None,
 ) -> RunReport:
     store = backend if isinstance(backend, Exception) else CheckpointStore(backend, run.name)
-    obs = observe(run, store, providers, listings)
-    plan = decide(run, obs, now)
-    results: tuple[ActionResult, ...] = ()
-    if mode is Mode.ACT:
-        usable = None if isinstance(store, Exception) else store
-        results = tuple(act(plan, run, fleet, usable, providers, obs.ledger))
+    lease: Lease | None = None
+    skipped: str | None = None
+    if mode is Mode.ACT and not isinstance(store, Exception):
+        # One tick acts on a run at a time; the others only look (and say so).
+        lease = Lease(store, clock or (lambda: now))
+        try:
+            holder = lease.acquire()
+        except StoreError:
+            holder = None  # observe reports the store's failure; act can change nothing
+            lease = None
+        if holder is not None:
+            skipped = f"another tick is acting on this run: {holder}"
+            mode, lease = Mode.OBSERVE, None
+    try:
+        obs = observe(run, store, providers, listings)
+        plan = decide(run, obs, now)
+        results: tuple[ActionResult, ...] = ()
+        if mode is Mode.ACT:
+            usable = None if isinstance(store, Exception) else store
+            results = tuple(act(plan, run, fleet, usable, providers, obs.ledger, lease=lease))
+        elif skipped is not None:
+            plan = plan.model_copy(update={"actions": ()})
+    finally:
+        if lease is not None:
+            with contextlib.suppress(StoreError):  # it expires on its own
+                lease.release()
     return RunReport(
-        run=run.name, observation=obs, plan=plan, results=results, dry_run=mode is not Mode.ACT
+        run=run.name,
+        observation=obs,
+        plan=plan,
+        results=results,
+        dry_run=mode is not Mode.ACT,
+        skipped=skipped,
     )
 
 
@@ -69,6 +98,11 @@ def tick(
     except StoreError as e:
         backend = e
     when = now or utcnow()
+    start = time.monotonic()
+
+    def clock() -> datetime:  # the tick's time, moving on as the tick runs
+        return when + timedelta(seconds=time.monotonic() - start)
+
     workers = max(1, min(MAX_PARALLEL_RUNS, len(runs) + len(providers)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         listings: dict[str, Future[list[Instance]]] = {
@@ -78,6 +112,6 @@ def tick(
         }
 
         def one(run: RunConfig) -> RunReport:
-            return tick_run(fleet, run, backend, providers, listings, when, mode)
+            return tick_run(fleet, run, backend, providers, listings, when, mode, clock)
 
         return list(pool.map(one, runs))

@@ -45,6 +45,14 @@ def b2_simulator() -> tuple[Any, Any]:
     return api, sim
 
 
+@pytest.fixture(autouse=True)
+def quick_tick_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick lease waits before reading its lease back; in-process tests need not."""
+    from respawn.controller import lease
+
+    monkeypatch.setattr(lease, "SETTLE_SECONDS", 0.02)
+
+
 @pytest.fixture(params=["file", "b2"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
     """The same contract suite runs against every backend."""

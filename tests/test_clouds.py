@@ -243,6 +243,7 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
             ledger.model_copy(
                 update={"launches": launches, "progress": ProgressMark(step=10, at=old)}
             ),
+            ledger.version,
         )
         from respawn.store.schema import Heartbeat
 

@@ -6,13 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from respawn.controller.classify import classify
+from respawn.controller.classify import classify, heartbeat_digest
 from respawn.controller.config import parse_config
 from respawn.controller.decide import decide
 from respawn.controller.model import (
     Alert,
     Halt,
+    HaltOrder,
     Health,
+    HeartbeatMark,
     LaunchRecord,
     Ledger,
     Observation,
@@ -80,6 +82,13 @@ def hb(gen: int, ago: timedelta = M, step: int | None = 100, phase: str = "train
     )
 
 
+def seen(heartbeat: Heartbeat, since: timedelta) -> HeartbeatMark:
+    """The ledger's memory that this heartbeat content was first seen `since` ago."""
+    return HeartbeatMark(
+        generation=heartbeat.generation, digest=heartbeat_digest(heartbeat), at=NOW - since
+    )
+
+
 def ledger(
     gen: int = 1,
     launched: timedelta = 60 * M,
@@ -91,6 +100,8 @@ def ledger(
         for g in range(1, gen + 1)
     )
     mark = ProgressMark(step=progress[0], at=NOW - progress[1]) if progress else None
+    # By default the previous tick, 5 minutes ago, already saw the default heartbeat.
+    kw.setdefault("heartbeat_seen", seen(hb(1), 5 * M))
     return Ledger(run="r", generation=gen, launches=launches, progress=mark, **kw)  # type: ignore[arg-type]
 
 
@@ -144,10 +155,10 @@ CASES = [
         "it is stopped",
     ),
     (
-        "dead: heartbeat silent",
-        obs(heartbeat=hb(1, ago=16 * M)),
+        "dead: heartbeat unchanged for longer than dead_after",
+        obs(ledger=ledger(heartbeat_seen=seen(hb(1), 16 * M))),
         Health.DEAD,
-        "no heartbeat from g1",
+        "no heartbeat from g1 for 16m",
     ),
     ("dead: pod failed", obs(heartbeat=hb(1, phase="failed")), Health.DEAD, "reported failure"),
     (
@@ -277,17 +288,19 @@ def test_terminations_come_before_the_launch() -> None:
     assert kinds(plan.actions) == ["terminate", "terminate", "provision"]
 
 
-def test_healthy_keeps_newest_current_instance() -> None:
+def test_healthy_keeps_the_earliest_created_like_the_launch_race() -> None:
+    # One winner rule everywhere (winner_order): settle_race keeps the earliest created, so
+    # the tick does too — two rules could destroy both instances between them.
     plan = decide(
         RUN,
         obs(
             heartbeat=hb(1, step=120),
-            instances=(inst(1, iid="old", age=50 * M), inst(1, iid="new", age=40 * M)),
+            instances=(inst(1, iid="new", age=40 * M), inst(1, iid="old", age=50 * M)),
         ),
         NOW,
     )
     (t,) = plan.actions
-    assert isinstance(t, Terminate) and t.instance_id == "old"
+    assert isinstance(t, Terminate) and t.instance_id == "new"
 
 
 def test_crash_loop_breaker_halts_instead_of_launching() -> None:
@@ -311,7 +324,7 @@ def test_spend_cap_halts() -> None:
     launches = (
         LaunchRecord(generation=1, at=NOW - 23 * 60 * M, instance_id="i1", price_per_hour=5),
     )
-    led = Ledger(run="r", generation=1, launches=launches)
+    led = Ledger(run="r", generation=1, launches=launches, heartbeat_seen=seen(hb(1), 5 * M))
     plan = decide(RUN, obs(ledger=led, instances=()), NOW)
     assert isinstance(plan.actions[0], Halt)
     assert "budget cap" in plan.actions[0].reason
@@ -342,3 +355,83 @@ def test_restart_is_recorded_so_it_is_tried_once() -> None:
     assert isinstance(plan.actions[-1], RestartInPlace)
     again = decide(RUN, obs(ledger=plan.ledger, shell_access=True), NOW + M)
     assert kinds(again.actions) == ["terminate", "provision"]
+
+
+# -- control-plane safety: the ledger, the halt order, two signals -------------------------
+
+
+@pytest.mark.parametrize("state", ["ok", "missing"])
+def test_a_ledger_behind_the_other_signals_is_unknown_and_never_overwritten(state: str) -> None:
+    # A lost ledger (or a valid one at g0) with the run at g3: the old code said "never
+    # launched", destroyed the healthy g3 and launched g1, which fenced itself.
+    o = obs(
+        ledger=Ledger(run="r"),
+        ledger_state=state,
+        pointer=pointer(100, gen=3),
+        heartbeat=hb(3, step=120),
+        instances=(inst(3),),
+    )
+    plan = decide(RUN, o, NOW)
+    assert plan.verdict.health == Health.UNKNOWN
+    assert "ledger repair" in plan.verdict.reason and "g3" in plan.verdict.reason
+    assert kinds(plan.actions) == ["alert"]
+    assert plan.ledger == o.ledger and not plan.verdict.ledger_trusted
+
+
+def test_an_unreadable_ledger_is_not_replaced_by_a_blank_one() -> None:
+    o = obs(ledger=Ledger(run="r"), ledger_state="unreadable", errors=("ledger: not JSON",))
+    plan = decide(RUN, o, NOW)
+    assert kinds(plan.actions) == ["alert"]
+    assert not plan.verdict.ledger_trusted and plan.ledger == o.ledger
+
+
+def test_heartbeat_age_is_judged_by_the_controller_not_the_pod_clock() -> None:
+    # The pod's clock is 40 minutes behind: its heartbeats look 40 minutes old, but they
+    # change from tick to tick, so the pod is alive.
+    skewed = hb(1, ago=40 * M, step=130)
+    verdict = classify(RUN, obs(heartbeat=skewed), NOW)
+    assert verdict.health == Health.HEALTHY
+    assert verdict.heartbeat_seen is not None and verdict.heartbeat_seen.at == NOW
+
+
+def test_empty_listing_with_a_moving_heartbeat_waits_for_a_second_signal() -> None:
+    # The listing says g1 is gone, the heartbeat changed since the last tick: no launch yet.
+    moving = hb(1, step=130)
+    first = decide(RUN, obs(heartbeat=moving, instances=()), NOW)
+    assert first.verdict.health == Health.UNKNOWN and kinds(first.actions) == ["alert"]
+    assert first.ledger.doubts == 1
+    # The heartbeat stopped changing: the two agree, the next tick replaces at once.
+    agree = decide(RUN, obs(ledger=first.ledger, heartbeat=moving, instances=()), NOW + 10 * M)
+    assert kinds(agree.actions) == ["provision"]
+    # A heartbeat that keeps moving is outvoted after DOUBT_TICKS ticks.
+    led = first.ledger
+    for n in range(2, 4):
+        later = NOW + n * M
+        beat = hb(1, step=130 + n)
+        plan = decide(RUN, obs(ledger=led, heartbeat=beat, instances=()), later)
+        led = plan.ledger
+    assert kinds(plan.actions) == ["provision"]
+
+
+def test_a_listing_that_shows_one_instance_twice_destroys_nothing() -> None:
+    twice = (inst(1), inst(1, InstanceState.STOPPED))  # same id, two states
+    plan = decide(RUN, obs(heartbeat=hb(1, step=120), instances=twice), NOW)
+    assert plan.verdict.health == Health.HEALTHY
+    assert plan.actions == ()
+
+
+def test_a_run_stopped_by_hand_is_quiet_and_kept_empty() -> None:
+    order = HaltOrder(halted=True, reason="by alice", at=NOW - M)
+    plan = decide(RUN, obs(halt=order), NOW)
+    assert plan.verdict.health == Health.STOPPED and "stopped by hand" in plan.verdict.reason
+    assert kinds(plan.actions) == ["terminate"]  # a launch that raced the kill switch
+
+
+def test_resume_clears_a_breaker_halt_and_allows_a_launch() -> None:
+    led = ledger(gen=3, launched=30 * M).model_copy(
+        update={"halted": "crash-loop breaker", "halted_at": NOW - 20 * M}
+    )
+    assert decide(RUN, obs(ledger=led, instances=()), NOW).verdict.health == Health.HALTED
+    resumed = HaltOrder(halted=False, at=NOW - 5 * M)
+    plan = decide(RUN, obs(ledger=led, instances=(), halt=resumed), NOW)
+    assert kinds(plan.actions) == ["provision"] and plan.ledger.halted is None

@@ -148,8 +148,11 @@ def test_terminate_halts_the_run_and_kills_instances(fleet_path: Path) -> None:
     assert "terminated local:" in proc.stdout
     assert local(fleet).list_instances("job") == []
     report = tick(fleet)[0]  # the next scheduled tick must not launch again
-    assert report.plan.verdict.health.value == "halted"
+    assert report.plan.verdict.health.value == "stopped"
+    assert "stopped by hand" in report.plan.verdict.reason
     assert local(fleet).list_instances("job") == []
+    # A run a person stopped is not an alert every tick: reconcile exits 0.
+    assert run_cli("reconcile", "-c", str(fleet_path)).returncode == 0
     assert run_cli("resume", "-c", str(fleet_path), "--run", "job").returncode == 0
     assert tick(fleet)[0].plan.verdict.health.value == "dead"
 
@@ -180,7 +183,7 @@ def test_failed_termination_cancels_the_launch(fleet_path: Path) -> None:
     ledger = read_ledger(store)
     from respawn.controller.ledger import write_ledger
 
-    write_ledger(store, ledger.model_copy(update={"generation": 2}))
+    write_ledger(store, ledger.model_copy(update={"generation": 2}), ledger.version)
     obs = observe(run, store, {"local": stuck})
     plan = decide(run, obs, utcnow())
     assert [a.kind for a in plan.actions] == ["terminate", "provision"]
