@@ -112,6 +112,24 @@ def _strays(obs: Observation) -> list[Terminate]:
     return out
 
 
+def _adopt(ledger: Ledger, current: list[Instance]) -> Ledger:
+    """A tick that died between its create and its ledger write left a launch with no
+    instance: record the instance that is running, so the budget counts it."""
+    launch = ledger.launch_of(ledger.generation)
+    if not current or launch is None or launch.instance_id is not None:
+        return ledger
+    inst = current[0]
+    filled = launch.model_copy(
+        update={
+            "provider": inst.provider,
+            "instance_id": inst.id,
+            "price_per_hour": inst.price_per_hour or 0.0,
+        }
+    )
+    launches = tuple(filled if lr is launch else lr for lr in ledger.launches)
+    return ledger.model_copy(update={"launches": launches})
+
+
 def _replace(
     run: RunConfig, obs: Observation, ledger: Ledger, now: datetime, why: str
 ) -> tuple[list[Action], Ledger]:
@@ -163,6 +181,7 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 ledger = ledger.model_copy(update={"finished_at": now})
         case Health.HEALTHY | Health.STARTING:
             actions = list(_strays(obs))
+            ledger = _adopt(ledger, current_instances(obs))
         case Health.DEAD:
             actions, ledger = _replace(run, obs, ledger, now, verdict.reason)
         case Health.STALLED:

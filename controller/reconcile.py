@@ -37,30 +37,34 @@ class Mode(StrEnum):
     OBSERVE = "observe"  # status: observe and classify only
 
 
+def take_lease(store: CheckpointStore | Exception, clock: Clock) -> tuple[Lease | None, str | None]:
+    """The run's tick lease, or (None, who holds it). With a store that cannot be used, no
+    lease and no holder: observe reports the store's failure and act can change nothing."""
+    if isinstance(store, Exception):
+        return None, None
+    lease = Lease(store, clock)
+    try:
+        holder = lease.acquire()
+    except StoreError:
+        return None, None
+    return (lease, None) if holder is None else (None, holder)
+
+
 def tick_run(
     fleet: FleetConfig,
     run: RunConfig,
-    backend: Backend | Exception,
+    store: CheckpointStore | Exception,
     providers: Mapping[str, Provider | Exception],
     listings: Listings,
     now: datetime,
     mode: Mode,
-    clock: Clock | None = None,
+    lease: Lease | None = None,
+    holder: str | None = None,
 ) -> RunReport:
-    store = backend if isinstance(backend, Exception) else CheckpointStore(backend, run.name)
-    lease: Lease | None = None
-    skipped: str | None = None
-    if mode is Mode.ACT and not isinstance(store, Exception):
-        # One tick acts on a run at a time; the others only look (and say so).
-        lease = Lease(store, clock or (lambda: now))
-        try:
-            holder = lease.acquire()
-        except StoreError:
-            holder = None  # observe reports the store's failure; act can change nothing
-            lease = None
-        if holder is not None:
-            skipped = f"another tick is acting on this run: {holder}"
-            mode, lease = Mode.OBSERVE, None
+    """`holder`: another tick holds the run's lease; this one only looks, and says so."""
+    skipped = f"another tick is acting on this run: {holder}" if holder is not None else None
+    if skipped is not None:
+        mode = Mode.OBSERVE
     try:
         obs = observe(run, store, providers, listings)
         plan = decide(run, obs, now)
@@ -97,6 +101,10 @@ def tick(
         backend = open_backend(fleet.store.url, fleet.store.credential_envs)
     except StoreError as e:
         backend = e
+    stores: list[CheckpointStore | Exception] = [
+        backend if isinstance(backend, Exception) else CheckpointStore(backend, r.name)
+        for r in runs
+    ]
     when = now or utcnow()
     start = time.monotonic()
 
@@ -105,13 +113,21 @@ def tick(
 
     workers = max(1, min(MAX_PARALLEL_RUNS, len(runs) + len(providers)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Leases first, listings after: a listing started before another tick's launch
+        # finished would show that launch's generation with no instance, i.e. dead.
+        leases: list[tuple[Lease | None, str | None]] = [(None, None)] * len(runs)
+        if mode is Mode.ACT:
+            leases = list(pool.map(lambda st: take_lease(st, clock), stores))
         listings: dict[str, Future[list[Instance]]] = {
             name: pool.submit(p.list_all)
             for name, p in providers.items()
             if not isinstance(p, Exception)
         }
 
-        def one(run: RunConfig) -> RunReport:
-            return tick_run(fleet, run, backend, providers, listings, when, mode, clock)
+        def one(i: int) -> RunReport:
+            lease, holder = leases[i]
+            return tick_run(
+                fleet, runs[i], stores[i], providers, listings, when, mode, lease, holder
+            )
 
-        return list(pool.map(one, runs))
+        return list(pool.map(one, range(len(runs))))
