@@ -370,7 +370,11 @@ def test_ten_concurrent_ticks_fifty_rounds_on_the_clouds(
 
 
 def _local_rounds(tmp_path: Path, n_rounds: int) -> None:
-    fleet = load_config(write_local_fleet(tmp_path))
+    path = write_local_fleet(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"][0]["budget"] = {"max_launches_per_day": 1000, "max_spend_per_day": 1}
+    path.write_text(yaml.safe_dump(doc))
+    fleet = load_config(path)
     provider = LocalProvider(tmp_path / "local", term_grace=2)
     store = store_of(fleet)
     try:
