@@ -73,7 +73,9 @@ def tick_run(
             usable = None if isinstance(store, Exception) else store
             results = tuple(act(plan, run, fleet, usable, providers, obs.ledger, lease=lease))
         elif skipped is not None:
-            plan = plan.model_copy(update={"actions": ()})
+            reason = f"{plan.verdict.reason} ({skipped}; this tick changed nothing)"
+            verdict = plan.verdict.model_copy(update={"reason": reason})
+            plan = plan.model_copy(update={"actions": (), "verdict": verdict})
     finally:
         if lease is not None:
             with contextlib.suppress(StoreError):  # it expires on its own
