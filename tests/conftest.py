@@ -51,6 +51,7 @@ def quick_tick_lease(monkeypatch: pytest.MonkeyPatch) -> None:
     from respawn.controller import lease
 
     monkeypatch.setattr(lease, "SETTLE_SECONDS", 0.02)
+    monkeypatch.setattr(lease, "LOCAL_SETTLE_SECONDS", 0.02)
 
 
 @pytest.fixture(params=["file", "b2"])

@@ -136,6 +136,12 @@ def test_rent_preempt_resume_finish_through_the_vast_api(tmp_path: Path, vast: B
     vast.preempt(g1)
     published = store.read_pointer().step  # type: ignore[union-attr]
 
+    # The listing says g1 is paused, but its heartbeat changed since the last tick: two
+    # signals disagree, so nothing is destroyed or rented yet.
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "unknown"
+    assert [a.kind for a in report.plan.actions] == ["alert"]
+    time.sleep(0.5)  # > 2 heartbeat intervals: the heartbeat stayed still, the two agree
     report = tick(fleet)[0]  # g1 is paused (outbid): dead → destroy it, rent g2
     assert report.plan.verdict.health.value == "dead"
     assert [r.action.kind for r in report.results] == ["terminate", "provision"]

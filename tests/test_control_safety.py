@@ -416,7 +416,7 @@ from respawn.provisioning import calls
 from respawn.provisioning.vast import VastProvider
 
 calls.BACKOFF_SECONDS = 0.0
-lease.SETTLE_SECONDS = 0.02
+lease.SETTLE_SECONDS = lease.LOCAL_SETTLE_SECONDS = 0.02
 config, where, when = sys.argv[1:]
 owner, name = {
     "ledger write": (act, "write_ledger"),
