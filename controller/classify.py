@@ -18,7 +18,6 @@ from respawn.controller.model import (
     Verdict,
 )
 from respawn.provisioning.base import Instance, InstanceState, winner_order
-
 from respawn.store.schema import Heartbeat
 
 # Ticks on which the listing says "gone" while the heartbeat still changes, before the

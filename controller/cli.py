@@ -88,7 +88,6 @@ def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -
     from respawn.controller.ledger import write_halt
     from respawn.controller.model import HaltOrder
     from respawn.controller.stores import open_run_store
-
     from respawn.store.schema import utcnow
 
     try:
@@ -182,7 +181,6 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
     """Rebuild a lost, unreadable or rolled-back ledger from every fencing source."""
     from respawn.controller.ledger import repair_ledger
     from respawn.controller.stores import open_run_store
-
     from respawn.store.schema import utcnow
 
     fleet = _load(args)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from respawn.controller.act import act
 from respawn.controller.cli import main
 from respawn.controller.config import FleetConfig, load_config
@@ -31,7 +32,6 @@ from respawn.controller.report import exit_code
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
 from respawn.provisioning.local import LocalProvider
-
 from respawn.store.schema import Heartbeat, LatestPointer, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import ROOT, wait_for
