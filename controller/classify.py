@@ -147,9 +147,10 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
             ledger_trusted=obs.ledger_state == "ok",
         )
     ledger = obs.ledger
-    if obs.halt is not None and obs.halt.halted:
-        return verdict(Health.STOPPED, f"stopped by hand: {obs.halt.reason}")
     fence, source = fencing_generation(obs)
+    if obs.halt is not None and obs.halt.halted:
+        stopped = verdict(Health.STOPPED, f"stopped by hand: {obs.halt.reason}")
+        return stopped.model_copy(update={"ledger_trusted": fence <= ledger.generation})
     if fence > ledger.generation:
         what = "there is no ledger" if obs.ledger_state == "missing" else "the ledger says"
         return Verdict(

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
-from respawn.controller.act import ActionResult, act
+from respawn.controller.act import act
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.decide import decide
 from respawn.controller.lease import Clock, Lease
-from respawn.controller.model import RunReport
+from respawn.controller.model import ActionResult, Alert, RunReport
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
 from respawn.provisioning.base import Instance, Provider
@@ -37,17 +38,24 @@ class Mode(StrEnum):
     OBSERVE = "observe"  # status: observe and classify only
 
 
-def take_lease(store: CheckpointStore | Exception, clock: Clock) -> tuple[Lease | None, str | None]:
-    """The run's tick lease, or (None, who holds it). With a store that cannot be used, no
-    lease and no holder: observe reports the store's failure and act can change nothing."""
+class NoLease(NamedTuple):
+    why: str
+    failed: bool  # the store failed (a person should look), rather than another tick holds it
+
+
+def take_lease(store: CheckpointStore | Exception, clock: Clock) -> Lease | NoLease | None:
+    """The run's tick lease, or why this tick may not act on the run. None with no store at
+    all: observe reports the store's failure and act can change nothing."""
     if isinstance(store, Exception):
-        return None, None
+        return None
     lease = Lease(store, clock)
     try:
         holder = lease.acquire()
-    except StoreError:
-        return None, None
-    return (lease, None) if holder is None else (None, holder)
+    except StoreError as e:
+        return NoLease(f"the tick lease could not be taken ({e})", failed=True)
+    if holder is not None:
+        return NoLease(f"another tick is acting on this run: {holder}", failed=False)
+    return lease
 
 
 def tick_run(
@@ -58,12 +66,12 @@ def tick_run(
     listings: Listings,
     now: datetime,
     mode: Mode,
-    lease: Lease | None = None,
-    holder: str | None = None,
+    lease: Lease | NoLease | None = None,
 ) -> RunReport:
-    """`holder`: another tick holds the run's lease; this one only looks, and says so."""
-    skipped = f"another tick is acting on this run: {holder}" if holder is not None else None
-    if skipped is not None:
+    """`lease`: the run's tick lease; without it (`NoLease`) the tick only looks, and says
+    why."""
+    skipped = lease.why if isinstance(lease, NoLease) else None
+    if isinstance(lease, NoLease):
         mode = Mode.OBSERVE
     try:
         obs = observe(run, store, providers, listings)
@@ -71,13 +79,17 @@ def tick_run(
         results: tuple[ActionResult, ...] = ()
         if mode is Mode.ACT:
             usable = None if isinstance(store, Exception) else store
-            results = tuple(act(plan, run, fleet, usable, providers, obs.ledger, lease=lease))
-        elif skipped is not None:
-            reason = f"{plan.verdict.reason} ({skipped}; this tick changed nothing)"
+            held = lease if isinstance(lease, Lease) else None
+            results = tuple(act(plan, run, fleet, usable, providers, obs.ledger, lease=held))
+        elif isinstance(lease, NoLease):
+            reason = f"{plan.verdict.reason} ({lease.why}; this tick changed nothing)"
             verdict = plan.verdict.model_copy(update={"reason": reason})
             plan = plan.model_copy(update={"actions": (), "verdict": verdict})
+            if lease.failed:
+                alert = Alert(message=f"{run.name}: {lease.why}")
+                results = (ActionResult(action=alert, ok=False, detail=lease.why),)
     finally:
-        if lease is not None:
+        if isinstance(lease, Lease):
             with contextlib.suppress(StoreError):  # it expires on its own
                 lease.release()
     return RunReport(
@@ -117,7 +129,7 @@ def tick(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Leases first, listings after: a listing started before another tick's launch
         # finished would show that launch's generation with no instance, i.e. dead.
-        leases: list[tuple[Lease | None, str | None]] = [(None, None)] * len(runs)
+        leases: list[Lease | NoLease | None] = [None] * len(runs)
         if mode is Mode.ACT:
             leases = list(pool.map(lambda st: take_lease(st, clock), stores))
         listings: dict[str, Future[list[Instance]]] = {
@@ -127,9 +139,6 @@ def tick(
         }
 
         def one(i: int) -> RunReport:
-            lease, holder = leases[i]
-            return tick_run(
-                fleet, runs[i], stores[i], providers, listings, when, mode, lease, holder
-            )
+            return tick_run(fleet, runs[i], stores[i], providers, listings, when, mode, leases[i])
 
         return list(pool.map(one, range(len(runs))))

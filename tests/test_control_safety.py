@@ -282,6 +282,17 @@ def test_the_tick_lease_admits_one_holder(tmp_path: Path) -> None:
         b.check()
 
 
+def test_a_tick_that_cannot_take_the_lease_changes_nothing(tmp_path: Path, clouds: tuple) -> None:
+    vast, _ = clouds
+    fleet = load_config(cloud_fleet(tmp_path, clouds, ["vast"]))
+    (tmp_path / "store/job").mkdir(parents=True)
+    (tmp_path / "store/job/control").write_text("a file where a folder must be")
+    report = tick(fleet)[0]
+    assert report.plan.actions == () and vast.count("create") == 0
+    assert "lease could not be taken" in report.plan.verdict.reason
+    assert exit_code([report]) == 1
+
+
 def test_a_stale_plan_cannot_launch_a_second_instance(tmp_path: Path, clouds: tuple) -> None:
     # Two ticks observed the same ledger (version N) and both planned "provision g1". The
     # first acts; the second's ledger write is rejected before it launches anything.
