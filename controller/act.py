@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.launch import MissingSecretError, provision
 from respawn.controller.lease import Lease
-from respawn.controller.ledger import read_halt, write_ledger
+from respawn.controller.ledger import StaleLedgerError, find_ledger, read_halt, write_ledger
 from respawn.controller.model import (
     Action,
     ActionResult,
@@ -83,12 +83,20 @@ class _Actor:
         was lost, the ledger moved), nothing more is done."""
         if self.stopped is not None:
             raise self.stopped
-        if self.lease is not None:
-            try:
+        try:
+            if self.lease is not None:
                 self.lease.check()
-            except StoreError as e:
-                self.stopped = e
-                raise
+            if self.store is not None:
+                current = find_ledger(self.store)
+                found = current.version if current is not None else 0
+                if found != self.version:
+                    raise StaleLedgerError(
+                        f"the ledger changed under this tick (version {found}, read "
+                        f"{self.version}): another tick acted on this run; stopping"
+                    )
+        except StoreError as e:
+            self.stopped = e
+            raise
 
     def do(self, action: Action) -> str:
         """Carry out one action; return what happened, or raise."""
