@@ -106,7 +106,7 @@ def test_corrupt_large_file_is_detected_and_falls_back(tmp_path: Path) -> None:
     store.publish(1, make_step(tmp_path, 1, {"w/model.bin": big}), generation=1, writer="t")
     store.publish(2, make_step(tmp_path, 2, {"w/model.bin": big[::-1]}), generation=1, writer="t")
     bucket = sim.bucket_name_to_bucket["respawn-test"]  # type: ignore[attr-defined]
-    name = "fleet/" + store.keys.step_file(2, "w/model.bin")
+    name = "fleet/" + store.keys.object_key(store.read_manifest(2), "w/model.bin")  # type: ignore[arg-type]
     (fsim,) = [f for (n, _), f in bucket.file_name_and_id_to_file.items() if n == name]
     assert fsim.content_sha1 == "none"  # a large file: b2sdk has no whole-file hash to check
     fsim.data_bytes = bytes([fsim.data_bytes[0] ^ 0xFF]) + fsim.data_bytes[1:]
@@ -123,7 +123,8 @@ def test_unchanged_file_is_copied_server_side(tmp_path: Path) -> None:
     store.publish(1, make_step(tmp_path, 1, {"frozen.bin": big, "m.bin": b"1"}), 1, "t")
     res = store.publish(2, make_step(tmp_path, 2, {"frozen.bin": big, "m.bin": b"2"}), 1, "t")
     assert (res.bytes_sent, res.bytes_copied) == (1, 5000)
-    assert store.backend.read_bytes(store.keys.step_file(2, "frozen.bin")) == big
+    key = store.keys.object_key(store.read_manifest(2), "frozen.bin")  # type: ignore[arg-type]
+    assert store.backend.read_bytes(key) == big
 
 
 def test_retention_deletes_every_version(tmp_path: Path) -> None:

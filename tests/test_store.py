@@ -51,13 +51,13 @@ class RecordingBackend:
         self._note(key)
         self.inner.write_bytes(key, data)
 
-    def upload(self, key, src, size, progress=None):  # type: ignore[no-untyped-def]
+    def upload(self, key, src, size, progress=None, sha1=None):  # type: ignore[no-untyped-def]
         self._note(key)
-        return self.inner.upload(key, src, size, progress)
+        return self.inner.upload(key, src, size, progress, sha1)
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, sha1: str, size: int) -> bool:
         self._note(dst_key)
-        self.inner.copy(src_key, dst_key)
+        return self.inner.copy(src_key, dst_key, sha1, size)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -66,11 +66,13 @@ class RecordingBackend:
 def test_files_then_manifest_then_pointer(store: CheckpointStore, tmp_path: Path) -> None:
     backend = RecordingBackend(store.backend)
     recorded = CheckpointStore(backend, "r", workers=1)  # type: ignore[arg-type]
-    recorded.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
-    manifest_at = backend.writes.index("r/checkpoints/step_000010/MANIFEST.json")
+    res = recorded.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="t")
+    manifest_at = backend.writes.index(res.pointer.manifest)
+    assert res.pointer.manifest.startswith("r/checkpoints/step_000010/MANIFEST-g000001-")
     assert backend.writes[-1] == "r/latest.json"
     assert all(
-        k.startswith("r/checkpoints/step_000010/outputs/") for k in backend.writes[:manifest_at]
+        k.startswith("r/checkpoints/step_000010/g000001-") and "/outputs/" in k
+        for k in backend.writes[:manifest_at]
     )
     assert manifest_at == len(backend.writes) - 2
 
@@ -107,7 +109,9 @@ def test_pull_restores_relative_paths_and_verifies(store: CheckpointStore, tmp_p
 def _corrupt(store: CheckpointStore, step: int, rel: str, same_size: bool = True) -> None:
     """Replace one stored object of one step with different bytes (a new object: a linked or
     copied twin in another step stays intact)."""
-    key = store.keys.step_file(step, rel)
+    manifest = store.read_manifest(step)
+    assert manifest is not None
+    key = store.keys.object_key(manifest, rel)
     data = store.backend.read_bytes(key)
     assert data is not None
     store.backend.write_bytes(key, bytes([data[0] ^ 1]) + data[1:] if same_size else data[:-1])
@@ -135,7 +139,7 @@ def test_corrupt_file_falls_back_to_older_step(
 def test_nothing_verifies_is_an_error(store: CheckpointStore, tmp_path: Path) -> None:
     store.publish(5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t")
     _corrupt(store, 5, "outputs/checkpoints/step_5/state.json")
-    with pytest.raises(NothingVerifiesError, match="step 5"):
+    with pytest.raises(NothingVerifiesError, match="step 5: .*sha1"):
         store.pull(tmp_path / "dest", quiet=True)
 
 
@@ -192,18 +196,24 @@ def test_unchanged_files_are_not_sent_again(store: CheckpointStore, tmp_path: Pa
     assert first.bytes_copied == 0
     assert second.bytes_copied == len(FROZEN)
     assert second.bytes_sent == sum(map(len, files_for(10).values())) - len(FROZEN)
-    key = store.keys.step_file(10, "outputs/weights/step_10/frozen.bin")
+    m10 = store.read_manifest(10)
+    assert m10 is not None
+    key = store.keys.object_key(m10, "outputs/weights/step_10/frozen.bin")
     assert store.backend.read_bytes(key) == FROZEN
 
 
-def test_file_store_links_unchanged_files(tmp_path: Path) -> None:
+def test_file_store_never_shares_one_inode_between_steps(tmp_path: Path) -> None:
+    """A hard link would let one rotten block poison every later step (issue 8.1)."""
     store = CheckpointStore(FileBackend.from_url(f"file://{tmp_path / 'store'}"), "r")
     for step in (5, 10):
         store.publish(step, make_step(tmp_path, step, files_for(step)), generation=1, writer="t")
     root = tmp_path / "store"
-    a = root / store.keys.step_file(5, "outputs/weights/step_5/frozen.bin")
-    b = root / store.keys.step_file(10, "outputs/weights/step_10/frozen.bin")
-    assert os.stat(a).st_ino == os.stat(b).st_ino
+    m5, m10 = store.read_manifest(5), store.read_manifest(10)
+    assert m5 is not None and m10 is not None
+    a = root / store.keys.object_key(m5, "outputs/weights/step_5/frozen.bin")
+    b = root / store.keys.object_key(m10, "outputs/weights/step_10/frozen.bin")
+    assert os.stat(a).st_ino != os.stat(b).st_ino
+    assert a.read_bytes() == b.read_bytes() == FROZEN
 
 
 def test_retention_keeps_last_k_pointer_and_fallback(

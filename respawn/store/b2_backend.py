@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -34,7 +35,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from respawn.store.backend import ObjectInfo, Progress, StoreConfigError, StoreError
+from respawn.store.backend import (
+    MissingObjectError,
+    ObjectInfo,
+    Progress,
+    StoreConfigError,
+    StoreError,
+)
 
 NEEDED_CAPABILITIES = ("listBuckets", "listFiles", "readFiles", "writeFiles", "deleteFiles")
 _URL = re.compile(r"^b2://(?P<bucket>[A-Za-z0-9-]{6,63})(?:/(?P<prefix>.*))?$")
@@ -209,17 +216,25 @@ class B2Backend:
         self._call(f"writing {key}", self.bucket.upload_bytes, data, self._name(key))
 
     def upload(
-        self, key: str, src: Path, size: int, progress: Progress | None = None
+        self,
+        key: str,
+        src: Path,
+        size: int,
+        progress: Progress | None = None,
+        sha1: str | None = None,
     ) -> str | None:
+        # Hand b2sdk the sha1: B2 verifies it for a small file and records it in the file
+        # info of a large one, where a later server-side copy checks it.
+        sha1 = sha1 or _sha1_file(src)
         version = self._call(
             f"uploading {key}",
             self.bucket.upload_local_file,
             str(src),
             self._name(key),
+            sha1_sum=sha1,
             progress_listener=_Listener(progress),
         )
-        sha1 = getattr(version, "content_sha1", None)
-        return sha1 if sha1 and re.fullmatch(r"[0-9a-f]{40}", sha1) else None
+        return recorded_sha1(version) or sha1
 
     def download(self, key: str, dst: Path, progress: Progress | None = None) -> str | None:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +246,7 @@ class B2Backend:
                     self._name(key), progress_listener=_Listener(progress)
                 )
             except b2exc.FileNotPresent as e:
-                raise StoreError(f"missing object {key}") from e
+                raise MissingObjectError(f"missing object {key}") from e
             downloaded.save_to(str(tmp))  # a path: b2sdk downloads ranges in parallel
 
         try:
@@ -241,15 +256,32 @@ class B2Backend:
             tmp.unlink(missing_ok=True)
         return None  # b2sdk cannot be trusted on large files: the store hashes
 
-    def copy(self, src_key: str, dst_key: str) -> None:
-        def server_copy() -> None:
-            src = self.bucket.get_file_info_by_name(self._name(src_key))
+    def copy(self, src_key: str, dst_key: str, sha1: str, size: int) -> bool:
+        def server_copy() -> bool:
+            try:
+                src = self.bucket.get_file_info_by_name(self._name(src_key))
+            except b2exc.FileNotPresent:
+                return False
+            # The object under this name may have been replaced since the manifest was
+            # written: copy only when B2's own record of its bytes is the manifest's sha1.
+            if src.size != size or recorded_sha1(src) != sha1:
+                return False
+            info = dict(src.file_info or {})
+            info.setdefault(LARGE_FILE_SHA1, sha1)  # a part-wise copy has no content sha1
             # Above one part, copy part by part (b2_copy_part, in parallel): a single
             # b2_copy_file is capped in size and is one long request.
             part = self.api.account_info.get_recommended_part_size()
-            self.bucket.copy(src.id_, self._name(dst_key), length=src.size, max_part_size=part)
+            self.bucket.copy(
+                src.id_,
+                self._name(dst_key),
+                length=src.size,
+                max_part_size=part,
+                content_type=src.content_type,
+                file_info=info,
+            )
+            return True
 
-        self._call(f"copying {src_key} to {dst_key}", server_copy)
+        return self._call(f"copying {src_key} to {dst_key}", server_copy)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         folder = self._name(prefix.rsplit("/", 1)[0] + "/") if "/" in prefix else self.prefix
@@ -260,7 +292,8 @@ class B2Backend:
             out = []
             for version, _ in self.bucket.ls(folder, recursive=True, latest_only=True):
                 if version.file_name.startswith(wanted):
-                    out.append(ObjectInfo(self._key(version.file_name), version.size))
+                    at = version.upload_timestamp / 1000 if version.upload_timestamp else None
+                    out.append(ObjectInfo(self._key(version.file_name), version.size, at))
             return out
 
         return sorted(self._call(f"listing {prefix}", ls), key=lambda o: o.key)
@@ -275,6 +308,28 @@ class B2Backend:
                         self.bucket.delete_file_version(version.id_, name)
 
             self._call(f"deleting {key}", purge)
+
+
+LARGE_FILE_SHA1 = "large_file_sha1"
+
+
+def _sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def recorded_sha1(version: Any) -> str | None:
+    """The sha1 B2 recorded for a stored object: its content sha1, or for a large file the
+    whole-file sha1 the uploader put in its file info. None when neither is known."""
+    content = str(getattr(version, "content_sha1", None) or "")
+    content = content.removeprefix("unverified:")
+    if re.fullmatch(r"[0-9a-f]{40}", content):
+        return content
+    large = str((getattr(version, "file_info", None) or {}).get(LARGE_FILE_SHA1) or "")
+    return large if re.fullmatch(r"[0-9a-f]{40}", large) else None
 
 
 def authorize(api: B2Api, key_id: str, key: str, realm: str = "production") -> None:

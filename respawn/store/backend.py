@@ -19,6 +19,15 @@ class StoreError(Exception):
     """The store could not be read or written; the message says what and why."""
 
 
+class CorruptError(StoreError):
+    """Stored bytes or documents are not what the manifest or schema says (rot, tampering,
+    a missing object): falling back or using another copy can help, retrying cannot."""
+
+
+class MissingObjectError(CorruptError):
+    """An object a manifest names is not in the store."""
+
+
 class StoreConfigError(StoreError):
     """The store URL or its credentials are wrong: retrying will not help."""
 
@@ -27,6 +36,8 @@ class StoreConfigError(StoreError):
 class ObjectInfo:
     key: str
     size: int
+    # Seconds since the epoch of the upload, where the backend knows it (aging leftovers).
+    mtime: float | None = None
 
 
 class Backend(Protocol):
@@ -41,21 +52,32 @@ class Backend(Protocol):
         ...
 
     def upload(
-        self, key: str, src: Path, size: int, progress: Progress | None = None
+        self,
+        key: str,
+        src: Path,
+        size: int,
+        progress: Progress | None = None,
+        sha1: str | None = None,
     ) -> str | None:
-        """Store the file; return the sha1 of the bytes sent if the backend computed it."""
+        """Store the file; return the sha1 of the bytes sent if the backend computed it.
+        `sha1`, when the caller already hashed the file, lets the backend record it."""
         ...
 
     def download(self, key: str, dst: Path, progress: Progress | None = None) -> str | None:
         """Write the object to `dst` (atomically); return its sha1 if computed on the way."""
         ...
 
-    def copy(self, src_key: str, dst_key: str) -> None:
-        """Server-side copy: no bytes travel through this machine."""
+    def copy(self, src_key: str, dst_key: str, sha1: str, size: int) -> bool:
+        """Server-side copy of an object expected to hold `size` bytes hashing to `sha1`.
+
+        Returns False, copying nothing, when the stored bytes cannot be proven to be those
+        (the caller uploads from local disk instead): one rotten object must never be
+        propagated into every later step."""
         ...
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        """Every object whose key starts with `prefix`, recursively."""
+        """Every object whose key starts with `prefix`, recursively (possibly incomplete:
+        listings may be eventually consistent, so callers never infer absence from it)."""
         ...
 
     def delete(self, keys: list[str]) -> None:

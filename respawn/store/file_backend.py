@@ -1,15 +1,17 @@
 """`file:///ABS/PATH`: the embedded default store, a directory on this machine.
 
 Every write goes to a temporary name in the same directory, is fsynced, then renamed into
-place, so a crash leaves either the old object or the new one. Unchanged files are hard-linked
-(the file store's "server-side copy"), so a step that shares most bytes with the previous one
-costs almost no disk.
+place, so a crash leaves either the old object or the new one. Unchanged files are copied
+from the previous step only after their stored bytes hash to the manifest's sha1 (a reflink
+where the filesystem has one, so it costs no disk; else a real copy): a hard link would share
+one rotten block with every later step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -17,10 +19,17 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from respawn.store.backend import ObjectInfo, Progress, StoreConfigError, StoreError
+from respawn.store.backend import (
+    MissingObjectError,
+    ObjectInfo,
+    Progress,
+    StoreConfigError,
+    StoreError,
+)
 
 _TMP_PREFIX = ".respawn-tmp-"
 _CHUNK = 8 << 20
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents, copy-on-write
 
 
 class FileBackend:
@@ -105,7 +114,14 @@ class FileBackend:
             raise
         return digest.hexdigest()
 
-    def upload(self, key: str, src: Path, size: int, progress: Progress | None = None) -> str:
+    def upload(
+        self,
+        key: str,
+        src: Path,
+        size: int,
+        progress: Progress | None = None,
+        sha1: str | None = None,
+    ) -> str:
         try:
             return self._copy_hashing(src, self._path(key), progress)
         except OSError as e:
@@ -117,21 +133,29 @@ class FileBackend:
         try:
             return self._copy_hashing(src, dst, progress)
         except FileNotFoundError as e:
-            raise StoreError(f"missing object {key}") from e
+            raise MissingObjectError(f"missing object {key}") from e
         except OSError as e:
             raise StoreError(f"cannot download {key}: {e.strerror}") from e
 
-    def copy(self, src_key: str, dst_key: str) -> None:
+    def copy(self, src_key: str, dst_key: str, sha1: str, size: int) -> bool:
         src, dst = self._path(src_key), self._path(dst_key)
         tmp = self._tmp_for(dst)
         try:
             try:
-                os.link(src, tmp)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise
-                shutil.copyfile(src, tmp)
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    if not _reflink(fin.fileno(), fout.fileno()):
+                        shutil.copyfileobj(fin, fout, _CHUNK)
+                    fout.flush()
+                    os.fsync(fout.fileno())
+            except FileNotFoundError:
+                tmp.unlink(missing_ok=True)
+                return False
+            # Prove the copy (and so the source) before it becomes an object of a new step.
+            if tmp.stat().st_size != size or _sha1_of(tmp) != sha1:
+                tmp.unlink(missing_ok=True)
+                return False
             self._commit(tmp, dst)
+            return True
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot copy {src_key} to {dst_key}: {e.strerror}") from e
@@ -149,8 +173,24 @@ class FileBackend:
                 key = name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
                 if key.startswith(prefix):
                     with contextlib.suppress(FileNotFoundError):
-                        out.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+                        st = os.lstat(os.path.join(dirpath, name))
+                        out.append(ObjectInfo(key, st.st_size, st.st_mtime))
         out.sort(key=lambda o: o.key)
+        return out
+
+    def list_leftovers(self, prefix: str) -> list[ObjectInfo]:
+        """Temporaries a crashed writer left (never visible to list()), with their age."""
+        base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self._path(base_key) if base_key else self.root
+        out: list[ObjectInfo] = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in files:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if name.startswith(_TMP_PREFIX) and key.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.lstat(os.path.join(dirpath, name))
+                        out.append(ObjectInfo(key, st.st_size, st.st_mtime))
         return out
 
     def delete(self, keys: list[str]) -> None:
@@ -173,3 +213,21 @@ class FileBackend:
                 except OSError:
                     break
                 d = d.parent
+
+
+def _reflink(src_fd: int, dst_fd: int) -> bool:
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EBADF):
+            return False
+        raise
+    return True
+
+
+def _sha1_of(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

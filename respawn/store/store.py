@@ -1,19 +1,30 @@
 """The checkpoint store protocol, shared by the pod (writer) and the controller (reader).
 
-Publishing a step: every file → MANIFEST.json → latest.json, in that order, so the pointer
-never names a step whose bytes are not all in the store. Readers trust only the pointer and
-verify every file's size and sha1; a step that fails falls back to the newest older step that
-verifies. Generations fence writers: a pod launched before the newest launch stops writing.
+Publishing a step: every file → the writer's MANIFEST → latest.json, in that order, so the
+pointer never names a step whose bytes are not all in the store. Each publish writes into a
+directory of its own (`step_N/gG-TOKEN/…`, manifest `step_N/MANIFEST-gG-TOKEN.json`) and the
+pointer names that exact manifest: a fenced writer waking up mid-upload can add bytes to the
+store but never replace another writer's. Readers trust only the pointer and verify every
+file's size and sha1; a file that fails is fetched from another intact copy with the same
+sha1, and a step that still fails falls back to the newest older step that verifies (the
+failed manifest is quarantined). Generations fence writers: a pod launched before the newest
+launch stops writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import stat
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +32,15 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from respawn.contract.sources import CheckpointSource
 from respawn.store import open_backend
-from respawn.store.backend import Backend, Progress, StoreError
+from respawn.store.backend import (
+    Backend,
+    CorruptError,
+    ObjectInfo,
+    Progress,
+    StoreError,
+)
 from respawn.store.disk import LocalFile
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import (
@@ -31,13 +49,18 @@ from respawn.store.schema import (
     LatestPointer,
     Manifest,
     ManifestFile,
+    Quarantine,
+    RepairEvent,
+    check_rel_path,
     parse_step_dirname,
     utcnow,
 )
 
 log = logging.getLogger("respawn.store")
-_Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest)
+_Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest, Quarantine, RepairEvent)
 _HASH_CHUNK = 8 << 20
+#: Crash-left temporaries younger than this may belong to a writer still at work.
+LEFTOVER_AGE_S = 6 * 3600.0
 
 
 class FencedError(StoreError):
@@ -65,6 +88,26 @@ def sha1_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def owned_by_sources(sources: Sequence[CheckpointSource], rel: str, step: int) -> bool:
+    """Whether `rel` lies inside one of the sources' directories of exactly this step."""
+    parts = rel.split("/")
+    for source in sources:
+        depth = len(source.path.split("/"))
+        if len(parts) <= depth:
+            continue
+        m = source.regex().match("/".join(parts[:depth]))
+        if m and int(m.group("step")) == step:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    key: str
+    step: int
+    generation: int | None  # None: the old one-manifest-per-step layout
+
+
 @dataclass(frozen=True)
 class PublishResult:
     pointer: LatestPointer
@@ -78,6 +121,12 @@ class PullResult:
     manifest: Manifest
     pointer: LatestPointer
     rejected: tuple[tuple[int, str], ...] = field(default=())
+    manifest_key: str = ""
+    # Files whose own object failed and that were restored from another intact copy.
+    healed: tuple[tuple[str, str], ...] = field(default=())
+    # Whether this pull rewrote the pointer (rebuilt an unreadable one, or moved it off a
+    # quarantined step).
+    repaired_pointer: bool = False
 
     @property
     def fell_back(self) -> bool:
@@ -110,9 +159,9 @@ class CheckpointStore:
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StoreError(f"{key} is not valid JSON: {e}") from e
+            raise CorruptError(f"{key} is not valid JSON: {e}") from e
         if not isinstance(doc, dict):
-            raise StoreError(f"{key} is not a JSON object")
+            raise CorruptError(f"{key} is not a JSON object")
         return doc
 
     def write_json(self, key: str, doc: object) -> None:
@@ -127,16 +176,44 @@ class CheckpointStore:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(root)"
-            raise StoreError(f"{key} is malformed: {where}: {first['msg']}") from e
+            raise CorruptError(f"{key} is malformed: {where}: {first['msg']}") from e
 
     def read_pointer(self) -> LatestPointer | None:
         return self._parse(self.keys.latest, LatestPointer)
 
+    def _pointer_lenient(self) -> tuple[LatestPointer | None, str | None]:
+        """(pointer, why it is unreadable): a corrupt pointer must not wedge a writer."""
+        try:
+            return self.read_pointer(), None
+        except CorruptError as e:
+            return None, str(e)
+
     def read_heartbeat(self) -> Heartbeat | None:
         return self._parse(self.keys.heartbeat, Heartbeat)
 
+    def read_manifest_key(self, key: str) -> Manifest | None:
+        manifest = self._parse(key, Manifest)
+        parsed = self.keys.parse_manifest_key(key)
+        if manifest is not None and (parsed is None or parsed[0] != manifest.step):
+            raise CorruptError(f"{key} claims step {manifest.step}: not a manifest of its step")
+        return manifest
+
     def read_manifest(self, step: int) -> Manifest | None:
-        return self._parse(self.keys.manifest(step), Manifest)
+        """The step's manifest: the one the pointer names, else the newest generation's."""
+        key = self.manifest_key(step)
+        return self.read_manifest_key(key) if key is not None else None
+
+    def manifest_key(
+        self, step: int, refs: dict[int, list[ManifestRef]] | None = None
+    ) -> str | None:
+        pointer, _ = self._pointer_lenient()
+        if pointer is not None and pointer.step == step:
+            return pointer.manifest
+        found = (refs if refs is not None else self.manifest_refs()).get(step)
+        if found:
+            return found[0].key
+        legacy = self.keys.manifest(step)
+        return legacy if self.backend.read_bytes(legacy) is not None else None
 
     def read_pod_spec(self, generation: int) -> bytes | None:
         return self.backend.read_bytes(self.keys.pod_spec(generation))
@@ -150,13 +227,20 @@ class CheckpointStore:
     # -- fencing ---------------------------------------------------------------------------
 
     def current_generation(self) -> int:
-        """The newest generation anyone has claimed: the ledger's launch, pointer, heartbeat."""
+        """The newest generation anyone has claimed: the ledger's launch, pointer, heartbeat.
+
+        An unreadable pointer or heartbeat claims nothing (the pod rewrites both); an
+        unreadable ledger is an error, since it is the controller's record of launches."""
         gens = [0]
         ledger = self.read_json(self.keys.ledger)
         if ledger and isinstance(ledger.get("generation"), int):
             gens.append(int(ledger["generation"]))  # type: ignore[arg-type]
         for key in (self.keys.latest, self.keys.heartbeat):
-            doc = self.read_json(key)
+            try:
+                doc = self.read_json(key)
+            except CorruptError as e:
+                log.warning("ignoring %s", e)
+                continue
             if doc and isinstance(doc.get("generation"), int):
                 gens.append(int(doc["generation"]))  # type: ignore[arg-type]
         return max(gens)
@@ -169,20 +253,80 @@ class CheckpointStore:
     # -- listing ---------------------------------------------------------------------------
 
     def manifested_steps(self) -> list[int]:
-        """Steps whose MANIFEST.json is in the store, oldest first."""
-        return self._manifested(self._objects_by_step())
+        """Steps with at least one MANIFEST in the store's listing, oldest first."""
+        return sorted(self.manifest_refs())
 
-    def _manifested(self, by_step: dict[int, list[str]]) -> list[int]:
-        return sorted(s for s, keys in by_step.items() if self.keys.manifest(s) in keys)
+    def manifest_refs(
+        self, listing: list[ObjectInfo] | None = None
+    ) -> dict[int, list[ManifestRef]]:
+        """Every manifest in one listing, by step, the newest generation first."""
+        out: dict[int, list[ManifestRef]] = {}
+        for obj in listing if listing is not None else self.backend.list(self.keys.checkpoints):
+            parsed = self.keys.parse_manifest_key(obj.key)
+            if parsed is not None:
+                out.setdefault(parsed[0], []).append(ManifestRef(obj.key, *parsed))
+        for refs in out.values():
+            refs.sort(key=lambda r: -1 if r.generation is None else r.generation, reverse=True)
+        return out
 
-    def _objects_by_step(self) -> dict[int, list[str]]:
-        """Every object under the checkpoints prefix, by step: one listing of the store."""
-        out: dict[int, list[str]] = {}
-        for obj in self.backend.list(self.keys.checkpoints):
+    def _objects_by_step(self, listing: list[ObjectInfo]) -> dict[int, list[ObjectInfo]]:
+        out: dict[int, list[ObjectInfo]] = {}
+        for obj in listing:
             step = parse_step_dirname(obj.key[len(self.keys.checkpoints) :].split("/")[0])
             if step is not None:
-                out.setdefault(step, []).append(obj.key)
+                out.setdefault(step, []).append(obj)
         return out
+
+    def quarantined(self) -> dict[str, Quarantine]:
+        """Quarantined manifests by key (records that cannot be read are skipped)."""
+        out: dict[str, Quarantine] = {}
+        for obj in self.backend.list(self.keys.quarantine):
+            try:
+                q = self._parse(obj.key, Quarantine)
+            except StoreError:
+                continue
+            if q is not None:
+                out[q.manifest] = q
+        return out
+
+    def repairs(self) -> list[RepairEvent]:
+        out = []
+        for obj in self.backend.list(self.keys.repairs):
+            with contextlib.suppress(StoreError):
+                ev = self._parse(obj.key, RepairEvent)
+                if ev is not None:
+                    out.append(ev)
+        return sorted(out, key=lambda e: e.at)
+
+    def _record_repair(
+        self, kind: str, generation: int, writer: str, step: int | None, detail: str
+    ) -> None:
+        ev = RepairEvent(
+            kind=kind,  # type: ignore[arg-type]
+            step=step,
+            detail=detail[:500],
+            at=utcnow(),
+            generation=generation,
+            writer=writer,
+        )
+        key = f"{self.keys.repairs}{ev.at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.json"
+        try:
+            self.write_json(key, ev.model_dump(mode="json", by_alias=True))
+        except StoreError as e:  # the repair itself stands; only its record is lost
+            log.warning("could not record repair %s: %s", kind, e)
+        log.warning("store repair (%s) step %s: %s", kind, step, detail)
+
+    def _quarantine(self, key: str, step: int, reason: str, generation: int, writer: str) -> None:
+        q = Quarantine(
+            step=step,
+            manifest=key,
+            reason=reason[:500],
+            at=utcnow(),
+            generation=generation,
+            writer=writer,
+        )
+        self.write_json(self.keys.quarantine_for(key), q.model_dump(mode="json", by_alias=True))
+        self._record_repair("quarantined", generation, writer, step, f"{key}: {reason}")
 
     # -- publish ---------------------------------------------------------------------------
 
@@ -195,34 +339,55 @@ class CheckpointStore:
         wandb_run_id: str | None = None,
         progress: Progress | None = None,
     ) -> PublishResult:
-        """Upload a complete step, then its manifest, then move the pointer to it."""
+        """Upload a complete step into this writer's own directory, then its manifest, then
+        move the pointer to that manifest.
+
+        A generation newer than the pointer's may publish a step at or below the pointer's
+        (its own good copy of a step it fell back from, or over a pointer an older
+        generation wrote after this one took over)."""
         if not files:
             raise StoreError(f"step {step} has no files to publish")
-        if any(f.rel == "MANIFEST.json" for f in files):
-            raise StoreError("a checkpoint file may not be named MANIFEST.json at the top level")
+        for f in files:
+            try:
+                check_rel_path(f.rel)
+            except ValueError as e:
+                raise StoreError(f"cannot publish {f.abs}: {e}") from None
+            # lstat: a symlink could point anywhere on the pod (keys, /etc); never ship one.
+            if not stat.S_ISREG(os.lstat(f.abs).st_mode):
+                raise StoreError(f"cannot publish {f.abs}: not a regular file (symlink?)")
         self.check_fence(generation)
-        pointer = self.read_pointer()
-        if pointer is not None and step <= pointer.step:
+        pointer, pointer_error = self._pointer_lenient()
+        reclaim = pointer is not None and step <= pointer.step
+        if pointer is not None and reclaim and pointer.generation >= generation:
             raise BackwardsError(f"step {step} is not newer than the published step {pointer.step}")
-        previous = self.read_manifest(pointer.step) if pointer is not None else None
+        previous: Manifest | None = None
+        if pointer is not None:
+            try:
+                previous = self.read_manifest_key(pointer.manifest)
+            except StoreError as e:
+                log.warning("not reusing the previous step's objects: %s", e)
         prev_by_size: dict[int, list[ManifestFile]] = {}
         if previous is not None:
             for pf in previous.files:
                 prev_by_size.setdefault(pf.size, []).append(pf)
+        token = uuid.uuid4().hex[:16]
+        prefix = self.keys.upload_dir(generation, token)
 
         def send(f: LocalFile) -> tuple[ManifestFile, int, int]:
-            key = self.keys.step_file(step, f.rel)
+            key = self.keys.step_prefix(step) + prefix + f.rel
             candidates = prev_by_size.get(f.size)
+            digest: str | None = None
             if candidates and previous is not None:
-                # Hash first only when a same-size file exists to link to: one pass otherwise.
+                # Hash first only when a same-size file exists to copy: one pass otherwise.
                 digest = sha1_file(f.abs)
                 for pf in candidates:
-                    if pf.sha1 == digest:
-                        self.backend.copy(self.keys.step_file(previous.step, pf.path), key)
+                    if pf.sha1 == digest and self.backend.copy(
+                        self.keys.object_key(previous, pf.path), key, digest, f.size
+                    ):
                         if progress:
                             progress(f.size)
                         return ManifestFile(path=f.rel, size=f.size, sha1=digest), 0, f.size
-            sent = self.backend.upload(key, f.abs, f.size, progress)
+            sent = self.backend.upload(key, f.abs, f.size, progress, sha1=digest)
             digest = sent if sent is not None else sha1_file(f.abs)
             return ManifestFile(path=f.rel, size=f.size, sha1=digest), f.size, 0
 
@@ -234,38 +399,78 @@ class CheckpointStore:
             files=entries,
             total_bytes=sum(e.size for e in entries),
             created_at=utcnow(),
+            prefix=prefix,
+            generation=generation,
+            writer=writer,
         )
-        self.write_json(self.keys.manifest(step), manifest.model_dump(mode="json", by_alias=True))
+        manifest_key = self.keys.manifest_for(step, generation, token)
+        self.check_fence(generation)  # an upload can take long: leave no manifest if fenced
+        self.write_json(manifest_key, manifest.model_dump(mode="json", by_alias=True))
         new_pointer = LatestPointer(
             run=self.run,
             step=step,
-            manifest=self.keys.manifest(step),
+            manifest=manifest_key,
             wandb_run_id=wandb_run_id,
             generation=generation,
             written_at=utcnow(),
             writer=writer,
         )
         self._move_pointer(new_pointer)
+        if pointer_error is not None:
+            self._record_repair("pointer-rebuilt", generation, writer, step, pointer_error)
+        elif pointer is not None and reclaim:
+            self._record_repair(
+                "pointer-reclaimed",
+                generation,
+                writer,
+                step,
+                f"replaced step {pointer.step} of generation {pointer.generation}",
+            )
         return PublishResult(new_pointer, sum(r[1] for r in results), sum(r[2] for r in results))
 
     def _move_pointer(self, new: LatestPointer, allow_backwards: bool = False) -> None:
         # Re-check right before the write: another generation may have launched meanwhile.
         self.check_fence(new.generation)
-        current = self.read_pointer()
-        if current is not None and new.step <= current.step and not allow_backwards:
+        current, _ = self._pointer_lenient()
+        if (
+            current is not None
+            and new.step <= current.step
+            and not allow_backwards
+            and current.generation >= new.generation
+        ):
             raise BackwardsError(f"pointer is at step {current.step}; refusing step {new.step}")
         self.write_json(self.keys.latest, new.model_dump(mode="json", by_alias=True))
+        # Neither backend has conditional writes: re-read after the write, and if a newer
+        # generation launched in the window, put back what was there while the pointer is
+        # still ours (a newer generation's pod also reclaims a pointer an older one wrote).
+        try:
+            self.check_fence(new.generation)
+        except FencedError:
+            with contextlib.suppress(StoreError):
+                back, _ = self._pointer_lenient()
+                if back == new:
+                    if current is not None:
+                        self.write_json(
+                            self.keys.latest, current.model_dump(mode="json", by_alias=True)
+                        )
+                    else:
+                        self.backend.delete([self.keys.latest])
+            raise
 
     def rollback_pointer(self, step: int, generation: int, writer: str) -> LatestPointer:
         """Move the pointer back to an older verified step (the ledger records why)."""
-        manifest = self.read_manifest(step)
-        if manifest is None:
+        key = self.manifest_key(step)
+        manifest = self.read_manifest_key(key) if key is not None else None
+        if manifest is None or key is None:
             raise StoreError(f"cannot roll back to step {step}: it has no manifest")
-        current = self.read_pointer()
+        return self._point_at(key, step, generation, writer)
+
+    def _point_at(self, key: str, step: int, generation: int, writer: str) -> LatestPointer:
+        current, _ = self._pointer_lenient()
         new = LatestPointer(
             run=self.run,
             step=step,
-            manifest=self.keys.manifest(step),
+            manifest=key,
             wandb_run_id=current.wandb_run_id if current else None,
             generation=generation,
             written_at=utcnow(),
@@ -277,107 +482,301 @@ class CheckpointStore:
     # -- pull ------------------------------------------------------------------------------
 
     def pull(
-        self, dest: Path, progress_stream: object | None = None, quiet: bool = False
+        self,
+        dest: Path,
+        progress_stream: object | None = None,
+        quiet: bool = False,
+        sources: Sequence[CheckpointSource] | None = None,
+        repair_as: tuple[int, str] | None = None,
     ) -> PullResult | None:
         """Restore the newest step at or below the pointer whose every file verifies.
 
         Returns None when the run has no pointer yet (a fresh start). Files land under `dest`
-        at their recorded relative paths only after the whole step has verified.
+        at their recorded relative paths only after the whole step has verified; with
+        `sources`, a manifest naming any file outside those sources' directories of its step
+        is rejected. `repair_as=(generation, writer)` lets this pull heal what it finds: an
+        unreadable pointer is rebuilt from the newest step that verifies, and a step that
+        fails is quarantined and the pointer moved off it (a pod passes its own identity;
+        a read-only `ckpt pull` passes none).
         """
-        pointer = self.read_pointer()
-        if pointer is None:
+        try:
+            pointer, pointer_error = self.read_pointer(), None
+        except CorruptError as e:
+            if repair_as is None:
+                raise
+            pointer, pointer_error = None, str(e)
+        if pointer is None and pointer_error is None:
             return None
-        older = [s for s in self.manifested_steps() if s < pointer.step]
+        listing = self.backend.list(self.keys.checkpoints)
+        refs = self.manifest_refs(listing)
+        quarantined = set(self.quarantined())
         rejected: list[tuple[int, str]] = []
-        for step in [pointer.step, *reversed(older)]:
-            try:
-                manifest = self.read_manifest(step)
-            except StoreError as e:
-                rejected.append((step, str(e)))
-                continue
-            if manifest is None:
-                rejected.append((step, "manifest missing"))
-                continue
+        candidates: list[tuple[int, str]] = []
+        if pointer is not None:
+            parsed = self.keys.parse_manifest_key(pointer.manifest)
+            if parsed is None or parsed[0] != pointer.step:
+                rejected.append(
+                    (pointer.step, f"pointer names {pointer.manifest!r}, not a manifest of it")
+                )
+            else:
+                candidates.append((pointer.step, pointer.manifest))
+        top = pointer.step if pointer is not None else None
+        for step in sorted(refs, reverse=True):
+            if top is not None and step >= top:
+                continue  # newer: a publish in flight; same step: only the pointer's manifest
+            candidates += [(step, r.key) for r in refs[step] if r.key not in quarantined]
+        alternates = _Alternates(self, refs)
+        for step, key in candidates:
             staging = dest / f".respawn-staging-{step}"
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                self._download_verified(manifest, staging, progress_stream, quiet)
+                manifest = self.read_manifest_key(key)
+                if manifest is None:
+                    raise CorruptError(f"{key} is missing")
+                if sources is not None:
+                    outside = [
+                        f.path
+                        for f in manifest.files
+                        if not owned_by_sources(sources, f.path, manifest.step)
+                    ]
+                    if outside:
+                        raise CorruptError(
+                            f"{key} names {outside[0]!r}, outside the checkpoint sources of "
+                            f"step {manifest.step}"
+                        )
+                healed = self._download_verified(
+                    manifest, staging, progress_stream, quiet, alternates
+                )
             except StoreError as e:
                 shutil.rmtree(staging, ignore_errors=True)
-                log.warning("step %d failed verification: %s; trying an older step", step, e)
+                log.warning("step %d (%s) failed: %s; trying an older copy", step, key, e)
                 rejected.append((step, str(e)))
+                if (
+                    isinstance(e, CorruptError)
+                    and repair_as is not None
+                    and pointer is not None
+                    and key == pointer.manifest
+                ):
+                    self._quarantine(key, step, str(e), *repair_as)
                 continue
+            dest_real = dest.resolve()
             for mf in manifest.files:
                 target = dest / mf.path
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.parent.resolve().is_relative_to(dest_real):
+                    raise CorruptError(f"{mf.path}: its directory resolves outside {dest}")
                 os.replace(staging / mf.path, target)
             shutil.rmtree(staging, ignore_errors=True)
-            return PullResult(step, manifest, pointer, tuple(rejected))
+            result_pointer, repaired = pointer, False
+            if repair_as is not None and (pointer is None or key != pointer.manifest):
+                result_pointer = self._point_at(key, step, *repair_as)
+                repaired = True
+                if pointer_error is not None:
+                    self._record_repair("pointer-rebuilt", *repair_as, step, pointer_error)
+            assert result_pointer is not None
+            if repair_as is not None:
+                for path, other in healed:
+                    self._record_repair(
+                        "file-from-other-copy", *repair_as, step, f"{path} restored from {other}"
+                    )
+            return PullResult(
+                step,
+                manifest,
+                result_pointer if pointer is None else pointer,
+                tuple(rejected),
+                key,
+                tuple(healed),
+                repaired,
+            )
         raise NothingVerifiesError(
             f"no checkpoint of run {self.run} verifies: "
-            + "; ".join(f"step {s}: {why}" for s, why in rejected)
+            + ("; ".join(f"step {s}: {why}" for s, why in rejected) or "no manifest found")
         )
 
+    def _fetch_one(self, key: str, mf: ManifestFile, target: Path, bar: Progress | None) -> None:
+        got = self.backend.download(key, target, bar)
+        size = target.stat().st_size
+        if size != mf.size:
+            raise CorruptError(f"{mf.path}: size {size} != manifest {mf.size}")
+        digest = got if got is not None else sha1_file(target)
+        if digest != mf.sha1:
+            raise CorruptError(f"{mf.path}: sha1 {digest} != manifest {mf.sha1}")
+
     def _download_verified(
-        self, manifest: Manifest, staging: Path, stream: object | None, quiet: bool
-    ) -> None:
+        self,
+        manifest: Manifest,
+        staging: Path,
+        stream: object | None,
+        quiet: bool,
+        alternates: _Alternates | None = None,
+    ) -> list[tuple[str, str]]:
         bar = TransferProgress(
             f"pull step {manifest.step}",
             manifest.total_bytes,
             stream=stream,  # type: ignore[arg-type]
             quiet=quiet,
         )
+        staging.mkdir(parents=True, exist_ok=True)
+        root = staging.resolve()
 
-        def fetch(mf: ManifestFile) -> None:
+        def fetch(mf: ManifestFile) -> tuple[str, str] | None:
             target = staging / mf.path
-            got = self.backend.download(self.keys.step_file(manifest.step, mf.path), target, bar)
-            size = target.stat().st_size
-            if size != mf.size:
-                raise StoreError(f"{mf.path}: size {size} != manifest {mf.size}")
-            digest = got if got is not None else sha1_file(target)
-            if digest != mf.sha1:
-                raise StoreError(f"{mf.path}: sha1 {digest} != manifest {mf.sha1}")
+            # Paths are validated when the manifest is parsed; this is the second lock.
+            if not Path(os.path.normpath(root / mf.path)).is_relative_to(root):
+                raise CorruptError(f"{mf.path}: outside the staging directory")
+            primary = self.keys.object_key(manifest, mf.path)
+            try:
+                self._fetch_one(primary, mf, target, bar)
+                return None
+            except CorruptError as first:
+                for other in alternates.keys_for(mf) if alternates else []:
+                    if other == primary:
+                        continue
+                    try:
+                        self._fetch_one(other, mf, target, None)
+                    except CorruptError:
+                        continue
+                    log.warning("%s: %s; restored from %s", mf.path, first, other)
+                    return mf.path, other
+                raise
 
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            for fut in [pool.submit(fetch, mf) for mf in manifest.files]:
-                fut.result()
+            healed = [h for h in pool.map(fetch, manifest.files) if h is not None]
         bar.finish()
+        return healed
+
+    def verify(self, key: str) -> str | None:
+        """Download and hash every file a manifest names; None when all verify, else why."""
+        try:
+            manifest = self.read_manifest_key(key)
+            if manifest is None:
+                return "manifest missing"
+            with tempfile.TemporaryDirectory(prefix="respawn-verify-") as tmp:
+                self._download_verified(manifest, Path(tmp), None, True)
+        except StoreError as e:
+            return str(e)
+        return None
 
     # -- retention -------------------------------------------------------------------------
 
     def gc(
-        self, keep_last: int, protect: Sequence[int] = (), keep_every: int | None = None
+        self,
+        keep_last: int,
+        protect: Sequence[int] = (),
+        keep_every: int | None = None,
+        now: float | None = None,
+        leftover_age_s: float = LEFTOVER_AGE_S,
     ) -> list[int]:
         """Delete old steps; return the steps deleted.
 
-        Never deletes: the pointer's step, the newest older step that has a manifest (the
-        fallback), the newest `keep_last` manifested steps, milestones (steps divisible by
-        `keep_every`), a step a restoring pod announced in its heartbeat, anything newer than
-        the pointer (a publish may be in flight).
+        Listings may be incomplete (eventual consistency), so gc infers nothing from an
+        object's absence. It deletes only steps it positively knows are below the pointer
+        and unprotected, and reads the manifests that decide protection directly. Never
+        deletes: the pointer's step, the newest older step with a manifest (the fallback),
+        the newest `keep_last` steps with a manifest, milestones (steps divisible by
+        `keep_every`), a step a restoring pod announced in its heartbeat, a quarantined step
+        (kept for inspection), anything at or above the pointer (a publish may be in flight),
+        a step without any manifest whose objects are younger than `leftover_age_s`.
         """
         if keep_last < 2:
             raise ValueError("keep_last must be at least 2: the pointer's step and its fallback")
+        now = time.time() if now is None else now
+        self._collect_leftovers(now, leftover_age_s)
         pointer = self.read_pointer()
         if pointer is None:
             return []
-        by_step = self._objects_by_step()
-        manifested = [s for s in self._manifested(by_step) if s <= pointer.step]
-        keep = set(manifested[-keep_last:]) | {pointer.step} | set(protect)
+        listing = self.backend.list(self.keys.checkpoints)
+        by_step = self._objects_by_step(listing)
+        refs = self.manifest_refs(listing)
+        quarantined = set(self.quarantined())
+        manifests: dict[int, list[str]] = {}  # step -> manifest keys known to exist
+        for step, objs in by_step.items():
+            if step >= pointer.step:
+                continue
+            keys = {r.key for r in refs.get(step, [])}
+            if not keys:
+                # The listing may have dropped the manifest: look for it by name.
+                keys = {k for k in self._manifest_names(step, objs) if self.backend.read_bytes(k)}
+            manifests[step] = sorted(keys)
+        good = sorted(s for s, keys in manifests.items() if any(k not in quarantined for k in keys))
+        keep = {pointer.step, *protect, *good[-(keep_last - 1) :]}
+        keep |= {s for s, keys in manifests.items() if keys and all(k in quarantined for k in keys)}
         if keep_every:
-            keep |= {s for s in manifested if s % keep_every == 0}
-        older = [s for s in manifested if s < pointer.step]
-        if older:
-            keep.add(older[-1])
+            keep |= {s for s in by_step if s % keep_every == 0}
         try:
             hb = self.read_heartbeat()
         except StoreError:
             hb = None
         if hb is not None and hb.restoring_step is not None:
             keep.add(hb.restoring_step)
-        doomed = sorted(s for s in by_step if s < pointer.step and s not in keep)
+        doomed: list[int] = []
+        for step in sorted(manifests):
+            if step in keep:
+                continue
+            if not manifests[step] and any(
+                o.mtime is None or now - o.mtime < leftover_age_s for o in by_step[step]
+            ):
+                continue  # no manifest yet: maybe an upload still at work
+            doomed.append(step)
         for step in doomed:
-            # The manifest goes first, so a half-deleted step is never mistaken for a whole one.
-            manifest_key = self.keys.manifest(step)
-            self.backend.delete([manifest_key])
-            self.backend.delete([k for k in by_step[step] if k != manifest_key])
+            # Manifests go first, so a half-deleted step is never mistaken for a whole one.
+            names = set(manifests[step]) | set(self._manifest_names(step, by_step[step]))
+            self.backend.delete(sorted(names))
+            self.backend.delete([o.key for o in by_step[step] if o.key not in names])
         return doomed
+
+    def _manifest_names(self, step: int, objs: list[ObjectInfo]) -> list[str]:
+        """Every manifest key the step's objects imply (each upload dir names its manifest)."""
+        out = {self.keys.manifest(step)}
+        base = self.keys.step_prefix(step)
+        for o in objs:
+            rest = o.key[len(base) :]
+            head = rest.split("/", 1)[0]
+            if "/" in rest and head.startswith("g") and "-" in head:
+                gen, _, token = head[1:].partition("-")
+                if gen.isdigit():
+                    out.add(self.keys.manifest_for(step, int(gen), token))
+            elif self.keys.parse_manifest_key(o.key):
+                out.add(o.key)
+        return sorted(out)
+
+    def _collect_leftovers(self, now: float, age_s: float) -> None:
+        lister: Callable[[str], list[ObjectInfo]] | None = getattr(
+            self.backend, "list_leftovers", None
+        )
+        if lister is None:
+            return
+        old = [
+            o.key for o in lister(f"{self.run}/") if o.mtime is not None and now - o.mtime > age_s
+        ]
+        if old:
+            log.info("deleting %d crash-left temporaries", len(old))
+            self.backend.delete(old)
+
+
+class _Alternates:
+    """Other stored copies of a file, by (sha1, size), from every manifest of the run: the
+    bytes are proven by the hash, whichever step they were uploaded for."""
+
+    def __init__(self, store: CheckpointStore, refs: dict[int, list[ManifestRef]]) -> None:
+        self.store = store
+        self.refs = refs
+        self._index: dict[tuple[str, int], list[str]] | None = None
+        self._lock = threading.Lock()
+
+    def keys_for(self, mf: ManifestFile) -> list[str]:
+        with self._lock:
+            if self._index is None:
+                index: dict[tuple[str, int], list[str]] = {}
+                for step in sorted(self.refs, reverse=True):
+                    for ref in self.refs[step]:
+                        try:
+                            m = self.store.read_manifest_key(ref.key)
+                        except StoreError:
+                            continue
+                        for f in m.files if m else ():
+                            index.setdefault((f.sha1, f.size), []).append(
+                                self.store.keys.object_key(m, f.path)  # type: ignore[union-attr]
+                            )
+                self._index = index
+            return list(self._index.get((mf.sha1, mf.size), []))
