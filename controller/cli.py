@@ -311,9 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cks.add_parser("ls", help="list published steps, the pointer and the heartbeat")
     store_args(sp)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--verify", action="store_true", help="download and hash every step")
     sp = cks.add_parser("push", help="publish a directory as one step (files → manifest → pointer)")
     store_args(sp)
-    sp.add_argument("--dir", required=True, type=Path, help="directory holding the step's files")
+    sp.add_argument(
+        "--dir",
+        action="append",
+        type=Path,
+        help="a directory of the step (repeatable; several need --workdir); "
+        "without --dir, -c FLEET --run NAME finds the step through the run's sources",
+    )
+    sp.add_argument("--workdir", type=Path, help="store paths are relative to this directory")
     sp.add_argument("--step", required=True, type=int)
     sp.add_argument("--generation", type=int, help="writer generation (default: the current one)")
     sp = cks.add_parser("pull", help="restore the newest verified step into a directory")

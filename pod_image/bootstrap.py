@@ -19,6 +19,7 @@ from pathlib import Path
 
 from respawn.contract.pod import ENV_INSTANCE_ID, PodEnv, PodEnvError
 from respawn.pod.supervisor import PodContext, Supervisor
+from respawn.store.backend import CorruptError
 from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
 
 log = logging.getLogger("respawn.pod")
@@ -57,23 +58,41 @@ def context_from_env(env: Mapping[str, str]) -> PodContext:
 
 def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     """Pull the newest verified checkpoint into the workdir; return (step, W&B run id)."""
-    pointer = ctx.store.read_pointer()
+    try:
+        pointer = ctx.store.read_pointer()
+    except CorruptError as e:
+        # Rebuilt by the pull below from the newest step that verifies.
+        log.warning("%s: rebuilding it", e)
+        pointer = None
+        unreadable = True
+    else:
+        unreadable = False
     step = pointer.step if pointer else None
     ctx.store.write_heartbeat(ctx.heartbeat("restoring", restoring_step=step, step=step))
-    if pointer is None:
+    if pointer is None and not unreadable:
         log.info("no checkpoint yet: starting fresh")
         return None, ctx.wandb_run_id
-    result = ctx.store.pull(ctx.workdir, progress_stream=sys.stdout)
+    # Only files under this pod's checkpoint sources are restored (a bucket writer must not
+    # replace train.py in the workdir), and this generation heals what it finds: a corrupt
+    # step is quarantined and the pointer moved to what was restored.
+    result = ctx.store.pull(
+        ctx.workdir,
+        progress_stream=sys.stdout,
+        sources=ctx.pod.checkpoints.sources,
+        repair_as=(ctx.generation, ctx.writer),
+    )
     assert result is not None
     for step, why in result.rejected:
         log.warning("step %d rejected: %s", step, why)
+    for path, other in result.healed:
+        log.warning("%s was corrupt; restored from the intact copy %s", path, other)
     log.info(
         "restored step %d (%d files, %d B)",
         result.step,
         len(result.manifest.files),
         result.manifest.total_bytes,
     )
-    return result.step, ctx.wandb_run_id or pointer.wandb_run_id
+    return result.step, ctx.wandb_run_id or result.pointer.wandb_run_id
 
 
 def _report_failure(ctx: PodContext, message: str) -> None:

@@ -242,7 +242,8 @@ def test_hung_trainer_is_restarted_then_given_up(tmp_path: Path, store: Checkpoi
 def test_nothing_verifies_reports_failure(tmp_path: Path, store: CheckpointStore) -> None:
     files = make_step(tmp_path, 5, {"outputs/weights/step_5/STABLE": b"ok"})
     store.publish(5, files, generation=0, writer="cli")
-    store.backend.write_bytes(store.keys.step_file(5, "outputs/weights/step_5/STABLE"), b"KO")
+    key = store.keys.object_key(store.read_manifest(5), "outputs/weights/step_5/STABLE")  # type: ignore[arg-type]
+    store.backend.write_bytes(key, b"KO")
     proc = start_pod(tmp_path, pod_spec(TOY % (6, "0")), generation=1)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2, out

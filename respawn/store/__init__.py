@@ -6,14 +6,18 @@ from __future__ import annotations
 from respawn.store.backend import Backend, StoreConfigError
 
 
-def open_backend(url: str, credential_envs: tuple[str, str] | None = None) -> Backend:
+def open_backend(
+    url: str, credential_envs: tuple[str, str] | None = None, create: bool = True
+) -> Backend:
     """The backend for a store URL, importing its SDK only when that scheme is used.
 
-    `credential_envs` names the environment variables holding the key id and key (B2)."""
+    `credential_envs` names the environment variables holding the key id and key (B2);
+    `create=False` refuses a file store directory that does not exist (read-only commands
+    must not leave one behind for a typo)."""
     if url.startswith("file://"):
         from respawn.store.file_backend import FileBackend
 
-        return FileBackend.from_url(url)
+        return FileBackend.from_url(url, create=create)
     if url.startswith("b2://"):
         from respawn.store.b2_backend import B2Backend
 

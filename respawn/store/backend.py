@@ -32,6 +32,10 @@ class StoreConfigError(StoreError):
     """The store URL or its credentials are wrong: retrying will not help."""
 
 
+class StoreMissingError(StoreConfigError):
+    """The store (or the run in it) does not exist, and the caller asked not to create it."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str

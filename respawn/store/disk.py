@@ -5,8 +5,10 @@ A step is complete only when every required source is (`respawn.contract.sources
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +39,23 @@ def _step_dirs(workdir: Path, source: CheckpointSource) -> dict[int, Path]:
     for path in workdir.glob(source.glob()):
         rel = path.relative_to(workdir).as_posix()
         m = rx.match(rel)
-        if m and path.is_dir():
+        # A symlinked step directory could point anywhere on the pod: never a checkpoint.
+        if m and path.is_dir() and not path.is_symlink():
             found[int(m.group("step"))] = path
     return found
 
 
 def _walk(d: Path) -> list[Path]:
-    return [Path(root) / name for root, _dirs, names in os.walk(d) for name in names]
+    """Regular files under d. Symlinks are skipped (os.walk does not descend into linked
+    directories, and a linked file may point at keys or /etc): they are never published."""
+    out = []
+    for root, _dirs, names in os.walk(d):
+        for name in names:
+            p = Path(root) / name
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    out.append(p)
+    return out
 
 
 def _is_complete(source: CheckpointSource, d: Path, now: float) -> bool:
@@ -88,7 +100,7 @@ def complete_steps(
         files = []
         for d in dirs:
             for f in sorted(_walk(d)):
-                files.append(LocalFile(f.relative_to(workdir).as_posix(), f, f.stat().st_size))
+                files.append(LocalFile(f.relative_to(workdir).as_posix(), f, f.lstat().st_size))
         out.append(StepOnDisk(step, tuple(dirs), tuple(files)))
     return out
 

@@ -25,6 +25,7 @@ from respawn.store.backend import (
     Progress,
     StoreConfigError,
     StoreError,
+    StoreMissingError,
 )
 
 _TMP_PREFIX = ".respawn-tmp-"
@@ -38,7 +39,7 @@ class FileBackend:
         self.url = "file://" + str(root)
 
     @classmethod
-    def from_url(cls, url: str) -> FileBackend:
+    def from_url(cls, url: str, create: bool = True) -> FileBackend:
         parsed = urlparse(url)
         path = unquote(parsed.path)
         if parsed.netloc not in ("", "localhost") or not path.startswith("/"):
@@ -46,6 +47,10 @@ class FileBackend:
                 f"bad file store URL {url!r}: write an absolute path, e.g. file:///data/ckpt"
             )
         root = Path(path)
+        if not create:
+            if not root.is_dir():
+                raise StoreMissingError(f"no store at {url}: {root} is not a directory")
+            return cls(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:

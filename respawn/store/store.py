@@ -147,8 +147,9 @@ class CheckpointStore:
         run: str,
         workers: int = 4,
         credential_envs: tuple[str, str] | None = None,
+        create: bool = True,
     ) -> CheckpointStore:
-        return cls(open_backend(url, credential_envs), run, workers)
+        return cls(open_backend(url, credential_envs, create), run, workers)
 
     # -- small documents -------------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class CheckpointStore:
     def read_pointer(self) -> LatestPointer | None:
         return self._parse(self.keys.latest, LatestPointer)
 
-    def _pointer_lenient(self) -> tuple[LatestPointer | None, str | None]:
+    def pointer_or_error(self) -> tuple[LatestPointer | None, str | None]:
         """(pointer, why it is unreadable): a corrupt pointer must not wedge a writer."""
         try:
             return self.read_pointer(), None
@@ -206,7 +207,7 @@ class CheckpointStore:
     def manifest_key(
         self, step: int, refs: dict[int, list[ManifestRef]] | None = None
     ) -> str | None:
-        pointer, _ = self._pointer_lenient()
+        pointer, _ = self.pointer_or_error()
         if pointer is not None and pointer.step == step:
             return pointer.manifest
         found = (refs if refs is not None else self.manifest_refs()).get(step)
@@ -289,6 +290,10 @@ class CheckpointStore:
                 out[q.manifest] = q
         return out
 
+    def exists(self) -> bool:
+        """Whether the store holds anything of this run."""
+        return bool(self.backend.list(f"{self.run}/"))
+
     def repairs(self) -> list[RepairEvent]:
         out = []
         for obj in self.backend.list(self.keys.repairs):
@@ -356,7 +361,7 @@ class CheckpointStore:
             if not stat.S_ISREG(os.lstat(f.abs).st_mode):
                 raise StoreError(f"cannot publish {f.abs}: not a regular file (symlink?)")
         self.check_fence(generation)
-        pointer, pointer_error = self._pointer_lenient()
+        pointer, pointer_error = self.pointer_or_error()
         reclaim = pointer is not None and step <= pointer.step
         if pointer is not None and reclaim and pointer.generation >= generation:
             raise BackwardsError(f"step {step} is not newer than the published step {pointer.step}")
@@ -431,7 +436,7 @@ class CheckpointStore:
     def _move_pointer(self, new: LatestPointer, allow_backwards: bool = False) -> None:
         # Re-check right before the write: another generation may have launched meanwhile.
         self.check_fence(new.generation)
-        current, _ = self._pointer_lenient()
+        current, _ = self.pointer_or_error()
         if (
             current is not None
             and new.step <= current.step
@@ -447,7 +452,7 @@ class CheckpointStore:
             self.check_fence(new.generation)
         except FencedError:
             with contextlib.suppress(StoreError):
-                back, _ = self._pointer_lenient()
+                back, _ = self.pointer_or_error()
                 if back == new:
                     if current is not None:
                         self.write_json(
@@ -466,7 +471,7 @@ class CheckpointStore:
         return self._point_at(key, step, generation, writer)
 
     def _point_at(self, key: str, step: int, generation: int, writer: str) -> LatestPointer:
-        current, _ = self._pointer_lenient()
+        current, _ = self.pointer_or_error()
         new = LatestPointer(
             run=self.run,
             step=step,
