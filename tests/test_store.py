@@ -139,7 +139,7 @@ def test_corrupt_file_falls_back_to_older_step(
 def test_nothing_verifies_is_an_error(store: CheckpointStore, tmp_path: Path) -> None:
     store.publish(5, make_step(tmp_path, 5, files_for(5)), generation=1, writer="t")
     _corrupt(store, 5, "outputs/checkpoints/step_5/state.json")
-    with pytest.raises(NothingVerifiesError, match="step 5: .*sha1"):
+    with pytest.raises(NothingVerifiesError, match=r"step 5: .*sha1"):
         store.pull(tmp_path / "dest", quiet=True)
 
 

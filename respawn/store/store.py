@@ -454,13 +454,43 @@ class CheckpointStore:
             with contextlib.suppress(StoreError):
                 back, _ = self.pointer_or_error()
                 if back == new:
-                    if current is not None:
-                        self.write_json(
-                            self.keys.latest, current.model_dump(mode="json", by_alias=True)
-                        )
-                    else:
-                        self.backend.delete([self.keys.latest])
+                    self._undo_pointer(new, current)
             raise
+
+    def _undo_pointer(self, mine: LatestPointer, before: LatestPointer | None) -> None:
+        """Give the pointer back after a fenced write. What this writer read before writing
+        may be stale (the newer generation may have published in between, and this write
+        erased its pointer), so the newest manifest of a newer generation wins."""
+        newest: tuple[int, int, str] | None = None
+        for step, refs in self.manifest_refs().items():
+            for ref in refs:
+                if ref.generation is not None and ref.generation > mine.generation:
+                    newest = max(
+                        newest or (step, ref.generation, ref.key), (step, ref.generation, ref.key)
+                    )
+        if newest is not None:
+            step, gen, key = newest
+            restored = LatestPointer(
+                run=self.run,
+                step=step,
+                manifest=key,
+                wandb_run_id=mine.wandb_run_id,
+                generation=gen,
+                written_at=utcnow(),
+                writer=f"{mine.writer} (giving back to generation {gen})",
+            )
+            self.write_json(self.keys.latest, restored.model_dump(mode="json", by_alias=True))
+        elif before is not None:
+            self.write_json(self.keys.latest, before.model_dump(mode="json", by_alias=True))
+        else:
+            self.backend.delete([self.keys.latest])
+        self._record_repair(
+            "pointer-reclaimed",
+            mine.generation,
+            mine.writer,
+            mine.step,
+            "a fenced writer's pointer was taken back",
+        )
 
     def rollback_pointer(self, step: int, generation: int, writer: str) -> LatestPointer:
         """Move the pointer back to an older verified step (the ledger records why)."""
@@ -705,7 +735,9 @@ class CheckpointStore:
             manifests[step] = sorted(keys)
         good = sorted(s for s, keys in manifests.items() if any(k not in quarantined for k in keys))
         keep = {pointer.step, *protect, *good[-(keep_last - 1) :]}
-        keep |= {s for s, keys in manifests.items() if keys and all(k in quarantined for k in keys)}
+        # A quarantined manifest is kept (with its step) for inspection until a person
+        # deletes it; it counts for nothing above.
+        keep |= {s for s, keys in manifests.items() if any(k in quarantined for k in keys)}
         if keep_every:
             keep |= {s for s in by_step if s % keep_every == 0}
         try:
