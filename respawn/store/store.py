@@ -594,12 +594,12 @@ class CheckpointStore:
                 ):
                     self._quarantine(key, step, str(e), *repair_as)
                 continue
-            dest_real = dest.resolve()
             for mf in manifest.files:
+                # The path was validated (relative, no '..'); a directory the pod's owner
+                # symlinked (outputs -> a big volume) is theirs to have. os.replace swaps a
+                # symlink at the target itself, never writes through it.
                 target = dest / mf.path
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.parent.resolve().is_relative_to(dest_real):
-                    raise CorruptError(f"{mf.path}: its directory resolves outside {dest}")
                 os.replace(staging / mf.path, target)
             shutil.rmtree(staging, ignore_errors=True)
             result_pointer, repaired = pointer, False
@@ -656,9 +656,13 @@ class CheckpointStore:
 
         def fetch(mf: ManifestFile) -> tuple[str, str] | None:
             target = staging / mf.path
-            # Paths are validated when the manifest is parsed; this is the second lock.
+            # Paths are validated when the manifest is parsed; this is the second lock,
+            # checked before a byte is written.
             if not Path(os.path.normpath(root / mf.path)).is_relative_to(root):
                 raise CorruptError(f"{mf.path}: outside the staging directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.resolve().is_relative_to(root):
+                raise CorruptError(f"{mf.path}: its directory resolves outside staging")
             primary = self.keys.object_key(manifest, mf.path)
             try:
                 self._fetch_one(primary, mf, target, bar)
