@@ -253,6 +253,9 @@ def test_gc_under_partial_listings_never_deletes_a_protected_step(tmp_path: Path
         n = rng.randint(3, 9)
         for s in range(1, n + 1):
             truth.publish(s, make_step(root, s, {f"c/step_{s}/m": bytes([s]) * 8}), 1, "t")
+            if rng.random() < 0.3:  # an upload that crashed before its manifest
+                junk = f"g000001-{rng.randbytes(8).hex()}/c/step_{s}/m"
+                truth.backend.write_bytes(truth.keys.step_file(s, junk), b"junk")
         pointer_step = n
         if rng.random() < 0.3:
             pointer_step = rng.randint(2, n)
@@ -265,8 +268,9 @@ def test_gc_under_partial_listings_never_deletes_a_protected_step(tmp_path: Path
         if keep_every:
             protected |= {s for s in range(1, n + 1) if s % keep_every == 0}
         flaky = CheckpointStore(DroppingBackend(truth.backend, rng), "r")  # type: ignore[arg-type]
+        later = time.time() + rng.choice([0, 7 * 3600])  # leftovers young or old
         for _ in range(rng.randint(1, 3)):
-            deleted_any += bool(flaky.gc(keep_last, keep_every=keep_every))
+            deleted_any += bool(flaky.gc(keep_last, keep_every=keep_every, now=later))
         for s in sorted(protected):
             key = truth.manifest_key(s)
             assert key is not None, (case, s, protected)
@@ -474,3 +478,63 @@ def test_ckpt_push_with_the_runs_sources(tmp_path: Path) -> None:
         "ckpt", "push", "-c", str(config), "--run", "toy", "--step", "8", "--workdir", str(work)
     )
     assert proc.returncode == 2 and "step 8 is not complete" in proc.stderr
+
+
+def test_gc_spares_a_step_whose_whole_upload_the_listing_hid(tmp_path: Path) -> None:
+    """Step 4 (the fallback) shows only a crashed upload's junk; its real upload directory,
+    manifest included, is missing from this listing. It is not garbage."""
+    truth = CheckpointStore(MemoryBackend(), "r")  # type: ignore[arg-type]
+    for s in range(1, 6):
+        truth.publish(s, make_step(tmp_path, s, {f"c/step_{s}/m": bytes([s])}), 1, "t")
+    truth.backend.write_bytes(truth.keys.step_file(4, "g000001-00000000deadbeef/c/m"), b"junk")
+    real = truth.manifest_key(4)
+    assert real is not None
+    real_dir = real.replace("MANIFEST-", "").removesuffix(".json") + "/"
+
+    class HideUpload(DroppingBackend):
+        def list(self, prefix: str) -> list[ObjectInfo]:
+            return [
+                o
+                for o in self.inner.list(prefix)
+                if o.key != real and not o.key.startswith(real_dir)
+            ]
+
+    flaky = CheckpointStore(HideUpload(truth.backend, random.Random(0)), "r")  # type: ignore[arg-type]
+    flaky.gc(keep_last=2, now=time.time() + 7 * 3600)
+    assert truth.verify(real) is None
+
+
+def test_pod_restores_through_a_corrupt_pointer(tmp_path: Path) -> None:
+    """Invalid latest.json used to stop the pod forever; its restore now rebuilds it."""
+    from respawn.pod.bootstrap import context_from_env, restore
+
+    from respawn.contract.pod import PodSpec
+
+    url = f"file://{tmp_path / 'store'}"
+    store = CheckpointStore.open(url, "r")
+    for s in (4, 8):
+        files = {f"outputs/step_{s}/DONE": b"", f"outputs/step_{s}/m": bytes([s])}
+        store.publish(s, make_step(tmp_path, s, files), 1, "g1")
+    store.backend.write_bytes(store.keys.latest, b"\x00garbage")
+    store.backend.write_bytes(store.keys.heartbeat, b"{")
+    work = tmp_path / "work"
+    spec = PodSpec.model_validate(
+        {
+            "command": "x {resume_step}",
+            "workdir": str(work),
+            "checkpoints": {"sources": [{"path": "outputs/step_{step}", "marker": "DONE"}]},
+        }
+    )
+    env = {
+        "RESPAWN_STORE": url,
+        "RESPAWN_RUN": "r",
+        "RESPAWN_GENERATION": "2",
+        "RESPAWN_POD": spec.model_dump_json(),
+    }
+    ctx = context_from_env(env)
+    ctx.store.check_fence(2)
+    step, _ = restore(ctx)
+    assert step == 8 and (work / "outputs/step_8/m").read_bytes() == bytes([8])
+    assert store.read_pointer().step == 8  # type: ignore[union-attr]
+    assert store.read_heartbeat() is not None  # rewritten by the pod
+    assert [e.kind for e in store.repairs()] == ["pointer-rebuilt"]

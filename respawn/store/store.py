@@ -754,10 +754,13 @@ class CheckpointStore:
         for step in sorted(manifests):
             if step in keep:
                 continue
-            if not manifests[step] and any(
-                o.mtime is None or now - o.mtime < leftover_age_s for o in by_step[step]
-            ):
-                continue  # no manifest yet: maybe an upload still at work
+            if not manifests[step]:
+                if any(o.mtime is None or now - o.mtime < leftover_age_s for o in by_step[step]):
+                    continue  # no manifest yet: maybe an upload still at work
+                # No manifest found, yet the listing may have hidden the one upload dir that
+                # has it: only below every kept step could it not have been protected.
+                if not good or step > min(s for s in keep if s in good):
+                    continue
             doomed.append(step)
         for step in doomed:
             # Manifests go first, so a half-deleted step is never mistaken for a whole one.
