@@ -538,3 +538,24 @@ def test_pod_restores_through_a_corrupt_pointer(tmp_path: Path) -> None:
     assert store.read_pointer().step == 8  # type: ignore[union-attr]
     assert store.read_heartbeat() is not None  # rewritten by the pod
     assert [e.kind for e in store.repairs()] == ["pointer-rebuilt"]
+
+
+def test_a_transient_download_failure_neither_quarantines_nor_moves_the_pointer(
+    tmp_path: Path,
+) -> None:
+    inner = MemoryBackend()
+    store = CheckpointStore(inner, "r")  # type: ignore[arg-type]
+    for s in (10, 20):
+        store.publish(s, make_step(tmp_path, s, {f"c/step_{s}/m": bytes([s])}), 1, "g1")
+
+    class Flaky(DroppingBackend):
+        def download(self, key: str, dst: Path, progress: Any = None) -> str:
+            if "step_000020" in key:
+                raise StoreError(f"downloading {key}: connection reset (after retries)")
+            return self.inner.download(key, dst, progress)
+
+    flaky = CheckpointStore(Flaky(inner, random.Random(0), p=0), "r")  # type: ignore[arg-type]
+    result = flaky.pull(tmp_path / "d", quiet=True, repair_as=(2, "g2"))
+    assert result is not None and result.step == 10
+    assert store.quarantined() == {} and store.repairs() == []
+    assert store.read_pointer().step == 20  # type: ignore[union-attr]

@@ -550,9 +550,8 @@ class CheckpointStore:
         if pointer is not None:
             parsed = self.keys.parse_manifest_key(pointer.manifest)
             if parsed is None or parsed[0] != pointer.step:
-                rejected.append(
-                    (pointer.step, f"pointer names {pointer.manifest!r}, not a manifest of it")
-                )
+                pointer_error = f"pointer names {pointer.manifest!r}, not a manifest of its step"
+                rejected.append((pointer.step, pointer_error))
             else:
                 candidates.append((pointer.step, pointer.manifest))
         top = pointer.step if pointer is not None else None
@@ -593,6 +592,7 @@ class CheckpointStore:
                     and key == pointer.manifest
                 ):
                     self._quarantine(key, step, str(e), *repair_as)
+                    pointer_error = f"step {step} quarantined: {e}"
                 continue
             for mf in manifest.files:
                 # The path was validated (relative, no '..'); a directory the pod's owner
@@ -603,11 +603,12 @@ class CheckpointStore:
                 os.replace(staging / mf.path, target)
             shutil.rmtree(staging, ignore_errors=True)
             result_pointer, repaired = pointer, False
-            if repair_as is not None and (pointer is None or key != pointer.manifest):
+            # Move the pointer only off what is proven bad: a step that merely failed to
+            # download (a transient error) stays the pointer's, for the next pod to retry.
+            if repair_as is not None and pointer_error is not None:
                 result_pointer = self._point_at(key, step, *repair_as)
                 repaired = True
-                if pointer_error is not None:
-                    self._record_repair("pointer-rebuilt", *repair_as, step, pointer_error)
+                self._record_repair("pointer-rebuilt", *repair_as, step, pointer_error)
             assert result_pointer is not None
             if repair_as is not None:
                 for path, other in healed:
