@@ -255,3 +255,16 @@ def test_manifest_with_bad_path_is_rejected_when_parsed() -> None:
     with pytest.raises(ValueError, match="prefix"):
         Manifest.model_validate(doc)
     assert os.sep == "/"  # the checks above are for POSIX pods
+
+
+def test_a_planted_staging_symlink_is_not_followed(tmp_path: Path) -> None:
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+    store.publish(2, make_step(tmp_path, 2, {"outputs/step_2/DONE": b"new"}), 1, "t")
+    work = tmp_path / "work"
+    work.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (work / ".respawn-staging-2").symlink_to(elsewhere, target_is_directory=True)
+    assert store.pull(work, quiet=True).step == 2  # type: ignore[union-attr]
+    assert list(elsewhere.iterdir()) == []
+    assert (work / "outputs/step_2/DONE").read_bytes() == b"new"

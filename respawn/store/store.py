@@ -562,7 +562,7 @@ class CheckpointStore:
         alternates = _Alternates(self, refs)
         for step, key in candidates:
             staging = dest / f".respawn-staging-{step}"
-            shutil.rmtree(staging, ignore_errors=True)
+            _clear(staging)
             try:
                 manifest = self.read_manifest_key(key)
                 if manifest is None:
@@ -653,6 +653,8 @@ class CheckpointStore:
             quiet=quiet,
         )
         staging.mkdir(parents=True, exist_ok=True)
+        if staging.is_symlink():
+            raise CorruptError(f"{staging} is a symlink: refusing to restore through it")
         root = staging.resolve()
 
         def fetch(mf: ManifestFile) -> tuple[str, str] | None:
@@ -797,6 +799,14 @@ class CheckpointStore:
         if old:
             log.info("deleting %d crash-left temporaries", len(old))
             self.backend.delete(old)
+
+
+def _clear(path: Path) -> None:
+    """Remove a leftover staging directory; a symlink in its place is removed, never
+    followed (rmtree refuses links, and the download would write through it)."""
+    if path.is_symlink():
+        path.unlink()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class _Alternates:
