@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
-from respawn.pod.bootstrap import context_from_env, restore
 
 from respawn.contract.pod import PodSpec
+from respawn.pod.bootstrap import context_from_env, restore
 from respawn.store.b2_backend import B2Backend
 from respawn.store.disk import complete_steps
 from respawn.store.schema import utcnow

@@ -506,9 +506,8 @@ def test_gc_spares_a_step_whose_whole_upload_the_listing_hid(tmp_path: Path) -> 
 
 def test_pod_restores_through_a_corrupt_pointer(tmp_path: Path) -> None:
     """Invalid latest.json used to stop the pod forever; its restore now rebuilds it."""
-    from respawn.pod.bootstrap import context_from_env, restore
-
     from respawn.contract.pod import PodSpec
+    from respawn.pod.bootstrap import context_from_env, restore
 
     url = f"file://{tmp_path / 'store'}"
     store = CheckpointStore.open(url, "r")
