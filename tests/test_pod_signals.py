@@ -23,14 +23,14 @@ SLOW_DISK = textwrap.dedent(
 
     _upload = file_backend.FileBackend.upload
 
-    def upload(self, key, src, size, progress=None):
+    def upload(self, key, src, size, progress=None, sha1=None):
         events = os.environ["SLOW_UPLOAD_EVENTS"]
         slow = int(re.search(r"/step_(\\d+)/", key).group(1)) >= 10
         if slow:
             with open(events, "a") as f:
                 f.write(f"start {key}\\n")
             time.sleep(6)
-        result = _upload(self, key, src, size, progress)
+        result = _upload(self, key, src, size, progress, sha1)
         if slow:
             with open(events, "a") as f:
                 f.write(f"end {key}\\n")
