@@ -20,6 +20,7 @@ from respawn.store.backend import Backend, ObjectInfo
 from respawn.store.file_backend import FileBackend
 from respawn.store.schema import Heartbeat, utcnow
 from respawn.store.store import (
+    BackwardsError,
     CheckpointStore,
     FencedError,
     NothingVerifiesError,
@@ -354,6 +355,8 @@ def test_publish_over_a_corrupt_pointer_repairs_it(tmp_path: Path) -> None:
     store = file_store(tmp_path / "store")
     store.publish(1, make_step(tmp_path, 1, {"c/step_1/m": b"a"}), 1, "t")
     store.backend.write_bytes(store.keys.latest, b"[]")
+    with pytest.raises(BackwardsError, match="not a JSON object"):
+        store.publish(1, make_step(tmp_path / "again", 1, {"c/step_1/m": b"a"}), 1, "t")
     store.publish(2, make_step(tmp_path, 2, {"c/step_2/m": b"b"}), 1, "t")
     assert store.read_pointer().step == 2  # type: ignore[union-attr]
     assert [e.kind for e in store.repairs()] == ["pointer-rebuilt"]

@@ -365,6 +365,18 @@ class CheckpointStore:
         reclaim = pointer is not None and step <= pointer.step
         if pointer is not None and reclaim and pointer.generation >= generation:
             raise BackwardsError(f"step {step} is not newer than the published step {pointer.step}")
+        if pointer_error is not None:
+            # No pointer to compare with: the newest manifest of this or a newer generation
+            # stands in for it, so a rebuilt pointer never lands behind one.
+            floor = [
+                st
+                for st, refs in self.manifest_refs().items()
+                if any(r.generation is None or r.generation >= generation for r in refs)
+            ]
+            if floor and step <= max(floor):
+                raise BackwardsError(
+                    f"step {step} is not newer than step {max(floor)} ({pointer_error})"
+                )
         previous: Manifest | None = None
         if pointer is not None:
             try:
