@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
-from respawn.store.backend import StoreMissingError
+from respawn.store.backend import StoreConfigError
 from respawn.store.disk import LocalFile, complete_steps
 from respawn.store.progress import TransferProgress, human_bytes
 from respawn.store.store import CheckpointStore, StoreError
@@ -130,7 +130,7 @@ def run_ckpt(args: argparse.Namespace) -> int:
                 print("deleted steps: " + (", ".join(map(str, gone)) if gone else "none"))
     except ValueError as e:
         raise UsageError(str(e)) from e
-    except StoreMissingError as e:
+    except StoreConfigError as e:  # a missing store, bucket or key: bad config, exit 2
         print(f"respawn ckpt: {e}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as e:
