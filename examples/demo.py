@@ -58,6 +58,7 @@ def demo_config(base: Path) -> FleetConfig:
     doc = yaml.safe_load(text)
     doc["store"]["url"] = f"file://{base / 'store'}"
     doc["providers"]["local"]["state_dir"] = str(base / "instances")
+    doc["providers"]["local"]["keep_disks"] = True  # the demo compares the trainers' metrics
     return FleetConfig.model_validate(doc)
 
 

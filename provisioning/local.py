@@ -72,9 +72,12 @@ def _start_ticks(pid: int) -> int | None:
 class LocalProvider(WithTrainerControl, Provider):
     name = "local"
 
-    def __init__(self, state_dir: str | Path, term_grace: float = 30.0) -> None:
+    def __init__(
+        self, state_dir: str | Path, term_grace: float = 30.0, keep_disks: bool = False
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.term_grace = term_grace
+        self.keep_disks = keep_disks
         self._records = self.state_dir / "instances"
 
     def _ensure_dirs(self) -> None:
@@ -197,8 +200,8 @@ class LocalProvider(WithTrainerControl, Provider):
                 out.append(self._instance(rec, InstanceState.RUNNING))
             else:
                 # A process that is gone bills nothing: forget it, as a cloud forgets a
-                # destroyed instance. Its disk stays for post-mortems.
-                path.unlink(missing_ok=True)
+                # destroyed instance, disk and all (its log stays in logs/).
+                self._forget(rec, path)
         return out
 
     def record(self, instance_id: str) -> dict[str, object] | None:
@@ -228,7 +231,13 @@ class LocalProvider(WithTrainerControl, Provider):
                 time.sleep(0.02)
         if self._alive(rec):
             raise ProviderError(f"local: instance {instance_id} survived SIGKILL")
-        self._record_path(instance_id).unlink(missing_ok=True)
+        self._forget(rec, self._record_path(instance_id))
+
+    def _forget(self, rec: dict[str, object], path: Path) -> None:
+        # A cloud's destroyed instance takes its disk with it; checkpoints live in the store.
+        if not self.keep_disks and rec.get("disk"):
+            shutil.rmtree(str(rec["disk"]), ignore_errors=True)
+        path.unlink(missing_ok=True)
 
     def diagnose(self, instance_id: str) -> dict[str, str]:
         rec = self.record(instance_id)
@@ -254,7 +263,10 @@ class LocalSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     state_dir: str = Field(description="where the local provider keeps its instance records")
+    keep_disks: bool = Field(
+        False, description="keep a terminated instance's working directory (for post-mortems)"
+    )
 
 
 def from_settings(settings: LocalSettings, secrets: Secrets) -> LocalProvider:
-    return LocalProvider(settings.state_dir)
+    return LocalProvider(settings.state_dir, keep_disks=settings.keep_disks)

@@ -204,3 +204,18 @@ def test_diagnose_shows_the_pod_log(fleet_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "respawn-job-g1 (running)" in proc.stdout
     assert "starting trainer" in proc.stdout and "GiB free" in proc.stdout
+
+
+def test_terminate_removes_a_local_instance_disk(tmp_path: Path) -> None:
+    from respawn.provisioning.base import LaunchSpec, Resources
+    from respawn.provisioning.local import LocalProvider
+
+    provider = LocalProvider(tmp_path / "state", term_grace=2)
+    offer = provider.offers(Resources(max_price_per_hour=1))[0]
+    spec = LaunchSpec(run="r", generation=1, image=None, disk_gb=1, max_price_per_hour=1, env={})
+    inst = provider.launch(offer, spec)
+    disk = Path(str(provider.record(inst.id)["disk"]))  # type: ignore[index]
+    assert disk.is_dir()
+    provider.terminate(inst.id)
+    assert not disk.exists(), "a terminated instance must not leave its disk behind"
+    assert provider.list_all() == []
