@@ -74,11 +74,18 @@ def cmd_offers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([o.model_dump(mode="json") for o in offers], indent=2))
     else:
-        print(f"{'provider':<8} {'offer':<14} {'gpu':<14} {'n':>2} {'vram':>6} {'$/h':>8} location")
+        from respawn.provisioning.offers import matching_names
+
+        for line in matching_names(run.resources, run.providers):
+            print(line)
+        print(
+            f"{'provider':<8} {'offer':<14} {'gpu':<14} {'n':>2} {'vram':>6} {'$/h':>8} "
+            f"{'market':<13} location"
+        )
         for o in offers:
             print(
                 f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
-                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.location or ''}"
+                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}"
             )
     return EXIT_OK if ok or offers else EXIT_FAILED
 
@@ -215,8 +222,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from respawn.provisioning.registry import grace_warnings
+
     fleet = _load(args)
     print(f"{args.config}: ok ({len(fleet.runs)} run(s): {', '.join(r.name for r in fleet.runs)})")
+    for r in fleet.runs:
+        for w in grace_warnings(r.providers, r.pod.term_grace.total_seconds()):
+            print(f"warning: run {r.name}: {w}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -42,6 +42,7 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                             "generation",
                             "state",
                             "price_per_hour",
+                            "interruptible",
                         },
                     )
                     for i in r.observation.instances

@@ -20,6 +20,7 @@ from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
+from respawn.provisioning import vast as vast_adapter
 from respawn.store.schema import utcnow
 from tests.conftest import run_cli
 from tests.fakes.http import Fault
@@ -33,6 +34,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
 
 
 @pytest.fixture
@@ -70,6 +72,7 @@ def write_fleet(
                     "gpu_count": 1,
                     "disk_gb": 100,
                     "max_price_per_hour": 2.0,
+                    "market": "interruptible_then_on_demand",
                 },
                 "providers": ["vast", "runpod"],
                 "budget": {"max_launches_per_day": 5, "max_spend_per_day": 100},
@@ -117,7 +120,7 @@ def test_failed_listing_is_unknown_and_launches_nothing(tmp_path: Path, clouds: 
     report = tick(fleet)[0]
     assert report.plan.verdict.health.value == "unknown"
     assert [a.kind for a in report.plan.actions] == ["alert"]
-    assert vast.count("create") == 0 and runpod.count("podRentInterruptable") == 0
+    assert vast.count("create") == 0 and runpod.count("podFindAndDeployOnDemand") == 0
 
 
 def test_secrets_echoed_by_an_api_error_are_redacted(
@@ -188,17 +191,24 @@ def test_outbid_old_generation_that_resumes_is_destroyed(tmp_path: Path, clouds:
     assert stray not in vast.instances and vast.labels() == ["respawn-job-g2"]
 
 
-def test_offers_command_ranks_across_providers(tmp_path: Path, clouds: tuple) -> None:
+def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
     proc = run_cli("offers", "-c", str(path), "--run", "job", "--json")
     assert proc.returncode == 0, proc.stderr
     offers = json.loads(proc.stdout)
-    assert [(o["provider"], o["price_per_hour"]) for o in offers] == [
-        ("vast", 0.165),
-        ("vast", 0.22),
-        ("runpod", 0.275),
+    assert [(o["provider"], o["market"], round(o["price_per_hour"], 3)) for o in offers] == [
+        ("vast", "interruptible", 0.186),  # bid 0.165 + 100 GB of disk
+        ("vast", "interruptible", 0.241),
+        ("runpod", "on_demand", 0.34),  # community cloud
+        ("vast", "on_demand", 0.371),
+        ("vast", "on_demand", 0.421),
+        ("runpod", "on_demand", 0.69),  # secure cloud
     ]
+    text = run_cli("offers", "-c", str(path), "--run", "job")
+    assert "gpus on vast: RTX 4090" in text.stdout
+    assert "gpus on runpod: NVIDIA GeForce RTX 4090" in text.stdout
+    assert "interruptible" in text.stdout and "on_demand" in text.stdout
 
 
 def test_terminate_command_destroys_on_every_provider(tmp_path: Path, clouds: tuple) -> None:
