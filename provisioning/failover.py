@@ -41,7 +41,6 @@ def launch_first_fit(
     cap = resources.max_price_per_hour
     wanted = markets_of(resources.market)
     tried: list[str] = []
-    listed: dict[str, list[Offer]] = {}
     given_up: set[str] = set()
     for market in wanted:
         for name in order:
@@ -61,15 +60,14 @@ def launch_first_fit(
                 continue
             if market not in provider.markets:
                 continue
-            if name not in listed:
-                try:
-                    got = provider.offers(resources)
-                    listed[name] = [o for o in got if o.price_per_hour <= cap]
-                except ProviderError as e:
-                    tried.append(redact(f"{name}: offers failed: {e}"))
-                    given_up.add(name)
-                    continue
-            offers = [o for o in listed[name] if o.market == market]
+            try:
+                # One market at a time: on-demand is searched only when spot launched nothing.
+                got = provider.offers(resources.model_copy(update={"market": market}))
+            except ProviderError as e:
+                tried.append(redact(f"{name}: offers failed: {e}"))
+                given_up.add(name)
+                continue
+            offers = [o for o in got if o.market == market and o.price_per_hour <= cap]
             if not offers:
                 tried.append(f"{name}: no {market} offer under ${cap:g}/h")
                 continue

@@ -98,7 +98,7 @@ def metrics(disk: Path) -> list[dict[str, Any]]:
 def test_rent_preempt_resume_finish_through_the_vast_api(tmp_path: Path, vast: BootingVast) -> None:
     doc = {
         "store": {"url": f"file://{tmp_path / 'store'}"},
-        "providers": {"vast": {"server_url": vast.url}},  # type: ignore[attr-defined]
+        "providers": {"vast": {"server_url": vast.url, "pace": False}},  # type: ignore[attr-defined]
         "runs": [
             {
                 "name": "toy",

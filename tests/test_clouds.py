@@ -22,7 +22,7 @@ from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
 from respawn.provisioning import vast as vast_adapter
 from respawn.store.schema import utcnow
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.fakes.http import Fault
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.ssh import FakeSSH
@@ -54,7 +54,7 @@ def write_fleet(
     doc = {
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
-            "vast": {"server_url": vast.url},  # type: ignore[attr-defined]
+            "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
             "runpod": {"api_url": runpod.url},  # type: ignore[attr-defined]
             **({"ssh_private_key_env": ssh_env} if ssh_env else {}),
         },
@@ -302,3 +302,69 @@ def test_a_failed_shared_listing_makes_every_run_unknown(tmp_path: Path, clouds:
     reports = tick(load_config(path))
     assert [r.plan.verdict.health.value for r in reports] == ["unknown", "unknown"]
     assert vast.count("create") == 0
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_created_stopped_contract_is_destroyed_and_its_key_never_logged(
+    tmp_path: Path, clouds: tuple, status: int
+) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.stopped_reply_status = status
+    vast.min_bid_at_create[102] = 0.5  # our bid on the cheapest offer is now too low
+    proc = run_cli("-v", "reconcile", "-c", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    # The refused contract was destroyed; the next offer was rented.
+    assert [r["label"] for r in vast.instances.values()] == ["respawn-job-g1"]
+    assert vast.count("destroy") == 1 and len(vast.api_keys) == 2
+    everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
+    assert "refused" in everything or vast.count("create") == 2
+    for key in vast.api_keys:
+        assert key not in everything
+
+
+def test_ledger_and_status_say_which_market(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"])
+    vast.offers.clear()  # no Vast at all: RunPod on-demand
+    fleet = load_config(path)
+    assert tick(fleet)[0].results[0].ok
+    launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
+    assert launch is not None and (launch.provider, launch.market) == ("runpod", "on_demand")
+    proc = run_cli("status", "-c", str(path), "--json")
+    (inst,) = json.loads(proc.stdout)["runs"][0]["instances"]
+    assert inst["provider"] == "runpod" and "interruptible" in inst
+
+
+def test_the_production_config_launches_through_the_fakes(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped config, pointed at the fakes: 8x H100 at `min_vram_gb: 80` matches Vast's
+    81559 MB cards, and every environment value fits Vast's 256-character limit (the fake
+    refuses a longer one)."""
+    vast, runpod = clouds
+    doc = yaml.safe_load((ROOT / "examples/production.yaml").read_text())
+    doc["store"] = {"url": f"file://{tmp_path / 'store'}"}
+    doc["providers"]["vast"]["server_url"] = vast.url  # type: ignore[attr-defined]
+    doc["providers"]["vast"]["pace"] = False
+    doc["providers"]["runpod"]["api_url"] = runpod.url  # type: ignore[attr-defined]
+    doc["providers"].pop("ssh_private_key_env")
+    run = doc["runs"][0]
+    run.pop("wandb")  # no W&B on loopback
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 37)
+    vast.offers[200] = {
+        **vast.offers[103],
+        "id": 200,
+        "num_gpus": 8,
+        "min_bid": 12.0,
+        "dph_base": 20.0,
+        "disk_space": 2000.0,
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    report = tick(load_config(path))[0]
+    assert report.results[0].ok, report.results[0].detail
+    assert vast.labels() == [f"respawn-{run['name']}-g1"]
+    env = vast.bodies[-1]["env"]
+    assert max(len(v) for v in env.values()) <= 256
+    assert vast.bodies[-1]["price"] == pytest.approx(13.2)  # min bid + 10%, disk on top

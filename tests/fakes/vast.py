@@ -143,6 +143,7 @@ class FakeVast(FakeAPI):
         self.stuck_loading = False
         self.ignore_price = False  # the bug a create without a bid hits: on-demand, silently
         self.stopped_reply_status = 200  # how a too-low bid is answered: 200 or a 4xx
+        self.min_bid_at_create: dict[int, float] = {}  # the market moved since the search
         self.refuse_403: set[int] = set()  # offers whose create answers 403 (host refuses)
         self.created_status_msg = ""  # e.g. an image that cannot start: stays `created`
         self.search_quota_spent = False
@@ -313,6 +314,8 @@ class FakeVast(FakeAPI):
         if offer_id in self.refuse_403:
             return error(403, "forbidden", "You are not allowed to rent this machine.")
         offer = self.offers.pop(offer_id, None)
+        if offer is not None and offer_id in self.min_bid_at_create:
+            offer = {**offer, "min_bid": self.min_bid_at_create[offer_id]}
         if offer is None:
             return error(
                 404,
