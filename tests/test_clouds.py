@@ -13,14 +13,16 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
-
 from respawn.controller.config import load_config
 from respawn.controller.ledger import read_ledger, write_ledger
 from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
-from respawn.provisioning import vast as vast_adapter
+import types
+
+vast_adapter = types.SimpleNamespace()
+
 from respawn.store.schema import utcnow
 from tests.conftest import ROOT, run_cli
 from tests.fakes.http import Fault
@@ -34,7 +36,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
+    pass
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def write_fleet(
     doc = {
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
-            "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
+            "vast": {"server_url": vast.url},  # type: ignore[attr-defined]
             "runpod": {"api_url": runpod.url},  # type: ignore[attr-defined]
             **({"ssh_private_key_env": ssh_env} if ssh_env else {}),
         },
@@ -346,7 +348,7 @@ def test_the_production_config_launches_through_the_fakes(
     doc = yaml.safe_load((ROOT / "examples/production.yaml").read_text())
     doc["store"] = {"url": f"file://{tmp_path / 'store'}"}
     doc["providers"]["vast"]["server_url"] = vast.url  # type: ignore[attr-defined]
-    doc["providers"]["vast"]["pace"] = False
+
     doc["providers"]["runpod"]["api_url"] = runpod.url  # type: ignore[attr-defined]
     doc["providers"].pop("ssh_private_key_env")
     run = doc["runs"][0]
@@ -368,3 +370,23 @@ def test_the_production_config_launches_through_the_fakes(
     env = vast.bodies[-1]["env"]
     assert max(len(v) for v in env.values()) <= 256
     assert vast.bodies[-1]["price"] == pytest.approx(13.2)  # min bid + 10%, disk on top
+
+
+def test_every_spot_offer_is_tried_before_any_on_demand(tmp_path: Path, clouds: tuple) -> None:
+    """interruptible_then_on_demand: Vast spot, (RunPod has none), then on-demand in the
+    run's provider order: Vast on-demand before RunPod."""
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    vast.min_bid_at_create = {101: 1.0, 102: 1.0}  # every spot bid is refused
+    report = tick(fleet)[0]
+    assert report.results[0].ok, report.results[0].detail
+    (row,) = vast.instances.values()
+    assert row["is_bid"] is False and runpod.pods == {}
+    launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
+    assert launch is not None and launch.market == "on_demand"
+
+
+def test_validate_warns_when_term_grace_outlasts_runpods(tmp_path: Path) -> None:
+    proc = run_cli("validate", "-c", str(ROOT / "examples/production.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "term_grace is 25s but runpod kills a pod about 5s after SIGTERM" in proc.stderr

@@ -225,7 +225,7 @@ class FakeVast(FakeAPI):
 
     @staticmethod
     def _public(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in row.items() if k != "polls"}
+        return {k: v for k, v in row.items() if k != "polls" and not k.startswith("_")}
 
     # -- routes --------------------------------------------------------------------------
 
@@ -243,8 +243,11 @@ class FakeVast(FakeAPI):
             return self._list(query)
         iid = int(re.findall(r"\d+", path)[-1])
         if route == "destroy":
-            if self.instances.pop(iid, None) is None:
+            gone = self.instances.pop(iid, None)
+            if gone is None:
                 return error(404, "not_found", "Instance not found")
+            if gone.get("_offer"):  # the machine is free again
+                self.offers[gone["_offer"]["id"]] = gone["_offer"]
             return Reply(200, {"success": True, "msg": "destroying instance"})
         row = self.instances.get(iid)
         return Reply(200, {"instances": self._public(row) if row else None})
@@ -339,6 +342,7 @@ class FakeVast(FakeAPI):
                 offer["storage_cost"],
             )  # fmt: skip
             row["status_msg"] = "bid below minimum: created stopped"
+            row["_offer"] = dict(offer)
             self.instances[iid] = row
             return Reply(
                 self.stopped_reply_status,
@@ -356,6 +360,7 @@ class FakeVast(FakeAPI):
                 iid, label, float(price), True, "loading", "running", env, disk,
                 offer["storage_cost"],
             )  # fmt: skip
+        row["_offer"] = dict(offer)
         if self.created_status_msg:
             row.update(actual_status="created", status_msg=self.created_status_msg)
         self.instances[iid] = row
