@@ -13,16 +13,14 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
+
 from respawn.controller.config import load_config
 from respawn.controller.ledger import read_ledger, write_ledger
 from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
-import types
-
-vast_adapter = types.SimpleNamespace()
-
+from respawn.provisioning import vast as vast_adapter
 from respawn.store.schema import utcnow
 from tests.conftest import ROOT, run_cli
 from tests.fakes.http import Fault
@@ -36,7 +34,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-    pass
+    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
 
 
 @pytest.fixture
@@ -56,7 +54,7 @@ def write_fleet(
     doc = {
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
-            "vast": {"server_url": vast.url},  # type: ignore[attr-defined]
+            "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
             "runpod": {"api_url": runpod.url},  # type: ignore[attr-defined]
             **({"ssh_private_key_env": ssh_env} if ssh_env else {}),
         },
@@ -348,6 +346,7 @@ def test_the_production_config_launches_through_the_fakes(
     doc = yaml.safe_load((ROOT / "examples/production.yaml").read_text())
     doc["store"] = {"url": f"file://{tmp_path / 'store'}"}
     doc["providers"]["vast"]["server_url"] = vast.url  # type: ignore[attr-defined]
+    doc["providers"]["vast"]["pace"] = False
 
     doc["providers"]["runpod"]["api_url"] = runpod.url  # type: ignore[attr-defined]
     doc["providers"].pop("ssh_private_key_env")
