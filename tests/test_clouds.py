@@ -92,7 +92,10 @@ def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -
     assert vast.labels() == ["respawn-job-g1"] and runpod.pods == {}
     env = vast.bodies[-1]["env"]
     assert env["RESPAWN_GENERATION"] == "1" and env["RESPAWN_STORE"].startswith("file://")
-    assert read_ledger(open_run_store(fleet.store, "job")).launch_of(1).provider == "vast"  # type: ignore[union-attr]
+    launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
+    assert launch is not None and (launch.provider, launch.market) == ("vast", "interruptible")
+    status = run_cli("status", "-c", str(tmp_path / "fleet.yaml"))
+    assert "respawn-job-g1" in status.stdout and " spot" in status.stdout
 
 
 def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) -> None:
