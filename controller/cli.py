@@ -232,6 +232,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from respawn.controller.doctor import run_doctor
+
+    lines, ok = run_doctor(_load(args), live=args.live)
+    print("\n".join(lines))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from respawn.examples.demo import run_demo
 
@@ -308,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="check a fleet config")
     with_config(sp)
     sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("doctor", help="check the config, and with --live the clouds and store")
+    with_config(sp)
+    sp.add_argument("--live", action="store_true", help="make read-only calls with your keys")
+    sp.set_defaults(func=cmd_doctor)
 
     sp = sub.add_parser("schema", help="print the fleet config's JSON Schema (for editors)")
     sp.set_defaults(func=cmd_schema)

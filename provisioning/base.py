@@ -215,6 +215,12 @@ class Provider(ABC):
     def _destroy(self, instance_id: str) -> None:
         """Destroy the instance; raise NotFoundError when it does not exist."""
 
+    def check_live(self) -> list[str]:
+        """Read-only calls with the user's key; one line per field the adapter relies on that
+        is missing or of another type (`respawn doctor --live`). Raises ProviderError when a
+        call fails."""
+        return [f"{self.name}: no live check for this provider"]
+
     # -- implemented once ----------------------------------------------------------------
 
     def list_instances(self, run: str) -> list[Instance]:

@@ -22,6 +22,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from respawn.contract.pod import ENV_NAME
+from respawn.provisioning import fields
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
@@ -83,6 +84,27 @@ _NO_CAPACITY = (
     "no available",
     "capacity",
 )
+# The fields of RunPod's replies the adapter reads, and their types in its schema.
+GPU_TYPE_FIELDS: fields.Spec = {
+    "id": fields.STR,
+    "displayName": fields.STR + fields.NULL,
+    "memoryInGb": fields.NUMBER + fields.NULL,
+    "communityCloud": fields.BOOL + fields.NULL,
+    "secureCloud": fields.BOOL + fields.NULL,
+    "community": fields.DICT + fields.NULL,
+    "secure": fields.DICT + fields.NULL,
+}
+LOWEST_PRICE_FIELDS: fields.Spec = {
+    "uninterruptablePrice": fields.NUMBER + fields.NULL,
+    "stockStatus": fields.STR + fields.NULL,
+}
+POD_FIELDS: fields.Spec = {
+    "id": fields.STR,
+    "name": fields.STR + fields.NULL,
+    "desiredStatus": fields.STR + fields.NULL,
+    "costPerHr": fields.NUMBER + fields.NULL,
+    "runtime": fields.DICT + fields.NULL,
+}
 _CLOUDS = {"ALL": ("COMMUNITY", "SECURE"), "COMMUNITY": ("COMMUNITY",), "SECURE": ("SECURE",)}
 
 
@@ -253,6 +275,32 @@ class RunPodProvider(ShellAccess, Provider):
             )
         pods = data["myself"].get("pods") or []
         return [self._instance(p) for p in pods if parse_instance_name(str(p.get("name") or ""))]
+
+    def check_live(self) -> list[str]:
+        lowest = {"gpuCount": 1}
+        variables = {
+            "community": {**lowest, "secureCloud": False},
+            "secure": {**lowest, "secureCloud": True},
+        }
+        data = self._gql(GPU_TYPES, variables, "gpu types")
+        types = data.get("gpuTypes")
+        if not isinstance(types, list) or not types:
+            return [f"runpod: gpuTypes is {types!r}, expected a list of GPU types"]
+        out: list[str] = []
+        for t in types[:5]:
+            where = f"runpod gpu type {t.get('id') if isinstance(t, dict) else '?'}"
+            out += fields.problems(where, t, GPU_TYPE_FIELDS)
+            for cloud in ("community", "secure"):
+                price = t.get(cloud) if isinstance(t, dict) else None
+                if price is not None:
+                    out += fields.problems(f"{where} {cloud} price", price, LOWEST_PRICE_FIELDS)
+        me = self._gql(PODS, {}, "list pods").get("myself")
+        if me is None:
+            return [*out, f"runpod: `myself` is null: the key is not recognised ({self.key_env})"]
+        for pod in (me.get("pods") or [])[:5]:
+            where = f"runpod pod {pod.get('id') if isinstance(pod, dict) else '?'}"
+            out += fields.problems(where, pod, POD_FIELDS)
+        return out
 
     def _destroy(self, instance_id: str) -> None:
         self._gql(TERMINATE, {"input": {"podId": instance_id}}, f"terminate {instance_id}")

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from respawn.contract.pod import ENV_NAME
+from respawn.provisioning import fields
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
@@ -140,6 +141,32 @@ def disk_cost_per_hour(row: dict[str, Any], disk_gb: float) -> float:
 
 def _floor4(x: float) -> float:
     return math.floor(x * 1e4 + 1e-9) / 1e4
+
+
+# The fields of Vast's replies the adapter reads, and their documented types.
+OFFER_FIELDS: fields.Spec = {
+    "id": (int,),
+    "gpu_name": fields.STR,
+    "num_gpus": (int,),
+    "gpu_ram": fields.NUMBER,
+    "min_bid": fields.NUMBER + fields.NULL,
+    "dph_total": fields.NUMBER,
+    "storage_cost": fields.NUMBER + fields.NULL,
+    "disk_space": fields.NUMBER,
+}
+INSTANCE_FIELDS: fields.Spec = {
+    "id": (int,),
+    "label": fields.STR + fields.NULL,
+    "actual_status": fields.STR + fields.NULL,
+    "intended_status": fields.STR + fields.NULL,
+    "status_msg": fields.STR + fields.NULL,
+    "start_date": fields.NUMBER + fields.NULL,
+    "dph_total": fields.NUMBER + fields.NULL,
+    "is_bid": fields.BOOL,
+    "ssh_host": fields.STR + fields.NULL,
+    "ssh_port": fields.NUMBER + fields.STR + fields.NULL,
+}
+PAGE_FIELDS: fields.Spec = {"instances": fields.LIST, "next_token": fields.STR + fields.NULL}
 
 
 class VastProvider(ShellAccess, Provider):
@@ -372,6 +399,29 @@ class VastProvider(ShellAccess, Provider):
                 return out
             params["after_token"] = token
         raise ProviderError("vast: list instances: the listing never ended")
+
+    def check_live(self) -> list[str]:
+        out: list[str] = []
+        for kind in ("bid", "on-demand"):
+            rows = self._call(
+                "search",
+                lambda kind=kind: self.sdk.search_offers(
+                    query={"num_gpus": {"eq": 1}}, type=kind, order="dph_total", limit=3
+                ),
+                f"search {kind} offers",
+            )
+            if not rows:
+                out.append(f"vast: search ({kind}) returned no offer to check")
+            for row in rows[:3]:
+                where = f"vast {kind} offer {row.get('id') if isinstance(row, dict) else '?'}"
+                out += fields.problems(where, row, OFFER_FIELDS)
+        params = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
+        page = self._call("list", lambda: self.sdk.show_instances_v1(params), "list instances")
+        out += fields.problems("vast instance page", page, PAGE_FIELDS)
+        for row in (page.get("instances") or [])[:5] if isinstance(page, dict) else []:
+            where = f"vast instance {row.get('id') if isinstance(row, dict) else '?'}"
+            out += fields.problems(where, row, INSTANCE_FIELDS)
+        return out
 
 
 class VastSettings(BaseModel):

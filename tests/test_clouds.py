@@ -392,3 +392,38 @@ def test_validate_warns_when_term_grace_outlasts_runpods(tmp_path: Path) -> None
     proc = run_cli("validate", "-c", str(ROOT / "examples/production.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "term_grace is 25s but runpod kills a pod about 5s after SIGTERM" in proc.stderr
+
+
+def test_doctor_live_reads_the_clouds_and_the_store(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.add_instance("respawn-job-g1")
+    proc = run_cli("doctor", "--live", "-c", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vast: ok" in proc.stdout and "runpod: ok" in proc.stdout
+    assert "store: run job: readable (no checkpoint yet)" in proc.stdout
+    # Read-only: nothing was created or destroyed.
+    assert vast.count("create") == vast.count("destroy") == 0
+    assert runpod.count("podFindAndDeployOnDemand") == runpod.count("podTerminate") == 0
+
+
+def test_doctor_names_every_field_that_changed(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.offers[101]["gpu_ram"] = "24564"  # a string where the adapter compares numbers
+    del vast.offers[102]["min_bid"]
+    iid = vast.add_instance("respawn-job-g1")
+    vast.instances[iid]["is_bid"] = "true"
+    proc = run_cli("doctor", "--live", "-c", str(path))
+    assert proc.returncode == 1
+    assert "offer 101: field 'gpu_ram' is str, expected int or float" in proc.stdout
+    assert "offer 102: field 'min_bid' is missing" in proc.stdout
+    assert f"vast instance {iid}: field 'is_bid' is str, expected bool" in proc.stdout
+    assert "runpod: ok" in proc.stdout
+
+
+def test_doctor_without_live_calls_nothing(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    proc = run_cli("doctor", "-c", str(write_fleet(tmp_path, vast, runpod, ["RTX_4090"])))
+    assert proc.returncode == 0 and "pass --live" in proc.stdout
+    assert vast.calls == [] and runpod.calls == []
