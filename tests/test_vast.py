@@ -101,7 +101,8 @@ def test_vram_is_nominal_gb(
     """A 4090 reports 24564 MB and an H100 80GB 81559 MB: `24` and `80` must match them."""
     res = RES.model_copy(update={"gpus": gpus, "min_vram_gb": vram, "max_price_per_hour": 5.0})
     assert [o.id for o in provider(fake).offers(res)] == ids
-    assert fake.searches[-1]["gpu_ram"]["gte"] <= 24564 if vram == 24 else 81559
+    reported_mb = 24564 if vram == 24 else 81559
+    assert fake.searches[-1]["gpu_ram"]["gte"] <= reported_mb
 
 
 def test_h100_family_searches_every_vast_spelling(fake: FakeVast) -> None:
@@ -371,3 +372,11 @@ def test_rate_limit_waits_for_retry_after(fake: FakeVast, monkeypatch: pytest.Mo
     provider(fake).list_instances("job")
     assert waits == [7.0]  # backoff is 0 here: only Retry-After made it wait
     assert fake.count("list") == 2
+
+
+def test_a_read_back_over_the_cap_moves_on_to_the_next_offer(fake: FakeVast) -> None:
+    p = provider(fake)
+    fake.overcharge[102] = 0.5  # the host bills more than the offer said
+    inst, offer = launch_first_fit(["vast"], {"vast": p}, RES, lambda _n, _o: spec())
+    assert offer.id == "101" and list(fake.instances) == [int(inst.id)]
+    assert fake.count("destroy") == 1  # the over-priced instance was not kept

@@ -145,6 +145,7 @@ class FakeVast(FakeAPI):
         self.stopped_reply_status = 200  # how a too-low bid is answered: 200 or a 4xx
         self.min_bid_at_create: dict[int, float] = {}  # the market moved since the search
         self.refuse_403: set[int] = set()  # offers whose create answers 403 (host refuses)
+        self.overcharge: dict[int, float] = {}  # $/h an instance bills above its offer
         self.created_status_msg = ""  # e.g. an image that cannot start: stays `created`
         self.search_quota_spent = False
         self.ssh_port = 22
@@ -361,6 +362,7 @@ class FakeVast(FakeAPI):
                 offer["storage_cost"],
             )  # fmt: skip
         row["_offer"] = dict(offer)
+        row["dph_total"] += self.overcharge.get(offer_id, 0.0)
         if self.created_status_msg:
             row.update(actual_status="created", status_msg=self.created_status_msg)
         self.instances[iid] = row
