@@ -218,8 +218,8 @@ class Provider(ABC):
     def check_live(self) -> list[str]:
         """Read-only calls with the user's key; one line per field the adapter relies on that
         is missing or of another type (`respawn doctor --live`). Raises ProviderError when a
-        call fails."""
-        return [f"{self.name}: no live check for this provider"]
+        call fails. A provider without a remote API has nothing to check."""
+        return []
 
     # -- implemented once ----------------------------------------------------------------
 
