@@ -139,6 +139,14 @@ def disk_cost_per_hour(row: dict[str, Any], disk_gb: float) -> float:
     return float(total) if isinstance(total, int | float) else 0.0
 
 
+def _number(value: Any) -> float | None:
+    """A number from a reply field that may be a number, a numeric string or junk."""
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _floor4(x: float) -> float:
     return math.floor(x * 1e4 + 1e-9) / 1e4
 
@@ -227,43 +235,49 @@ class VastProvider(ShellAccess, Provider):
             ),
             f"search {market} offers",
         )
-        cap = resources.max_price_per_hour
         out = []
         for row in rows:
-            if not isinstance(row, dict) or row.get("id") is None:
-                continue
-            disk = disk_cost_per_hour(row, resources.disk_gb)
-            bid: float | None = None
-            if market == "interruptible":
-                if row.get("min_bid") is None:
-                    continue  # not rentable as interruptible
-                bid = bid_for(float(row["min_bid"]), self.bid_margin, _floor4(cap - disk))
-                if bid is None:
-                    continue
-                price = round(bid + disk, 6)
-            elif row.get("dph_total") is not None:
-                price = float(row["dph_total"])
-            else:
-                continue
-            out.append(
-                Offer(
-                    provider=self.name,
-                    id=str(row["id"]),
-                    gpu_name=str(row.get("gpu_name", "?")),
-                    gpu_count=int(row.get("num_gpus") or 0),
-                    vram_gb=float(row.get("gpu_ram") or 0) / 1024,
-                    price_per_hour=price,
-                    market=market,
-                    bid=bid,
-                    min_bid=float(row["min_bid"]) if row.get("min_bid") is not None else None,
-                    reliability=row.get("reliability2", row.get("reliability")),
-                    inet_down_mbps=row.get("inet_down"),
-                    disk_gb=row.get("disk_space"),
-                    cuda=row.get("cuda_max_good"),
-                    location=row.get("geolocation"),
-                )
-            )
+            try:
+                offer = self._offer(row, resources, market)
+            except (TypeError, ValueError):
+                continue  # one malformed row must not hide the others
+            if offer is not None:
+                out.append(offer)
         return select(out, resources)
+
+    def _offer(self, row: Any, resources: Resources, market: Market) -> Offer | None:
+        if not isinstance(row, dict) or row.get("id") is None:
+            return None
+        disk = disk_cost_per_hour(row, resources.disk_gb)
+        bid: float | None = None
+        if market == "interruptible":
+            if row.get("min_bid") is None:
+                return None  # not rentable as interruptible
+            cap = _floor4(resources.max_price_per_hour - disk)
+            bid = bid_for(float(row["min_bid"]), self.bid_margin, cap)
+            if bid is None:
+                return None
+            price = round(bid + disk, 6)
+        elif row.get("dph_total") is not None:
+            price = float(row["dph_total"])
+        else:
+            return None
+        return Offer(
+            provider=self.name,
+            id=str(row["id"]),
+            gpu_name=str(row.get("gpu_name", "?")),
+            gpu_count=int(row.get("num_gpus") or 0),
+            vram_gb=float(row.get("gpu_ram") or 0) / 1024,
+            price_per_hour=price,
+            market=market,
+            bid=bid,
+            min_bid=float(row["min_bid"]) if row.get("min_bid") is not None else None,
+            reliability=_number(row.get("reliability2", row.get("reliability"))),
+            inet_down_mbps=_number(row.get("inet_down")),
+            disk_gb=_number(row.get("disk_space")),
+            cuda=_number(row.get("cuda_max_good")),
+            location=str(row["geolocation"]) if row.get("geolocation") else None,
+        )
 
     # -- launch (the safety rules are in Provider.launch) -------------------------------
 
@@ -367,7 +381,7 @@ class VastProvider(ShellAccess, Provider):
             generation=parsed[1],
             state=vast_state(row),
             created_at=created,
-            price_per_hour=row.get("dph_total"),
+            price_per_hour=_number(row.get("dph_total")),
             ssh_host=row.get("ssh_host") or row.get("public_ipaddr"),
             ssh_port=int(port) if isinstance(port, int | str) and str(port).isdigit() else None,
             interruptible=row.get("is_bid") if isinstance(row.get("is_bid"), bool) else None,

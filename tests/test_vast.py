@@ -380,3 +380,8 @@ def test_a_read_back_over_the_cap_moves_on_to_the_next_offer(fake: FakeVast) -> 
     inst, offer = launch_first_fit(["vast"], {"vast": p}, RES, lambda _n, _o: spec())
     assert offer.id == "101" and list(fake.instances) == [int(inst.id)]
     assert fake.count("destroy") == 1  # the over-priced instance was not kept
+
+
+def test_a_malformed_offer_row_is_skipped_not_fatal(fake: FakeVast) -> None:
+    fake.offers[101]["min_bid"] = "n/a"
+    assert [o.id for o in provider(fake).offers(RES)] == ["102"]
