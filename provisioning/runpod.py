@@ -173,13 +173,15 @@ class RunPodProvider(ShellAccess, Provider):
         for t in data.get("gpuTypes") or []:
             if not isinstance(t, dict) or not t.get("id"):
                 continue
-            names = gpu_keys([t["id"], t.get("displayName") or t["id"]])
-            if wanted and not names & wanted:
+            shown = t.get("displayName") or t["id"]
+            if wanted and not gpu_keys([t["id"], shown]) & wanted:
                 continue
+            # The name that matched the config: `fits` compares it again.
+            name = t["id"] if not wanted or gpu_keys([t["id"]]) & wanted else shown
             for cloud in by_cloud:
                 if t.get(f"{cloud.lower()}Cloud") is False:
                     continue
-                price = (t.get(cloud.lower()) or {}) or {}
+                price = t.get(cloud.lower()) or {}
                 per_gpu = price.get("uninterruptablePrice")
                 if per_gpu is None or price.get("stockStatus") is None:
                     continue  # out of stock in this cloud (gpuhunt skips a null stockStatus)
@@ -187,7 +189,7 @@ class RunPodProvider(ShellAccess, Provider):
                     Offer(
                         provider=self.name,
                         id=f"{cloud.lower()}:{t['id']}",
-                        gpu_name=str(t["id"]),
+                        gpu_name=str(name),
                         gpu_count=resources.gpu_count,
                         vram_gb=float(t.get("memoryInGb") or 0),
                         price_per_hour=round(float(per_gpu) * count, 4),
