@@ -37,7 +37,18 @@ from tests.fakes.http import FakeAPI, Reply
 
 HOURS_PER_MONTH = 720
 
-DEFAULT_OFFERS = [
+_OFFER_DEFAULTS = {
+    "verified": True,
+    "external": False,
+    "rentable": True,
+    "rented": False,
+    "is_bid": False,
+    "hosting_type": 0,
+    "cpu_cores": None,  # gpuhunt: "can be None"
+    "start_date": None,
+}
+
+_LISTED = [
     {
         "id": 101,
         "gpu_name": "RTX 4090",
@@ -81,16 +92,8 @@ DEFAULT_OFFERS = [
         "geolocation": "Quebec, CA",
     },
 ]
-_OFFER_DEFAULTS = {
-    "verified": True,
-    "external": False,
-    "rentable": True,
-    "rented": False,
-    "is_bid": False,
-    "hosting_type": 0,
-    "cpu_cores": None,  # gpuhunt: "can be None"
-    "start_date": None,
-}
+# Whole rows as a search returns them (before `dph_total`, which depends on the disk).
+DEFAULT_OFFERS = [{**_OFFER_DEFAULTS, **o} for o in _LISTED]
 
 
 def _num(v: Any) -> Any:
@@ -134,9 +137,7 @@ class FakeVast(FakeAPI):
         self.unauthorized = json.dumps(
             {"success": False, "error": "auth_error", "msg": "Invalid user key"}
         ).encode()
-        self.offers: dict[int, dict[str, Any]] = {
-            o["id"]: {**_OFFER_DEFAULTS, **o} for o in DEFAULT_OFFERS
-        }
+        self.offers: dict[int, dict[str, Any]] = {o["id"]: dict(o) for o in DEFAULT_OFFERS}
         self.instances: dict[int, dict[str, Any]] = {}
         self.ids = itertools.count(9001)
         self.loading_polls = 1
