@@ -231,3 +231,26 @@ def test_5xx_retried_then_transient(fake: FakeRunPod) -> None:
     fake.fail("myself", *[Fault(status=503)] * 5)
     with pytest.raises(TransientProviderError):
         provider(fake).list_instances("job")
+
+
+def test_the_real_runpod_sdk_works_against_the_fake(
+    fake: FakeRunPod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runpod SDK builds its documents with inline arguments: the fake parses, validates
+    and executes them against the same schema as respawn's variables."""
+    import runpod
+    from runpod import error
+
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.url.removesuffix("/graphql"))  # type: ignore[attr-defined]
+    monkeypatch.setattr(runpod, "api_key", fake.api_key)
+    pod = runpod.create_pod(
+        "respawn-sdk-g1", "img:1", "NVIDIA GeForce RTX 4090", cloud_type="COMMUNITY", env={"A": "b"}
+    )
+    assert pod["env"] == ["A=b"] and fake.deploy_inputs[-1]["cloudType"] == "COMMUNITY"
+    assert runpod.get_pod(pod["id"])["name"] == "respawn-sdk-g1"
+    assert [p["id"] for p in runpod.get_pods()] == [pod["id"]]
+    runpod.terminate_pod(pod["id"])
+    assert fake.pods == {}
+    # Why respawn sends variables: the SDK pastes values into the document.
+    with pytest.raises(error.QueryError, match="Syntax Error"):
+        runpod.create_pod("respawn-sdk-g2", "img:1", "NVIDIA GeForce RTX 4090", env={"A": 'x"y'})
