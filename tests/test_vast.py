@@ -385,3 +385,31 @@ def test_a_read_back_over_the_cap_moves_on_to_the_next_offer(fake: FakeVast) -> 
 def test_a_malformed_offer_row_is_skipped_not_fatal(fake: FakeVast) -> None:
     fake.offers[101]["min_bid"] = "n/a"
     assert [o.id for o in provider(fake).offers(RES)] == ["102"]
+
+
+@pytest.mark.parametrize(
+    ("cond", "ids"),
+    [
+        ({"num_gpus": {"eq": "1"}}, [101, 102, 103]),  # the CLI sends numbers as strings
+        ({"gpu_name": {"neq": "RTX 4090"}}, [103]),
+        ({"min_bid": {"gt": 0.15}}, [101, 103]),
+        ({"min_bid": {"gte": "0.15"}}, [101, 102, 103]),
+        ({"min_bid": {"lt": 1}}, [101, 102]),
+        ({"min_bid": {"lte": 0.15}}, [102]),
+        ({"geolocation": {"in": ["Norway, NO", "Quebec, CA"]}}, [101, 103]),
+        ({"geolocation": {"notin": ["Norway, NO"]}}, [102, 103]),
+    ],
+)
+def test_the_fake_answers_every_documented_search_operator(
+    fake: FakeVast, cond: dict, ids: list[int]
+) -> None:
+    import requests
+
+    body = {**cond, "type": "bid", "order": [["id", "asc"]], "allocated_storage": 10}
+    r = requests.post(
+        f"{fake.url}/api/v0/bundles/",  # type: ignore[attr-defined]
+        json=body,
+        headers={"Authorization": f"Bearer {fake.api_key}"},
+        timeout=5,
+    )
+    assert r.status_code == 200 and [o["id"] for o in r.json()["offers"]] == ids
