@@ -144,8 +144,10 @@ class _Actor:
                     provider=inst.provider,
                     instance_id=inst.id,
                     price_per_hour=offer.price_per_hour,
+                    market=offer.market,
                 )
-                return f"{inst.provider}:{inst.id} {inst.name} at ${offer.price_per_hour:g}/h"
+                where = f"{inst.provider}:{inst.id} {inst.name}"
+                return f"{where} at ${offer.price_per_hour:g}/h {offer.market}"
             case RestartInPlace():
                 provider = self._provider(action.provider)
                 if not isinstance(provider, WithTrainerControl):

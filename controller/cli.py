@@ -74,11 +74,18 @@ def cmd_offers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([o.model_dump(mode="json") for o in offers], indent=2))
     else:
-        print(f"{'provider':<8} {'offer':<14} {'gpu':<14} {'n':>2} {'vram':>6} {'$/h':>8} location")
+        from respawn.provisioning.offers import matching_names
+
+        for line in matching_names(run.resources, run.providers):
+            print(line)
+        print(
+            f"{'provider':<8} {'offer':<14} {'gpu':<14} {'n':>2} {'vram':>6} {'$/h':>8} "
+            f"{'market':<13} location"
+        )
         for o in offers:
             print(
                 f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
-                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.location or ''}"
+                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}"
             )
     return EXIT_OK if ok or offers else EXIT_FAILED
 
@@ -215,9 +222,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from respawn.provisioning.registry import grace_warnings
+
     fleet = _load(args)
     print(f"{args.config}: ok ({len(fleet.runs)} run(s): {', '.join(r.name for r in fleet.runs)})")
+    for r in fleet.runs:
+        for w in grace_warnings(r.providers, r.pod.term_grace.total_seconds()):
+            print(f"warning: run {r.name}: {w}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from respawn.controller.doctor import run_doctor
+
+    lines, ok = run_doctor(_load(args), live=args.live)
+    print("\n".join(lines))
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -296,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="check a fleet config")
     with_config(sp)
     sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("doctor", help="check the config, and with --live the clouds and store")
+    with_config(sp)
+    sp.add_argument("--live", action="store_true", help="make read-only calls with your keys")
+    sp.set_defaults(func=cmd_doctor)
 
     sp = sub.add_parser("schema", help="print the fleet config's JSON Schema (for editors)")
     sp.set_defaults(func=cmd_schema)

@@ -37,6 +37,7 @@ class LaunchRecord(_Frozen):
     provider: str | None = None
     instance_id: str | None = None
     price_per_hour: float = 0.0
+    market: str | None = None  # interruptible | on_demand
     resume_step: int | None = None
     error: str | None = None
 

@@ -42,6 +42,7 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                             "generation",
                             "state",
                             "price_per_hour",
+                            "interruptible",
                         },
                     )
                     for i in r.observation.instances
@@ -64,7 +65,8 @@ def to_text(reports: list[RunReport]) -> str:
         step = "-" if v.step is None else str(v.step)
         lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {v.reason}")
         for i in r.observation.instances:
-            lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}")
+            market = {True: " spot", False: " on-demand"}.get(i.interruptible, "")  # type: ignore[arg-type]
+            lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}{market}")
         if r.results:
             for res in r.results:
                 mark = "ok " if res.ok else "FAILED "

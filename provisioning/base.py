@@ -25,6 +25,16 @@ class InstanceState(StrEnum):
 
 LIVE_STATES = frozenset({InstanceState.PENDING, InstanceState.RUNNING})
 Market = Literal["interruptible", "on_demand"]
+# What a run may rent: spot only, on-demand only, or every spot offer first (across all its
+# providers, in order) and on-demand only when none launched.
+MarketChoice = Literal["interruptible", "on_demand", "interruptible_then_on_demand"]
+
+
+def markets_of(choice: MarketChoice) -> tuple[Market, ...]:
+    """The markets a choice allows, in the order they are tried."""
+    if choice == "interruptible_then_on_demand":
+        return ("interruptible", "on_demand")
+    return (choice,)
 
 
 class Instance(BaseModel):
@@ -60,8 +70,13 @@ class Offer(BaseModel):
     gpu_name: str
     gpu_count: int
     vram_gb: float
-    price_per_hour: float = Field(description="what we would pay per hour (the bid for spot)")
+    price_per_hour: float = Field(
+        description="what we would pay per hour for the whole instance, disk included"
+    )
     market: Market = "interruptible"
+    bid: float | None = Field(
+        None, description="the $/h a spot create sends (Vast adds disk on top of it)"
+    )
     min_bid: float | None = None
     reliability: float | None = None
     inet_down_mbps: float | None = None
@@ -77,9 +92,21 @@ class Resources(BaseModel):
 
     gpus: tuple[str, ...] = Field((), description="acceptable GPU names, e.g. [H100_SXM, H100]")
     gpu_count: int = Field(1, ge=0)
-    min_vram_gb: float = Field(0, ge=0, description="per GPU")
+    min_vram_gb: float = Field(
+        0,
+        ge=0,
+        description="per GPU, in nominal GB as cards are sold (80 for an H100 80GB): clouds "
+        "that report a little less (Vast: 81559 MB) still match",
+    )
     disk_gb: float = Field(50, gt=0)
-    max_price_per_hour: float = Field(gt=0, description="hard cap in $/h for the whole instance")
+    max_price_per_hour: float = Field(
+        gt=0, description="hard cap in $/h for the whole instance, disk included"
+    )
+    market: MarketChoice = Field(
+        "interruptible",
+        description="interruptible (spot), on_demand, or interruptible_then_on_demand: every "
+        "spot offer of every provider first, on-demand only when none launched",
+    )
 
 
 class LaunchSpec(BaseModel):
@@ -114,6 +141,13 @@ class RateLimitedError(ProviderError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceededError(ProviderError):
+    """A daily quota is spent (Vast's search quota resets at UTC midnight): retrying only
+    spends more calls, so it is never retried within a tick."""
+
+    retryable = False
 
 
 class InvalidCredentialsError(ProviderError):
@@ -155,6 +189,8 @@ class Provider(ABC):
     """
 
     name: ClassVar[str]
+    # The markets this cloud can rent in; a run's `resources.market` picks among them.
+    markets: tuple[Market, ...] = ("interruptible", "on_demand")
 
     @abstractmethod
     def offers(self, resources: Resources) -> list[Offer]:
@@ -178,6 +214,12 @@ class Provider(ABC):
     @abstractmethod
     def _destroy(self, instance_id: str) -> None:
         """Destroy the instance; raise NotFoundError when it does not exist."""
+
+    def check_live(self) -> list[str]:
+        """Read-only calls with the user's key; one line per field the adapter relies on that
+        is missing or of another type (`respawn doctor --live`). Raises ProviderError when a
+        call fails. A provider without a remote API has nothing to check."""
+        return []
 
     # -- implemented once ----------------------------------------------------------------
 
@@ -245,6 +287,8 @@ def verification_problem(inst: Instance, spec: LaunchSpec) -> str | None:
     """Why an instance a create produced must not be kept, or None."""
     if spec.market == "interruptible" and inst.interruptible is False:
         return "was rented on-demand, not interruptible"
+    if spec.market == "on_demand" and inst.interruptible is True:
+        return "was rented interruptible, not on-demand"
     if inst.price_per_hour is not None and inst.price_per_hour > spec.max_price_per_hour + 1e-6:
         return f"costs ${inst.price_per_hour:g}/h > cap ${spec.max_price_per_hour:g}/h"
     if inst.state in (InstanceState.STOPPED, InstanceState.TERMINATED):

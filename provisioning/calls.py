@@ -25,6 +25,7 @@ from respawn.provisioning.base import (
     InvalidCredentialsError,
     NotFoundError,
     ProviderError,
+    QuotaExceededError,
     RateLimitedError,
     TransientProviderError,
 )
@@ -58,19 +59,43 @@ def error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderE
     # Kept for callers that must look inside (a refused create that made an instance anyway);
     # never part of the message.
     err.body = _json_body(e.response)  # type: ignore[attr-defined]
+    err.status = e.response.status_code if e.response is not None else 0  # type: ignore[attr-defined]
     return err
+
+
+def _said(response: requests.Response | None) -> str:
+    """What an error reply says, for a message. A JSON body contributes only its documented
+    human fields (Vast: `error`, `msg`): a refused create's reply also carries the contract's
+    `instance_api_key`, which must never reach a log or the ledger."""
+    if response is None:
+        return ""
+    doc = _json_body(response)
+    if isinstance(doc, dict):
+        parts = [str(doc[k]) for k in ("error", "msg", "message", "detail") if doc.get(k)]
+        errors = doc.get("errors")  # GraphQL
+        if isinstance(errors, list):
+            parts += [str(e.get("message")) for e in errors[:3] if isinstance(e, dict)]
+        return " ".join(parts)[:300]
+    if doc is not None:
+        return ""
+    return (response.text or "")[:300]
 
 
 def _error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderError:
     response = e.response
     status = response.status_code if response is not None else 0
-    body = (response.text or "")[:300] if response is not None else ""
+    body = _said(response)
     if status in (401, 403):
         return InvalidCredentialsError(
             f"{what}: the API key was rejected (HTTP {status}); check {key_env}"
         )
     if status == 404:
         return NotFoundError(f"{what}: not found")
+    doc = _json_body(response)
+    if status == 429 and isinstance(doc, dict) and doc.get("error") == "search_quota_exceeded":
+        reset = response.headers.get("X-RateLimit-Reset") if response is not None else None
+        when = f" (resets at epoch {reset})" if reset else " (resets at UTC midnight)"
+        return QuotaExceededError(f"{what}: daily search quota exceeded{when}")
     if status == 429:
         return RateLimitedError(f"{what}: rate limited (HTTP 429)", _retry_after(response))
     if status >= 500:

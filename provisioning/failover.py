@@ -1,6 +1,9 @@
 """Failover: the cheapest fitting offer first, offer by offer, then provider by provider in
 the run's order; and settling a launch race between two ticks on one rule.
 
+With `market: interruptible_then_on_demand` every provider's spot offers are tried first, and
+on-demand offers (in the same provider order) only when no spot instance launched.
+
 - No capacity, or an instance that failed its read-back (price, market): the next offer.
 - Bad key, API down, anything else: the next provider.
 """
@@ -19,6 +22,7 @@ from respawn.provisioning.base import (
     ProviderError,
     Resources,
     VerificationError,
+    markets_of,
     winner_order,
 )
 
@@ -35,31 +39,50 @@ def launch_first_fit(
 ) -> tuple[Instance, Offer]:
     """Launch on the first offer that works. Raises ProviderError listing every attempt."""
     cap = resources.max_price_per_hour
+    wanted = markets_of(resources.market)
     tried: list[str] = []
-    for name in order:
-        provider = providers.get(name)
-        if provider is None or isinstance(provider, Exception):
-            tried.append(f"{name}: {provider or 'not configured'}")
-            continue
-        try:
-            offers = [o for o in provider.offers(resources) if o.price_per_hour <= cap]
-        except ProviderError as e:
-            tried.append(redact(f"{name}: offers failed: {e}"))
-            continue
-        if not offers:
-            tried.append(f"{name}: no offer under ${cap:g}/h")
-            continue
-        for offer in offers[:MAX_OFFERS_TRIED]:
-            spec = spec_for(name, offer)
-            try:
-                mine = provider.launch(offer, spec)
-            except (NoCapacityError, VerificationError) as e:
-                tried.append(redact(f"{name} offer {offer.id}: {e}"))
+    given_up: set[str] = set()
+    for market in wanted:
+        for name in order:
+            provider = providers.get(name)
+            if name in given_up:
                 continue
-            except ProviderError as e:  # bad key, API down: the next provider
-                tried.append(redact(f"{name}: {e}"))
-                break
-            return settle_race(provider, mine), offer
+            if provider is None or isinstance(provider, Exception):
+                tried.append(f"{name}: {provider or 'not configured'}")
+                given_up.add(name)
+                continue
+            if not set(provider.markets) & set(wanted):
+                tried.append(
+                    f"{name}: rents {' or '.join(provider.markets)} only; this run allows "
+                    f"{resources.market} (set resources.market to include it)"
+                )
+                given_up.add(name)
+                continue
+            if market not in provider.markets:
+                continue
+            try:
+                # One market at a time: on-demand is searched only when spot launched nothing.
+                got = provider.offers(resources.model_copy(update={"market": market}))
+            except ProviderError as e:
+                tried.append(redact(f"{name}: offers failed: {e}"))
+                given_up.add(name)
+                continue
+            offers = [o for o in got if o.market == market and o.price_per_hour <= cap]
+            if not offers:
+                tried.append(f"{name}: no {market} offer under ${cap:g}/h")
+                continue
+            for offer in offers[:MAX_OFFERS_TRIED]:
+                spec = spec_for(name, offer)
+                try:
+                    mine = provider.launch(offer, spec)
+                except (NoCapacityError, VerificationError) as e:
+                    tried.append(redact(f"{name} offer {offer.id}: {e}"))
+                    continue
+                except ProviderError as e:  # bad key, API down: the next provider
+                    tried.append(redact(f"{name}: {e}"))
+                    given_up.add(name)
+                    break
+                return settle_race(provider, mine), offer
     raise ProviderError("no instance launched: " + "; ".join(tried))
 
 

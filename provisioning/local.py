@@ -35,6 +35,7 @@ from respawn.provisioning.base import (
     Resources,
     Secrets,
     WithTrainerControl,
+    markets_of,
     parse_instance_name,
 )
 
@@ -117,6 +118,7 @@ class LocalProvider(WithTrainerControl, Provider):
                 gpu_count=resources.gpu_count,
                 vram_gb=resources.min_vram_gb,
                 price_per_hour=0.0,
+                market=markets_of(resources.market)[0],  # a local process is either
                 reliability=1.0,
                 location="localhost",
             )

@@ -8,7 +8,7 @@ config) and its factory. Adapter modules import their SDK lazily, so reading thi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +23,17 @@ class Entry:
     settings: type[BaseModel]
     factory: Callable[[Any, Secrets], Provider]
     needs_settings: bool = False  # the block must be written in the config to use the cloud
+    # Seconds the cloud leaves between SIGTERM and SIGKILL when it stops an instance; None
+    # when it does not say. A longer `pod.term_grace` is cut short there.
+    grace_seconds: float | None = None
 
 
 REGISTRY: Mapping[str, Entry] = {
     "local": Entry(local.LocalSettings, local.from_settings, needs_settings=True),
     "vast": Entry(vast.VastSettings, vast.from_settings),
-    "runpod": Entry(runpod.RunPodSettings, runpod.from_settings),
+    "runpod": Entry(
+        runpod.RunPodSettings, runpod.from_settings, grace_seconds=runpod.GRACE_SECONDS
+    ),
 }
 
 
@@ -39,3 +44,18 @@ def open_provider(name: str, settings: BaseModel | None, secrets: Secrets) -> Pr
     if settings is None:
         raise ProviderError(f"provider {name!r} needs a providers.{name} block in the config")
     return entry.factory(settings, secrets)
+
+
+def grace_warnings(providers: Iterable[str], term_grace_seconds: float) -> list[str]:
+    """One line per provider that kills a pod sooner than the pod's `term_grace` expects."""
+    out = []
+    for name in providers:
+        entry = REGISTRY.get(name)
+        grace = entry.grace_seconds if entry else None
+        if grace is not None and term_grace_seconds > grace:
+            out.append(
+                f"pod.term_grace is {term_grace_seconds:g}s but {name} kills a pod about "
+                f"{grace:g}s after SIGTERM: checkpoint more often, or expect to lose the "
+                "steps since the last one there"
+            )
+    return out

@@ -1,30 +1,41 @@
-"""Vast.ai through the `vastai` package: interruptible (bid) instances only.
+"""Vast.ai through the `vastai` package: interruptible (bid) and on-demand instances.
 
-- Offers come from `POST /api/v0/bundles/` with `type: bid`; we bid the offer's minimum plus a
-  margin, capped at the run's price cap.
-- A create without a bid price silently rents on-demand (vast-cli PR 403), and Vast may create
-  a bid instance already stopped when the bid is too low (dstack PR 4036): after every create
-  the instance is read back and destroyed unless it is a bid instance, at our price, not stopped.
+- Offers come from `POST /api/v0/bundles/` (`type: bid` or `on-demand`). A spot bid is the
+  offer's minimum plus a margin; Vast bills disk on top of it (`dph_total` = bid + storage
+  cost x disk / 720 h), so ranking, the cap and the bid all include the disk.
+- A create without a bid price silently rents on-demand (vast-cli PR 403), and Vast answers a
+  too-low or pending bid with an error that still created a stopped contract (dstack PR
+  4036): any contract id in a reply is destroyed, and after every create the instance is read
+  back and destroyed unless it is in the market, at the price, and not stopped.
 - Instances are matched by label `respawn-<run>-g<N>`, exactly. Every state that still bills
   (loading, created, running, exited, outbid-paused) is listed.
-- The SDK's own retry loop is turned off (retry=1): `provisioning.calls` retries with typed
-  errors and a bounded budget instead.
+- Raw pages and rows are read without the SDK's post-processing, which crashes on a row whose
+  `start_date` is null; each page of a listing is retried on its own.
+- Calls are paced to Vast's documented per-endpoint minimum intervals (search: 10/min), and
+  the SDK's own retry loop is turned off (retry=1): `provisioning.calls` retries with typed
+  errors and a bounded budget instead; a spent daily search quota is never retried.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from respawn.contract.pod import ENV_NAME
+from respawn.provisioning import fields
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
     InvalidCredentialsError,
     LaunchRefusedError,
     LaunchSpec,
+    Market,
+    MarketChoice,
     NoCapacityError,
     NotFoundError,
     Offer,
@@ -32,13 +43,61 @@ from respawn.provisioning.base import (
     ProviderError,
     Resources,
     Secrets,
+    markets_of,
     parse_instance_name,
 )
 from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once
-from respawn.provisioning.offers import bid_for, select
+from respawn.provisioning.offers import VRAM_TOLERANCE, bid_for, provider_gpu_names, select
 from respawn.provisioning.shell import ShellAccess
 
 ONSTART = "bash /opt/respawn/onstart.sh"
+ENV_VALUE_MAX = 256  # Vast's create endpoint: `env max_length 256` (x-input-validation)
+HOURS_PER_MONTH = 720  # storage_cost is $/GB/month; Vast bills it per hour over 720 h
+
+# Vast enforces a minimum interval per endpoint and identity (x-rate-limit in its API
+# reference: bundles 10/min, create 4.5 s, show 2 s, destroy 3 s, v1 instances 1 s).
+PACE_SECONDS: dict[str, float] = {
+    "search": 6.0,
+    "create": 4.5,
+    "show": 2.0,
+    "destroy": 3.0,
+    "list": 1.0,
+}
+_sleep = time.sleep
+_clock = time.monotonic
+
+# `created` is the state an instance stays in when its container never starts; these texts
+# in `status_msg` mean it never will (dstack treats the first as a provisioning failure).
+_START_FAILED = (
+    "oci runtime create failed",
+    "error response from daemon",
+    "pull access denied",
+    "manifest unknown",
+    "no such image",
+)
+
+
+class _Pacer:
+    """Spaces calls to one endpoint by its minimum interval, across every provider object of
+    the process (the limit is per identity and IP, not per object)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+
+    def wait(self, route: str) -> None:
+        interval = PACE_SECONDS.get(route, 0.0)
+        if interval <= 0:
+            return
+        with self._lock:  # reserve a slot, then sleep outside the lock
+            now = _clock()
+            at = max(now, self._next.get(route, now))
+            self._next[route] = at + interval
+        if at > now:
+            _sleep(at - now)
+
+
+PACER = _Pacer()
 
 
 def _contract_in(doc: object) -> str | None:
@@ -50,12 +109,72 @@ def _contract_in(doc: object) -> str | None:
 def vast_state(row: dict[str, Any]) -> InstanceState:
     actual = (row.get("actual_status") or "").lower()
     intended = (row.get("intended_status") or "running").lower()
+    msg = str(row.get("status_msg") or "").lower()
     if actual == "running" and intended == "running":
         return InstanceState.RUNNING
-    if intended == "running" and actual in ("", "loading", "created", "scheduling", "pulling"):
+    if actual in ("", "created") and any(s in msg for s in _START_FAILED):
+        return InstanceState.STOPPED  # the container will never start: fail now, not at grace
+    if intended == "running" and actual in (
+        "",
+        "loading",
+        "created",
+        "scheduling",
+        "pulling",
+        "rebooting",  # a restart in progress: transient, not dead
+    ):
         return InstanceState.PENDING
     # exited, stopped, offline, outbid-paused: may resume by itself and may still bill storage
     return InstanceState.STOPPED
+
+
+def disk_cost_per_hour(row: dict[str, Any], disk_gb: float) -> float:
+    """What the disk adds to an offer's hourly price (`dph_total` includes it)."""
+    cost = row.get("storage_cost")
+    if isinstance(cost, int | float | str) and cost not in ("", None):
+        try:
+            return float(cost) * disk_gb / HOURS_PER_MONTH
+        except ValueError:
+            pass
+    total = row.get("storage_total_cost")
+    return float(total) if isinstance(total, int | float) else 0.0
+
+
+def _number(value: Any) -> float | None:
+    """A number from a reply field that may be a number, a numeric string or junk."""
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _floor4(x: float) -> float:
+    return math.floor(x * 1e4 + 1e-9) / 1e4
+
+
+# The fields of Vast's replies the adapter reads, and their documented types.
+OFFER_FIELDS: fields.Spec = {
+    "id": (int,),
+    "gpu_name": fields.STR,
+    "num_gpus": (int,),
+    "gpu_ram": fields.NUMBER,
+    "min_bid": fields.NUMBER + fields.NULL,
+    "dph_total": fields.NUMBER,
+    "storage_cost": fields.NUMBER + fields.NULL,
+    "disk_space": fields.NUMBER,
+}
+INSTANCE_FIELDS: fields.Spec = {
+    "id": (int,),
+    "label": fields.STR + fields.NULL,
+    "actual_status": fields.STR + fields.NULL,
+    "intended_status": fields.STR + fields.NULL,
+    "status_msg": fields.STR + fields.NULL,
+    "start_date": fields.NUMBER + fields.NULL,
+    "dph_total": fields.NUMBER + fields.NULL,
+    "is_bid": fields.BOOL,
+    "ssh_host": fields.STR + fields.NULL,
+    "ssh_port": fields.NUMBER + fields.STR + fields.NULL,
+}
+PAGE_FIELDS: fields.Spec = {"instances": fields.LIST, "next_token": fields.STR + fields.NULL}
 
 
 class VastProvider(ShellAccess, Provider):
@@ -68,6 +187,8 @@ class VastProvider(ShellAccess, Provider):
         server_url: str | None = None,
         bid_margin: float = 0.1,
         remote: Any = None,
+        markets: tuple[Market, ...] = ("interruptible", "on_demand"),
+        pace: bool = True,
     ) -> None:
         from vastai import VastAI  # heavy (~0.65 s): only when Vast is used
 
@@ -76,62 +197,111 @@ class VastProvider(ShellAccess, Provider):
         self.key_env = key_env
         self.bid_margin = bid_margin
         self.remote = remote
+        self.markets = markets
+        self.pace = pace
 
-    def _call(self, fn: Any, what: str) -> Any:
-        return call(fn, f"vast: {what}", self.key_env)
+    def _call(self, route: str, fn: Any, what: str) -> Any:
+        def paced() -> Any:
+            if self.pace:
+                PACER.wait(route)
+            return fn()
+
+        return call(paced, f"vast: {what}", self.key_env)
 
     # -- offers --------------------------------------------------------------------------
 
     def offers(self, resources: Resources) -> list[Offer]:
+        out: list[Offer] = []
+        for market in markets_of(resources.market):
+            if market in self.markets:
+                out += self._offers(resources, market)
+        return out
+
+    def _offers(self, resources: Resources, market: Market) -> list[Offer]:
         query: dict[str, Any] = {
             "num_gpus": {"eq": resources.gpu_count},
             "disk_space": {"gte": resources.disk_gb},
         }
         if resources.min_vram_gb:
-            query["gpu_ram"] = {"gte": resources.min_vram_gb * 1024}
+            # gpu_ram is MB per GPU and a little under nominal (H100 80GB = 81559).
+            query["gpu_ram"] = {"gte": round(resources.min_vram_gb * 1024 * VRAM_TOLERANCE)}
         if resources.gpus:
-            query["gpu_name"] = {"in": [g.replace("_", " ") for g in resources.gpus]}
+            query["gpu_name"] = {"in": provider_gpu_names(resources.gpus, self.name)}
+        kind = "bid" if market == "interruptible" else "on-demand"
         rows = self._call(
+            "search",
             lambda: self.sdk.search_offers(
-                query=query, type="bid", order="dph_total", limit=64, storage=resources.disk_gb
+                query=query, type=kind, order="dph_total", limit=64, storage=resources.disk_gb
             ),
-            "search offers",
+            f"search {market} offers",
         )
         out = []
         for row in rows:
-            if row.get("min_bid") is None or row.get("id") is None:
-                continue  # not rentable as interruptible
-            bid = bid_for(float(row["min_bid"]), self.bid_margin, resources.max_price_per_hour)
-            if bid is None:
-                continue
-            out.append(
-                Offer(
-                    provider=self.name,
-                    id=str(row["id"]),
-                    gpu_name=str(row.get("gpu_name", "?")),
-                    gpu_count=int(row.get("num_gpus", 0)),
-                    vram_gb=float(row.get("gpu_ram", 0)) / 1024,
-                    price_per_hour=bid,
-                    min_bid=float(row["min_bid"]),
-                    reliability=row.get("reliability2", row.get("reliability")),
-                    inet_down_mbps=row.get("inet_down"),
-                    disk_gb=row.get("disk_space"),
-                    cuda=row.get("cuda_max_good"),
-                    location=row.get("geolocation"),
-                )
-            )
+            try:
+                offer = self._offer(row, resources, market)
+            except (TypeError, ValueError):
+                continue  # one malformed row must not hide the others
+            if offer is not None:
+                out.append(offer)
         return select(out, resources)
+
+    def _offer(self, row: Any, resources: Resources, market: Market) -> Offer | None:
+        if not isinstance(row, dict) or row.get("id") is None:
+            return None
+        disk = disk_cost_per_hour(row, resources.disk_gb)
+        bid: float | None = None
+        if market == "interruptible":
+            if row.get("min_bid") is None:
+                return None  # not rentable as interruptible
+            cap = _floor4(resources.max_price_per_hour - disk)
+            bid = bid_for(float(row["min_bid"]), self.bid_margin, cap)
+            if bid is None:
+                return None
+            price = round(bid + disk, 6)
+        elif row.get("dph_total") is not None:
+            price = float(row["dph_total"])
+        else:
+            return None
+        return Offer(
+            provider=self.name,
+            id=str(row["id"]),
+            gpu_name=str(row.get("gpu_name", "?")),
+            gpu_count=int(row.get("num_gpus") or 0),
+            vram_gb=float(row.get("gpu_ram") or 0) / 1024,
+            price_per_hour=price,
+            market=market,
+            bid=bid,
+            min_bid=float(row["min_bid"]) if row.get("min_bid") is not None else None,
+            reliability=_number(row.get("reliability2", row.get("reliability"))),
+            inet_down_mbps=_number(row.get("inet_down")),
+            disk_gb=_number(row.get("disk_space")),
+            cuda=_number(row.get("cuda_max_good")),
+            location=str(row["geolocation"]) if row.get("geolocation") else None,
+        )
 
     # -- launch (the safety rules are in Provider.launch) -------------------------------
 
     def _create(self, offer: Offer, spec: LaunchSpec) -> str:
+        too_long = sorted(k for k, v in spec.env.items() if len(v) > ENV_VALUE_MAX)
+        if too_long:
+            err = ProviderError(
+                f"vast: environment variable(s) {', '.join(too_long)} are longer than Vast's "
+                f"{ENV_VALUE_MAX}-character limit; keep large values out of the pod environment"
+            )
+            err.retryable = False
+            raise err
+        if offer.market == "interruptible" and offer.bid is None:
+            raise NoCapacityError(f"vast: offer {offer.id} has no bid")  # never a blind on-demand
+
         def create() -> Any:
+            if self.pace:
+                PACER.wait("create")
             return self.sdk.create_instance(
                 id=int(offer.id),
                 image=spec.image,
                 disk=spec.disk_gb,
                 env=dict(spec.env),
-                price=offer.price_per_hour,
+                price=offer.bid if offer.market == "interruptible" else None,
                 label=spec.name,
                 onstart_cmd=ONSTART,
                 ssh=True,
@@ -145,11 +315,15 @@ class VastProvider(ShellAccess, Provider):
             contract = _contract_in(getattr(e, "body", None))
             if contract is not None:
                 raise LaunchRefusedError(
-                    f"vast: offer {offer.id} refused, contract {contract} made anyway",
+                    f"vast: offer {offer.id} refused, contract {contract} made anyway: {e}",
                     contract,
                 ) from e
             if isinstance(e, NotFoundError | NoCapacityError):
                 raise NoCapacityError(f"vast: offer {offer.id} is gone ({e})") from e
+            if getattr(e, "status", None) == 403:
+                # The key already worked for the search: a 403 here refuses this offer
+                # (host or verification restrictions), not the account.
+                raise NoCapacityError(f"vast: offer {offer.id} refused (HTTP 403)") from e
             # A 4xx other than auth: the offer was taken or cannot be rented: next offer.
             if not e.retryable and not isinstance(e, InvalidCredentialsError):
                 raise NoCapacityError(f"vast: offer {offer.id} refused: {e}") from e
@@ -157,51 +331,111 @@ class VastProvider(ShellAccess, Provider):
         contract = _contract_in(resp)
         if not isinstance(resp, dict) or not resp.get("success") or contract is None:
             # A too-low or pending bid: Vast answers an error that still created a stopped
-            # contract, billing storage (dstack PR 4036). It is destroyed by launch().
-            msg = resp.get("msg") or resp.get("error") if isinstance(resp, dict) else None
+            # contract, billing storage (dstack PR 4036). It is destroyed by launch(). Only
+            # the human fields are quoted: the reply also holds the instance's API key.
+            said = " ".join(
+                str(resp[k]) for k in ("error", "msg") if isinstance(resp, dict) and resp.get(k)
+            )
             raise LaunchRefusedError(
-                f"vast: offer {offer.id} refused: {msg or 'no contract'}", contract
+                f"vast: offer {offer.id} refused: {said[:200] or 'no contract'}", contract
             )
         return contract
 
+    def _show(self, instance_id: str) -> dict[str, Any] | None:
+        # The raw row: the SDK's show_instance crashes on `start_date: null`.
+        def show() -> Any:
+            r = self.sdk.client.get(f"/instances/{int(instance_id)}/", query_args={"owner": "me"})
+            r.raise_for_status()
+            return r.json()["instances"]
+
+        row = self._call("show", show, "read back")
+        return row if isinstance(row, dict) else None
+
     def _read_back(self, instance_id: str, spec: LaunchSpec) -> Instance | None:
         try:
-            row = self._call(lambda: self.sdk.show_instance(int(instance_id)), "read back")
+            row = self._show(instance_id)
         except NotFoundError:
             return None
         if not row:
             return None
-        if not row.get("label"):
+        if not str(row.get("label") or "").strip():
             row = {**row, "label": spec.name}
         return self._instance(row)
 
     # -- listing / termination -----------------------------------------------------------
 
     def _instance(self, row: dict[str, Any]) -> Instance:
-        parsed = parse_instance_name(str(row.get("label") or ""))
+        label = str(row.get("label") or "").strip()
+        parsed = parse_instance_name(label)
         assert parsed is not None
         start = row.get("start_date")
+        created = None
+        if isinstance(start, int | float) and start > 0:
+            created = datetime.fromtimestamp(float(start), UTC)
+        port = row.get("ssh_port")
         return Instance(
             provider=self.name,
             id=str(row["id"]),
-            name=str(row["label"]),
+            name=label,
             run=parsed[0],
             generation=parsed[1],
             state=vast_state(row),
-            created_at=datetime.fromtimestamp(float(start), UTC) if start else None,
-            price_per_hour=row.get("dph_total"),
+            created_at=created,
+            price_per_hour=_number(row.get("dph_total")),
             ssh_host=row.get("ssh_host") or row.get("public_ipaddr"),
-            ssh_port=int(row["ssh_port"]) if row.get("ssh_port") else None,
+            ssh_port=int(port) if isinstance(port, int | str) and str(port).isdigit() else None,
             interruptible=row.get("is_bid") if isinstance(row.get("is_bid"), bool) else None,
             detail=str(row.get("status_msg") or "")[:200],
         )
 
     def _destroy(self, instance_id: str) -> None:
-        self._call(lambda: self.sdk.destroy_instance(int(instance_id)), "destroy")
+        self._call("destroy", lambda: self.sdk.destroy_instance(int(instance_id)), "destroy")
 
     def list_all(self) -> list[Instance]:
-        rows = self._call(self.sdk.show_instances, "list instances")
-        return [self._instance(r) for r in rows if parse_instance_name(str(r.get("label") or ""))]
+        params: dict[str, Any] = {
+            "select_filters": {},
+            "order_by": [{"col": "id", "dir": "asc"}],
+            "limit": 25,
+        }
+        out: list[Instance] = []
+        for _ in range(10_000):  # a cursor that never ends is a server bug, not a fleet
+            # Each page is retried on its own: a retry never restarts from the first page.
+            page = self._call(
+                "list", lambda p=dict(params): self.sdk.show_instances_v1(p), "list instances"
+            )
+            for row in page.get("instances") or []:
+                if isinstance(row, dict) and parse_instance_name(
+                    str(row.get("label") or "").strip()
+                ):
+                    out.append(self._instance(row))
+            token = page.get("next_token")
+            if not token:
+                return out
+            params["after_token"] = token
+        raise ProviderError("vast: list instances: the listing never ended")
+
+    def check_live(self) -> list[str]:
+        out: list[str] = []
+        for kind in ("bid", "on-demand"):
+            rows = self._call(
+                "search",
+                lambda kind=kind: self.sdk.search_offers(
+                    query={"num_gpus": {"eq": 1}}, type=kind, order="dph_total", limit=3
+                ),
+                f"search {kind} offers",
+            )
+            if not rows:
+                out.append(f"vast: search ({kind}) returned no offer to check")
+            for row in rows[:3]:
+                where = f"vast {kind} offer {row.get('id') if isinstance(row, dict) else '?'}"
+                out += fields.problems(where, row, OFFER_FIELDS)
+        params = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
+        page = self._call("list", lambda: self.sdk.show_instances_v1(params), "list instances")
+        out += fields.problems("vast instance page", page, PAGE_FIELDS)
+        for row in (page.get("instances") or [])[:5] if isinstance(page, dict) else []:
+            where = f"vast instance {row.get('id') if isinstance(row, dict) else '?'}"
+            out += fields.problems(where, row, INSTANCE_FIELDS)
+        return out
 
 
 class VastSettings(BaseModel):
@@ -210,6 +444,15 @@ class VastSettings(BaseModel):
     api_key_env: str = Field("VAST_API_KEY", pattern=ENV_NAME)
     bid_margin: float = Field(0.1, ge=0, le=5, description="bid this much over the minimum")
     server_url: str | None = Field(None, description="API base URL (default: Vast's)")
+    market: MarketChoice = Field(
+        "interruptible_then_on_demand",
+        description="markets respawn may rent on Vast; a run's `resources.market` picks among them",
+    )
+    pace: bool = Field(
+        True,
+        description="space calls by Vast's documented per-endpoint limits (search 10/min); "
+        "off only for a test server",
+    )
 
 
 def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
@@ -219,4 +462,6 @@ def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
         server_url=settings.server_url,
         bid_margin=settings.bid_margin,
         remote=secrets.remote(),
+        markets=markets_of(settings.market),
+        pace=settings.pace,
     )

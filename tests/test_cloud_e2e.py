@@ -26,6 +26,7 @@ from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
 from respawn.examples import toy_trainer
 from respawn.provisioning import calls
+from respawn.provisioning import vast as vast_adapter
 from tests.conftest import ROOT, wait_for
 from tests.fakes.http import Reply
 from tests.fakes.vast import FakeVast
@@ -79,6 +80,7 @@ class BootingVast(FakeVast):
 @pytest.fixture
 def vast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BootingVast]:
     monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
     fake = BootingVast(tmp_path / "hosts")
     fake.url = fake.start()  # type: ignore[attr-defined]
     monkeypatch.setenv("VAST_API_KEY", fake.api_key)
@@ -96,7 +98,7 @@ def metrics(disk: Path) -> list[dict[str, Any]]:
 def test_rent_preempt_resume_finish_through_the_vast_api(tmp_path: Path, vast: BootingVast) -> None:
     doc = {
         "store": {"url": f"file://{tmp_path / 'store'}"},
-        "providers": {"vast": {"server_url": vast.url}},  # type: ignore[attr-defined]
+        "providers": {"vast": {"server_url": vast.url, "pace": False}},  # type: ignore[attr-defined]
         "runs": [
             {
                 "name": "toy",

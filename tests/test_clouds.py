@@ -20,8 +20,9 @@ from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
+from respawn.provisioning import vast as vast_adapter
 from respawn.store.schema import utcnow
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.fakes.http import Fault
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.ssh import FakeSSH
@@ -33,6 +34,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def write_fleet(
     doc = {
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
-            "vast": {"server_url": vast.url},  # type: ignore[attr-defined]
+            "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
             "runpod": {"api_url": runpod.url},  # type: ignore[attr-defined]
             **({"ssh_private_key_env": ssh_env} if ssh_env else {}),
         },
@@ -70,6 +72,7 @@ def write_fleet(
                     "gpu_count": 1,
                     "disk_gb": 100,
                     "max_price_per_hour": 2.0,
+                    "market": "interruptible_then_on_demand",
                 },
                 "providers": ["vast", "runpod"],
                 "budget": {"max_launches_per_day": 5, "max_spend_per_day": 100},
@@ -89,7 +92,10 @@ def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -
     assert vast.labels() == ["respawn-job-g1"] and runpod.pods == {}
     env = vast.bodies[-1]["env"]
     assert env["RESPAWN_GENERATION"] == "1" and env["RESPAWN_STORE"].startswith("file://")
-    assert read_ledger(open_run_store(fleet.store, "job")).launch_of(1).provider == "vast"  # type: ignore[union-attr]
+    launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
+    assert launch is not None and (launch.provider, launch.market) == ("vast", "interruptible")
+    status = run_cli("status", "-c", str(tmp_path / "fleet.yaml"))
+    assert "respawn-job-g1" in status.stdout and " spot" in status.stdout
 
 
 def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) -> None:
@@ -117,7 +123,7 @@ def test_failed_listing_is_unknown_and_launches_nothing(tmp_path: Path, clouds: 
     report = tick(fleet)[0]
     assert report.plan.verdict.health.value == "unknown"
     assert [a.kind for a in report.plan.actions] == ["alert"]
-    assert vast.count("create") == 0 and runpod.count("podRentInterruptable") == 0
+    assert vast.count("create") == 0 and runpod.count("podFindAndDeployOnDemand") == 0
 
 
 def test_secrets_echoed_by_an_api_error_are_redacted(
@@ -188,17 +194,24 @@ def test_outbid_old_generation_that_resumes_is_destroyed(tmp_path: Path, clouds:
     assert stray not in vast.instances and vast.labels() == ["respawn-job-g2"]
 
 
-def test_offers_command_ranks_across_providers(tmp_path: Path, clouds: tuple) -> None:
+def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
     proc = run_cli("offers", "-c", str(path), "--run", "job", "--json")
     assert proc.returncode == 0, proc.stderr
     offers = json.loads(proc.stdout)
-    assert [(o["provider"], o["price_per_hour"]) for o in offers] == [
-        ("vast", 0.165),
-        ("vast", 0.22),
-        ("runpod", 0.275),
+    assert [(o["provider"], o["market"], round(o["price_per_hour"], 3)) for o in offers] == [
+        ("vast", "interruptible", 0.186),  # bid 0.165 + 100 GB of disk
+        ("vast", "interruptible", 0.241),
+        ("runpod", "on_demand", 0.34),  # community cloud
+        ("vast", "on_demand", 0.371),
+        ("vast", "on_demand", 0.421),
+        ("runpod", "on_demand", 0.69),  # secure cloud
     ]
+    text = run_cli("offers", "-c", str(path), "--run", "job")
+    assert "gpus on vast: RTX 4090" in text.stdout
+    assert "gpus on runpod: NVIDIA GeForce RTX 4090" in text.stdout
+    assert "interruptible" in text.stdout and "on_demand" in text.stdout
 
 
 def test_terminate_command_destroys_on_every_provider(tmp_path: Path, clouds: tuple) -> None:
@@ -292,3 +305,125 @@ def test_a_failed_shared_listing_makes_every_run_unknown(tmp_path: Path, clouds:
     reports = tick(load_config(path))
     assert [r.plan.verdict.health.value for r in reports] == ["unknown", "unknown"]
     assert vast.count("create") == 0
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_created_stopped_contract_is_destroyed_and_its_key_never_logged(
+    tmp_path: Path, clouds: tuple, status: int
+) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.stopped_reply_status = status
+    vast.min_bid_at_create[102] = 0.5  # our bid on the cheapest offer is now too low
+    proc = run_cli("-v", "reconcile", "-c", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    # The refused contract was destroyed; the next offer was rented.
+    assert [r["label"] for r in vast.instances.values()] == ["respawn-job-g1"]
+    assert vast.count("destroy") == 1 and len(vast.api_keys) == 2
+    everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
+    assert "refused" in everything or vast.count("create") == 2
+    for key in vast.api_keys:
+        assert key not in everything
+
+
+def test_ledger_and_status_say_which_market(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"])
+    vast.offers.clear()  # no Vast at all: RunPod on-demand
+    fleet = load_config(path)
+    assert tick(fleet)[0].results[0].ok
+    launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
+    assert launch is not None and (launch.provider, launch.market) == ("runpod", "on_demand")
+    proc = run_cli("status", "-c", str(path), "--json")
+    (inst,) = json.loads(proc.stdout)["runs"][0]["instances"]
+    assert inst["provider"] == "runpod" and "interruptible" in inst
+
+
+def test_the_production_config_launches_through_the_fakes(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped config, pointed at the fakes: 8x H100 at `min_vram_gb: 80` matches Vast's
+    81559 MB cards, and every environment value fits Vast's 256-character limit (the fake
+    refuses a longer one)."""
+    vast, runpod = clouds
+    doc = yaml.safe_load((ROOT / "examples/production.yaml").read_text())
+    doc["store"] = {"url": f"file://{tmp_path / 'store'}"}
+    doc["providers"]["vast"]["server_url"] = vast.url  # type: ignore[attr-defined]
+    doc["providers"]["vast"]["pace"] = False
+
+    doc["providers"]["runpod"]["api_url"] = runpod.url  # type: ignore[attr-defined]
+    doc["providers"].pop("ssh_private_key_env")
+    run = doc["runs"][0]
+    run.pop("wandb")  # no W&B on loopback
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 37)
+    vast.offers[200] = {
+        **vast.offers[103],
+        "id": 200,
+        "num_gpus": 8,
+        "min_bid": 12.0,
+        "dph_base": 20.0,
+        "disk_space": 2000.0,
+    }
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    report = tick(load_config(path))[0]
+    assert report.results[0].ok, report.results[0].detail
+    assert vast.labels() == [f"respawn-{run['name']}-g1"]
+    env = vast.bodies[-1]["env"]
+    assert max(len(v) for v in env.values()) <= 256
+    assert vast.bodies[-1]["price"] == pytest.approx(13.2)  # min bid + 10%, disk on top
+
+
+def test_every_spot_offer_is_tried_before_any_on_demand(tmp_path: Path, clouds: tuple) -> None:
+    """interruptible_then_on_demand: Vast spot, (RunPod has none), then on-demand in the
+    run's provider order: Vast on-demand before RunPod."""
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    vast.min_bid_at_create = {101: 1.0, 102: 1.0}  # every spot bid is refused
+    report = tick(fleet)[0]
+    assert report.results[0].ok, report.results[0].detail
+    (row,) = vast.instances.values()
+    assert row["is_bid"] is False and runpod.pods == {}
+    launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
+    assert launch is not None and launch.market == "on_demand"
+
+
+def test_validate_warns_when_term_grace_outlasts_runpods(tmp_path: Path) -> None:
+    proc = run_cli("validate", "-c", str(ROOT / "examples/production.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "term_grace is 25s but runpod kills a pod about 5s after SIGTERM" in proc.stderr
+
+
+def test_doctor_live_reads_the_clouds_and_the_store(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.add_instance("respawn-job-g1")
+    proc = run_cli("doctor", "--live", "-c", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vast: ok" in proc.stdout and "runpod: ok" in proc.stdout
+    assert "store: run job: readable (no checkpoint yet)" in proc.stdout
+    # Read-only: nothing was created or destroyed.
+    assert vast.count("create") == vast.count("destroy") == 0
+    assert runpod.count("podFindAndDeployOnDemand") == runpod.count("podTerminate") == 0
+
+
+def test_doctor_names_every_field_that_changed(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    vast.offers[101]["gpu_ram"] = "24564"  # a string where the adapter compares numbers
+    del vast.offers[102]["min_bid"]
+    iid = vast.add_instance("respawn-job-g1")
+    vast.instances[iid]["is_bid"] = "true"
+    proc = run_cli("doctor", "--live", "-c", str(path))
+    assert proc.returncode == 1
+    assert "offer 101: field 'gpu_ram' is str, expected int or float" in proc.stdout
+    assert "offer 102: field 'min_bid' is missing" in proc.stdout
+    assert f"vast instance {iid}: field 'is_bid' is str, expected bool" in proc.stdout
+    assert "runpod: ok" in proc.stdout
+
+
+def test_doctor_without_live_calls_nothing(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    proc = run_cli("doctor", "-c", str(write_fleet(tmp_path, vast, runpod, ["RTX_4090"])))
+    assert proc.returncode == 0 and "pass --live" in proc.stdout
+    assert vast.calls == [] and runpod.calls == []

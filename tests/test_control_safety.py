@@ -52,7 +52,7 @@ def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunP
     monkeypatch.setenv("VAST_API_KEY", vast.api_key)
     monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
     # Enough capacity for every launch of a long test.
-    runpod.types["NVIDIA GeForce RTX 4090"][4] = 10**6
+    runpod.types["NVIDIA GeForce RTX 4090"].stock.update(COMMUNITY=10**6, SECURE=10**6)
     yield vast, runpod
     vast.stop()
     runpod.stop()
@@ -63,7 +63,7 @@ def cloud_fleet(tmp: Path, clouds: tuple[FakeVast, FakeRunPod], providers: list[
     doc = {
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
-            "vast": {"server_url": vast.url},  # type: ignore[attr-defined]
+            "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
             "runpod": {"api_url": runpod.url},  # type: ignore[attr-defined]
         },
         "runs": [
@@ -75,7 +75,12 @@ def cloud_fleet(tmp: Path, clouds: tuple[FakeVast, FakeRunPod], providers: list[
                     "command": "python train.py --resume {resume_step}",
                     "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
                 },
-                "resources": {"gpus": ["RTX_4090"], "gpu_count": 1, "max_price_per_hour": 2.0},
+                "resources": {
+                    "gpus": ["RTX_4090"],
+                    "gpu_count": 1,
+                    "max_price_per_hour": 2.0,
+                    "market": "interruptible_then_on_demand",  # RunPod rents on-demand only
+                },
                 "providers": providers,
                 "budget": {"max_launches_per_day": 1000, "max_spend_per_day": 100000},
             }
@@ -232,7 +237,7 @@ def test_terminate_says_which_provider_failed_and_still_records_the_halt(
     rc, _, err = cli(capsys, "terminate", "-c", str(path), "--run", "job")
     assert rc == 1 and "vast" in err and "destroying instances failed" in err
     assert tick(fleet)[0].plan.verdict.health != Health.DEAD  # never relaunched
-    assert vast.count("create") == 1 and runpod.count("podRentInterruptable") == 0
+    assert vast.count("create") == 1 and runpod.count("podFindAndDeployOnDemand") == 0
 
 
 # -- 13.3: what a person says is never undone by a tick ---------------------------------------

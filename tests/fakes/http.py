@@ -39,6 +39,8 @@ class FakeAPI:
         self.lock = threading.RLock()
         self.faults: dict[str, list[Fault]] = defaultdict(list)
         self.calls: list[str] = []
+        self.public: set[str] = set()  # routes answered without a key
+        self.unauthorized = b'{"error": "invalid api key"}'
         self._server: ThreadingHTTPServer | None = None
 
     def route(self, method: str, path: str, body: Any) -> str:
@@ -84,8 +86,9 @@ class FakeAPI:
                     if fault.malformed:
                         return self._send(200, b"<html>not json", {})
                     return self._send(fault.status, fault.body, fault.headers)
-                if self.headers.get("Authorization") != f"Bearer {api.key()}":
-                    return self._send(401, b'{"error": "invalid api key"}', {})
+                authorized = self.headers.get("Authorization") == f"Bearer {api.key()}"
+                if not authorized and route not in api.public:
+                    return self._send(401, api.unauthorized, {})
                 with api.lock:
                     reply = api.handle(self.command, parts.path, query, body)
                 self._send(reply.status, json.dumps(reply.doc).encode(), reply.headers)
