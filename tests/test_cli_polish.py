@@ -119,3 +119,25 @@ def test_provider_errors_are_not_prefixed_twice(fleet_path: Path) -> None:
         providers.open_providers = real
     assert "local: local:" not in err.getvalue()
     assert "local: the API is down" in err.getvalue()
+
+
+def test_each_tick_is_recorded_and_status_shows_the_lag(fleet_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from respawn.controller.config import load_config
+    from respawn.controller.reconcile import Mode, tick
+    from respawn.controller.report import to_markdown, to_text
+
+    fleet = load_config(fleet_path)
+    t0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    first = tick(fleet, mode=Mode.DRY_RUN, now=t0)
+    assert "no earlier tick recorded" in to_text(first)
+    tick(fleet, mode=Mode.ACT, now=t0)
+    try:
+        later = tick(fleet, mode=Mode.OBSERVE, now=t0 + timedelta(minutes=47))
+        assert "previous tick 47m ago (2026-11-25 12:00:00Z)" in to_text(later)
+        assert "47m ago" in to_markdown(later)
+        doc = json.loads(run_cli("status", "-c", str(fleet_path), "--json").stdout)
+        assert doc["runs"][0]["previous_tick_at"].startswith("2026-11-25T12:00:00")
+    finally:
+        run_cli("terminate", "-c", str(fleet_path), "--run", "toy")
