@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -233,6 +234,35 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from respawn.controller.ledger import read_halt, read_ledger
+    from respawn.controller.stores import open_run_store
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    store = open_run_store(fleet.store, run.name)
+    ledger = read_ledger(store)
+    order = read_halt(store)
+    if order is None or not order.halted:
+        # A live pod would publish past the rolled-back step at its next checkpoint.
+        raise UsageError(
+            f"run {run.name} is not halted: `respawn terminate -c {args.config} --run {run.name}`"
+            " first, then rollback, then `respawn resume`"
+        )
+    from respawn.store.store import StoreError
+
+    try:
+        pointer = store.rollback_pointer(args.step, ledger.generation, "respawn rollback")
+    except StoreError as e:
+        print(f"respawn rollback: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"run {run.name}: latest.json → step {pointer.step}; "
+        f"`respawn resume -c {args.config} --run {run.name}` relaunches from it"
+    )
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from respawn.controller.config import json_schema
 
@@ -333,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(rp)
     rp.add_argument("--run", required=True, help="the run whose ledger to rebuild")
     rp.set_defaults(func=cmd_ledger_repair)
+    return EXIT_OK
+
+
+    sp = command(sub, "rollback", "move a halted run's pointer back to an older verified step")
+    with_config(sp)
+    sp.add_argument("--run", required=True, help="the halted run")
+    sp.add_argument("--step", required=True, type=int, help="a published step to go back to")
+    sp.set_defaults(func=cmd_rollback)
 
     sp = command(sub, "validate", "check a fleet config")
     with_config(sp)
@@ -376,7 +414,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Set by the reusable workflow to every secret its caller passed (`toJSON(secrets)`).
+ENV_SECRETS_JSON = "RESPAWN_SECRETS_JSON"
+
+
+def export_workflow_secrets(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """Move the workflow's secrets into this process's environment under their own names, so
+    the fleet config can name any secret without the workflow listing it. A variable already
+    set wins; names that are not plain environment names (`github_token`) are skipped."""
+    raw = environ.pop(ENV_SECRETS_JSON, None)
+    if not raw:
+        return
+    try:
+        secrets = json.loads(raw)
+    except json.JSONDecodeError:
+        print(f"respawn: {ENV_SECRETS_JSON} is not JSON; ignoring it", file=sys.stderr)
+        return
+    if not isinstance(secrets, dict):
+        return
+    for name, value in secrets.items():
+        if isinstance(value, str) and re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(name)):
+            environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> int:
+    export_workflow_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
