@@ -73,7 +73,7 @@ def main() -> None:
                         str(LOCK),
                     ],
                     env,
-                )  # fmt: skip
+                )
                 + timed([uv, "pip", "install", "-q", "--python", py, "--no-deps", str(ROOT)], env)
             )
 
