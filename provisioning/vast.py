@@ -125,6 +125,8 @@ class VastProvider(ShellAccess, Provider):
     # -- launch (the safety rules are in Provider.launch) -------------------------------
 
     def _create(self, offer: Offer, spec: LaunchSpec) -> str:
+        login = _login(spec)
+
         def create() -> Any:
             return self.sdk.create_instance(
                 id=int(offer.id),
@@ -134,6 +136,7 @@ class VastProvider(ShellAccess, Provider):
                 price=offer.price_per_hour,
                 label=spec.name,
                 onstart_cmd=ONSTART,
+                login=login,
                 ssh=True,
                 direct=True,
             )
@@ -220,3 +223,15 @@ def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
         bid_margin=settings.bid_margin,
         remote=secrets.remote(),
     )
+
+
+def _login(spec: LaunchSpec) -> str | None:
+    """Vast's `--login` for a private image: `-u USER -p TOKEN REGISTRY`."""
+    if not spec.registry_auth:
+        return None
+    user, sep, token = spec.registry_auth.partition(":")
+    if not sep or not user or not token:
+        err = ProviderError("vast: pod.registry_auth_env must hold USER:TOKEN")
+        err.retryable = False  # a config mistake: the next offer or tick would fail the same
+        raise err
+    return f"-u {user} -p {token} {spec.registry_host()}"
