@@ -150,3 +150,41 @@ def test_secrets_the_config_names_reach_respawn_without_the_workflow_naming_them
     )
     assert proc.returncode == 0, proc.stderr
     assert "s3cr3t-value" not in proc.stdout + proc.stderr
+
+
+def test_keepalive_re_enables_the_calling_workflow_through_the_api() -> None:
+    from tests.fakes.github import FakeGitHub
+
+    (step,) = load("tick.yml")["jobs"]["keepalive"]["steps"]
+    gh = FakeGitHub("ghs_job_token", "me/train", {"respawn.yml": {"run"}})
+    url = gh.start()
+    try:
+        env = {
+            "PATH": os.environ["PATH"],
+            "GH_TOKEN": "ghs_job_token",
+            "API": url,
+            "REPO": "me/train",
+            "CALLER": "me/train/.github/workflows/respawn.yml@refs/heads/main",
+        }
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", step["run"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert gh.enabled == ["respawn.yml"]
+        assert "ghs_job_token" not in proc.stdout + proc.stderr
+
+        env["GH_TOKEN"] = "wrong"
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", step["run"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0  # a rejected token fails the job, visibly
+    finally:
+        gh.stop()
