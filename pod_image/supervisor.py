@@ -29,10 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from respawn.pod.dispatch import TickRequester
-from respawn.pod.gpu_watch import GpuWatch
-from respawn.pod.gpu_watch import query as gpu_query
-
 from respawn.contract.pod import (
     ENV_PIDFILE,
     ENV_RESUME_STEP,
@@ -40,6 +36,9 @@ from respawn.contract.pod import (
     PodSpec,
     render_command,
 )
+from respawn.pod.dispatch import TickRequester
+from respawn.pod.gpu_watch import GpuWatch
+from respawn.pod.gpu_watch import query as gpu_query
 from respawn.store.disk import complete_steps, step_dirs
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import Heartbeat, Phase, utcnow

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from respawn.controller.config import parse_config
 
+from respawn.controller.config import parse_config
 from tests.conftest import ROOT
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))

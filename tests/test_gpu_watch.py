@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from respawn.pod.gpu_watch import GpuWatch, parse
 
+from respawn.pod.gpu_watch import GpuWatch, parse
 from respawn.store.store import CheckpointStore
 from tests.conftest import ROOT, wait_for
 from tests.test_pod import TOY, pod_spec, start_pod

@@ -10,9 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from respawn.pod.dispatch import TickRequester
 
 from respawn.contract.pod import DispatchSpec
+from respawn.pod.dispatch import TickRequester
 from respawn.store.schema import TickRecord, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import wait_for

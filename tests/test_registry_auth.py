@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from respawn.provisioning import calls
 from respawn.provisioning.base import LaunchSpec, ProviderError
-
 from tests import test_runpod, test_vast
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
