@@ -288,15 +288,23 @@ def cmd_ckpt(args: argparse.Namespace) -> int:
     return run_ckpt(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from respawn import __version__
+def _version() -> str:
+    # Not `respawn.__version__`: the controller imports only the parts the layout allows.
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version("respawn")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0.0.0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="respawn",
         description="Keep long GPU training runs alive on spot instances: observe each run, "
         "classify its health, re-provision and resume from the last verified checkpoint.",
     )
-    p.add_argument("--version", action="version", version=f"respawn {__version__}")
+    p.add_argument("--version", action="version", version=f"respawn {_version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     # `-v` is accepted after the subcommand too; SUPPRESS keeps a later default from
     # overwriting a `-v` given before it.
