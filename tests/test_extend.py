@@ -72,3 +72,52 @@ def test_resume_does_not_claim_a_finished_run_will_continue(tmp_path: Path) -> N
     proc = run_cli("resume", "-c", str(_fleet(tmp_path, 80)), "--run", "toy")
     assert "extends it" in proc.stdout, proc.stdout
     assert read_ledger(store).finished_at is not None  # the tick un-finishes it, not resume
+
+
+def _push(fleet_path: Path, tmp_path: Path, step: int) -> None:
+    seed = tmp_path / f"seed{step}"
+    d = seed / "outputs" / "checkpoints" / f"step_{step}"
+    d.mkdir(parents=True)
+    (d / "state.json").write_text("{}")
+    w = seed / "outputs" / "weights" / f"step_{step}"
+    w.mkdir(parents=True)
+    (w / "STABLE").write_text("")
+    proc = run_cli(
+        "ckpt",
+        "push",
+        "-c",
+        str(fleet_path),
+        "--run",
+        "toy",
+        "--dir",
+        str(seed),
+        "--step",
+        str(step),
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_seeded_run_launches_from_the_seeded_step(tmp_path: Path) -> None:
+    """docs/protect-your-run.md, "Seed a run from an existing checkpoint"."""
+    fleet_path = _fleet(tmp_path, 40)
+    _push(fleet_path, tmp_path, 20)
+    proc = run_cli("status", "-c", str(fleet_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "provision g1 (resume step 20)" in proc.stdout, proc.stdout
+
+
+def test_rollback_needs_a_halt_then_moves_the_pointer_back(tmp_path: Path) -> None:
+    fleet_path = _fleet(tmp_path, 40)
+    _push(fleet_path, tmp_path, 10)
+    _push(fleet_path, tmp_path, 20)
+    args = ("-c", str(fleet_path), "--run", "toy")
+    refused = run_cli("rollback", *args, "--step", "10")
+    assert refused.returncode == 2 and "terminate" in refused.stderr
+    assert run_cli("terminate", *args).returncode == 0
+    done = run_cli("rollback", *args, "--step", "10")
+    assert done.returncode == 0, done.stderr
+    store = open_run_store(load_config(fleet_path).store, "toy")
+    pointer = store.read_pointer()
+    assert pointer is not None and pointer.step == 10
+    missing = run_cli("rollback", *args, "--step", "15")
+    assert missing.returncode == 1 and "no manifest" in missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def test_caller_example_in_the_docs_is_a_valid_caller() -> None:
     assert job["uses"].startswith("OWNER/respawn/.github/workflows/tick.yml@")
     inputs = on(load("tick.yml"))["workflow_call"]["inputs"]
     assert set(job["with"]) <= set(inputs)
+    required = {name for name, spec in inputs.items() if spec.get("required")}
+    assert required <= set(job["with"]), required - set(job["with"])
+    repo, sha = job["uses"].split("/.github/")[0], job["uses"].split("@")[1]
+    assert job["with"]["respawn_repository"] == repo and job["with"]["respawn_ref"] == sha
     assert "run" in on(doc)["workflow_dispatch"]["inputs"]  # the pod dispatches with `run`
 
 
@@ -188,3 +193,24 @@ def test_keepalive_re_enables_the_calling_workflow_through_the_api() -> None:
         assert proc.returncode != 0  # a rejected token fails the job, visibly
     finally:
         gh.stop()
+
+
+def test_lock_pins_every_dependency_with_hashes() -> None:
+    """The workflow installs requirements/control.lock with --require-hashes."""
+    import tomllib
+
+    text = (ROOT / "requirements" / "control.lock").read_text()
+    pins: dict[str, int] = {}
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("==", 1)[0].lower()
+        assert "==" in line, f"not pinned: {line[:80]}"
+        pins[name] = line.count("--hash=sha256:")
+    assert pins and all(pins.values()), [n for n, h in pins.items() if not h]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = [*project["dependencies"], *project["optional-dependencies"]["control"]]
+    for req in direct:
+        name = re.split(r"[<>=\[ ;]", req, maxsplit=1)[0].lower()
+        assert name in pins, f"{name} is in pyproject.toml but not in the lock: regenerate it"
