@@ -150,3 +150,15 @@ def test_overdue_ticks_ask_for_a_tick(
         os.killpg(proc.pid, signal.SIGTERM)  # the supervisor stops its trainer's group too
         proc.communicate(timeout=20)
     assert github.dispatches[0]["inputs"] == {"run": "r"}
+
+
+def test_the_trainer_never_sees_the_dispatch_token(
+    tmp_path: Path, store: CheckpointStore, github: FakeGitHub
+) -> None:
+    command = (
+        "{python} -c \"import os, sys; sys.exit(7 if 'RESPAWN_DISPATCH_TOKEN' in os.environ "
+        'else 0)" {resume_step}'
+    )
+    proc = start_pod(tmp_path, pod_with_dispatch(github, command, max_trainer_restarts=0))  # type: ignore[arg-type]
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out  # exit 7 would have made the pod give up
