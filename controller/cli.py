@@ -371,8 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(rp)
     rp.add_argument("--run", required=True, help="the run whose ledger to rebuild")
     rp.set_defaults(func=cmd_ledger_repair)
-    return EXIT_OK
-
 
     sp = command(sub, "rollback", "move a halted run's pointer back to an older verified step")
     with_config(sp)

@@ -62,7 +62,7 @@ def test_resume_does_not_claim_a_finished_run_will_continue(tmp_path: Path) -> N
     fleet_path = _fleet(tmp_path, 40)
     fleet = load_config(fleet_path)
     store = open_run_store(fleet.store, "toy")
-    write_ledger(store, Ledger(run="toy", generation=1, finished_at=NOW, finished_target=40))
+    write_ledger(store, Ledger(run="toy", generation=1, finished_at=NOW, finished_target=40), 0)
 
     proc = run_cli("resume", "-c", str(fleet_path), "--run", "toy")
     assert proc.returncode == 0, proc.stderr
