@@ -34,7 +34,7 @@ def test_read_only_commands_create_no_directories(fleet_path: Path, tmp_path: Pa
     assert run_cli("status", "-c", str(fleet_path)).returncode == 0
     assert run_cli("reconcile", "--dry-run", "-c", str(fleet_path)).returncode == 0
     proc = run_cli("ckpt", "ls", "--store", f"file://{tmp_path}/nowhere", "--run", "toy")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 2 and "not a directory" in proc.stderr  # a typo, not a new store
     assert not (tmp_path / "state").exists()
     assert not (tmp_path / "nowhere").exists()
 
