@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import unquote, urlparse
 
 from respawn.controller.act import act
 from respawn.controller.config import FleetConfig, RunConfig
@@ -26,7 +28,7 @@ from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
 from respawn.provisioning.base import Instance, Provider
 from respawn.store import open_backend
-from respawn.store.backend import Backend, StoreError
+from respawn.store.backend import Backend, StoreError, StoreMissingError
 from respawn.store.schema import TickRecord, utcnow
 from respawn.store.store import CheckpointStore
 
@@ -58,6 +60,19 @@ def take_lease(store: CheckpointStore | Exception, clock: Clock) -> Lease | NoLe
     if holder is not None:
         return NoLease(f"another tick is acting on this run: {holder}", failed=False)
     return lease
+
+
+def _open_store(fleet: FleetConfig, mode: Mode) -> Backend | Exception:
+    """Only an acting tick creates a file store's directory: `status` and a dry run before
+    the first launch see an empty store, and leave nothing behind."""
+    try:
+        return open_backend(fleet.store.url, fleet.store.credential_envs, create=mode is Mode.ACT)
+    except StoreMissingError:
+        from respawn.store.file_backend import FileBackend
+
+        return FileBackend(Path(unquote(urlparse(fleet.store.url).path)))
+    except StoreError as e:
+        return e
 
 
 def tick_run(
@@ -138,11 +153,7 @@ def tick(
 ) -> list[RunReport]:
     runs = [fleet.run(only)] if only else list(fleet.runs)
     providers = open_providers(fleet, {p for r in runs for p in r.providers})
-    backend: Backend | Exception
-    try:
-        backend = open_backend(fleet.store.url, fleet.store.credential_envs)
-    except StoreError as e:
-        backend = e
+    backend = _open_store(fleet, mode)
     stores: list[CheckpointStore | Exception] = [
         backend if isinstance(backend, Exception) else CheckpointStore(backend, r.name)
         for r in runs
