@@ -8,10 +8,12 @@ import os
 import stat
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from respawn.controller.report import when
 from respawn.store.backend import StoreConfigError
 from respawn.store.disk import LocalFile, complete_steps
 from respawn.store.progress import TransferProgress, human_bytes
@@ -192,7 +194,8 @@ def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
         mark = "*" if r["latest"] else " "
         size = human_bytes(r["bytes"]) if "bytes" in r else "?"
         line = f"{mark} step {r['step']:>8}  {r.get('files', '?'):>4} files  {size:>10}"
-        line += f"  {r.get('created_at', r.get('error', ''))}"
+        made = r.get("created_at")
+        line += f"  {when(datetime.fromisoformat(made)) if made else r.get('error', '')}"
         if r["quarantined"]:
             line += "  QUARANTINED"
         if verify:
@@ -201,14 +204,14 @@ def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
     if pointer:
         print(
             f"latest.json → step {pointer.step} (generation {pointer.generation}, "
-            f"{pointer.writer}, {pointer.written_at:%Y-%m-%d %H:%M:%S}Z)"
+            f"{pointer.writer}, {when(pointer.written_at)})"
         )
     else:
         print(f"latest.json: {pointer_error or 'none'}")
     if heartbeat:
         print(
-            f"heartbeat: {heartbeat.phase} step {heartbeat.step} g{heartbeat.generation} "
-            f"at {heartbeat.at:%Y-%m-%d %H:%M:%S}Z"
+            f"heartbeat: {heartbeat.phase} step {'-' if heartbeat.step is None else heartbeat.step}"
+            f" g{heartbeat.generation} at {when(heartbeat.at)}"
         )
     elif heartbeat_error:
         print(f"heartbeat: {heartbeat_error}")

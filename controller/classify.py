@@ -40,6 +40,19 @@ def ago(delta: timedelta) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _step(step: int | None) -> str:
+    return "-" if step is None else str(step)
+
+
+def extended(run: RunConfig, obs: Observation) -> bool:
+    """A finished run whose target_step was raised above both the target it finished under
+    and its last checkpoint: the next tick launches it again."""
+    target, ledger = run.target_step, obs.ledger
+    if target is None or (obs.pointer is not None and obs.pointer.step >= target):
+        return False
+    return ledger.finished_target is None or target > ledger.finished_target
+
+
 def observed_step(obs: Observation) -> int | None:
     """The newest step anything reports: the pointer, or the current generation's heartbeat."""
     steps = []
@@ -166,20 +179,29 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     halted = breaker_halt(obs)
     if halted:
         return verdict(Health.HALTED, halted)
-    if ledger.finished_at is not None:
-        return verdict(Health.FINISHED, f"finished at step {step}")
     target = run.target_step
-    if target is not None and obs.pointer is not None and obs.pointer.step >= target:
+    reached = target is not None and obs.pointer is not None and obs.pointer.step >= target
+    extending = ledger.finished_at is not None and extended(run, obs)
+    if ledger.finished_at is not None and not extending:
+        return verdict(Health.FINISHED, f"finished at step {_step(step)}")
+    if reached:
+        assert obs.pointer is not None
         return verdict(
             Health.FINISHED, f"checkpoint step {obs.pointer.step} reached target {target}"
+        )
+    if extending:
+        return verdict(
+            Health.DEAD,
+            f"target_step raised to {target} (checkpoint at step {_step(step)}): "
+            "extending the finished run",
         )
 
     gen = ledger.generation
     hb = obs.heartbeat if obs.heartbeat and obs.heartbeat.generation == gen else None
     if hb is not None and hb.phase == "finished":
-        return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {hb.step}")
+        return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}")
     if gen == 0:
-        return verdict(Health.DEAD, "never launched")
+        return verdict(Health.NEW, "never launched")
     current = current_instances(obs)
     if not current:
         mine = [i for i in obs.instances if i.generation == gen]
@@ -227,7 +249,11 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
 
     if progress is None or progress.at <= launched_at:
         if since_launch < policy.startup_grace:
-            what = f"restoring step {hb.restoring_step}" if hb.phase == "restoring" else hb.phase
+            what = (
+                f"restoring step {_step(hb.restoring_step)}"
+                if hb.phase == "restoring"
+                else hb.phase
+            )
             return verdict(Health.STARTING, f"g{gen} up {ago(since_launch)}, {what}")
         return verdict(
             Health.STALLED, f"no step progress since g{gen} launched {ago(since_launch)} ago"

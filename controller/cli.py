@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +40,9 @@ def _per_provider(
             work(name, provider)
         except Exception as e:  # one provider down must not hide the others' results
             ok = False
-            print(f"{name}: {e}", file=sys.stderr)
+            msg = str(e)
+            # Provider errors already name their provider ("vast: ..."): never "vast: vast:".
+            print(msg if msg.startswith(f"{name}:") else f"{name}: {msg}", file=sys.stderr)
     return ok
 
 
@@ -124,6 +128,7 @@ def _destroy_all(fleet: FleetConfig, run: RunConfig) -> tuple[int, bool]:
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
+    from respawn.controller.report import when
     from respawn.store.schema import utcnow
 
     fleet = _load(args)
@@ -132,8 +137,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     # switch from killing. Then record the halt, so that no tick launches again, and sweep
     # once more for a launch that raced this command.
     _, destroyed_all = _destroy_all(fleet, run)
-    when = f"{utcnow():%Y-%m-%d %H:%M}Z"
-    halt_error = _record_halt(fleet, run.name, True, f"`respawn terminate` at {when}")
+    halt_error = _record_halt(fleet, run.name, True, f"`respawn terminate` at {when(utcnow())}")
     if halt_error is None:
         _, swept = _destroy_all(fleet, run)
         destroyed_all = destroyed_all and swept
@@ -172,15 +176,38 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from respawn.controller.classify import extended
+    from respawn.controller.ledger import read_ledger
+    from respawn.controller.model import Observation
+    from respawn.controller.report import when
+    from respawn.controller.stores import open_run_store
     from respawn.store.schema import utcnow
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    error = _record_halt(fleet, run.name, False, f"`respawn resume` at {utcnow():%Y-%m-%d %H:%M}Z")
+    error = _record_halt(fleet, run.name, False, f"`respawn resume` at {when(utcnow())}")
     if error is not None:
         print(f"respawn resume: FAILED: could not record the resume ({error})", file=sys.stderr)
         return EXIT_FAILED
-    print(f"run {run.name} is no longer halted; the next tick acts on it")
+    store = open_run_store(fleet.store, run.name)
+    ledger = read_ledger(store)
+    if ledger.finished_at is None:
+        print(f"run {run.name} is no longer halted; the next tick acts on it")
+        return EXIT_OK
+    # A finished run is not restarted by a resume: say what would, instead of a false promise.
+    pointer = store.read_pointer()
+    step = "-" if pointer is None else str(pointer.step)
+    if extended(run, Observation(run=run.name, pointer=pointer, ledger=ledger)):
+        print(
+            f"run {run.name}: not halted; finished at step {step}, but target_step is now "
+            f"{run.target_step}: the next tick extends it from step {step}"
+        )
+    else:
+        print(
+            f"run {run.name}: not halted; finished at {when(ledger.finished_at)} (step {step}). "
+            "resume does not restart a finished run: to extend it, raise runs[].target_step "
+            "above the step it finished at; the next tick then launches it again."
+        )
     return EXIT_OK
 
 
@@ -214,10 +241,39 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from respawn.controller.ledger import read_halt, read_ledger
+    from respawn.controller.stores import open_run_store
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    store = open_run_store(fleet.store, run.name)
+    ledger = read_ledger(store)
+    order = read_halt(store)
+    if order is None or not order.halted:
+        # A live pod would publish past the rolled-back step at its next checkpoint.
+        raise UsageError(
+            f"run {run.name} is not halted: `respawn terminate -c {args.config} --run {run.name}`"
+            " first, then rollback, then `respawn resume`"
+        )
+    from respawn.store.store import StoreError
+
+    try:
+        pointer = store.rollback_pointer(args.step, ledger.generation, "respawn rollback")
+    except StoreError as e:
+        print(f"respawn rollback: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"run {run.name}: latest.json → step {pointer.step}; "
+        f"`respawn resume -c {args.config} --run {run.name}` relaunches from it"
+    )
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from respawn.controller.config import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
     return EXIT_OK
 
 
@@ -252,92 +308,121 @@ def cmd_ckpt(args: argparse.Namespace) -> int:
     return run_ckpt(args)
 
 
+def _version() -> str:
+    # Not `respawn.__version__`: the controller imports only the parts the layout allows.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("respawn")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0.0.0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="respawn",
         description="Keep long GPU training runs alive on spot instances: observe each run, "
         "classify its health, re-provision and resume from the last verified checkpoint.",
     )
+    p.add_argument("--version", action="version", version=f"respawn {_version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    # `-v` is accepted after the subcommand too; SUPPRESS keeps a later default from
+    # overwriting a `-v` given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=text, description=text, parents=[common])
 
     def with_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", required=True, type=Path, help="fleet config (YAML)")
 
-    sp = sub.add_parser("demo", help="the whole recovery loop on this machine, with a failure")
+    sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure")
     sp.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     sp.add_argument("--keep", action="store_true", help="keep the temporary directory")
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("reconcile", help="one controller tick: observe, classify, decide, act")
+    sp = command(sub, "reconcile", "one controller tick: observe, classify, decide, act")
     with_config(sp)
     sp.add_argument("--run", help="only this run")
     sp.add_argument("--dry-run", action="store_true", help="decide but change nothing")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_reconcile)
 
-    sp = sub.add_parser("status", help="observe and classify only")
+    sp = command(sub, "status", "observe and classify only; changes nothing")
     with_config(sp)
     sp.add_argument("--run", help="only this run")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_status)
 
-    sp = sub.add_parser("offers", help="ranked offers across the run's providers")
+    sp = command(sub, "offers", "ranked offers across the run's providers")
     with_config(sp)
-    sp.add_argument("--run", required=True)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--run", required=True, help="the run whose resources are matched")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_offers)
 
-    sp = sub.add_parser("terminate", help="kill switch: halt the run and destroy its instances")
+    sp = command(sub, "terminate", "kill switch: halt the run and destroy its instances")
     with_config(sp)
-    sp.add_argument("--run", required=True)
+    sp.add_argument("--run", required=True, help="the run to stop")
     sp.set_defaults(func=cmd_terminate)
 
-    sp = sub.add_parser("diagnose", help="GPU state, pod log tail and disk of a run's instances")
+    sp = command(sub, "diagnose", "GPU state, pod log tail and disk of a run's instances")
     with_config(sp)
-    sp.add_argument("--run", required=True)
+    sp.add_argument("--run", required=True, help="the run to look at")
     sp.set_defaults(func=cmd_diagnose)
 
-    sp = sub.add_parser("resume", help="clear a halt so the controller acts on the run again")
+    sp = command(sub, "resume", "clear a halt so the controller acts on the run again")
     with_config(sp)
-    sp.add_argument("--run", required=True)
+    sp.add_argument("--run", required=True, help="the halted run")
     sp.set_defaults(func=cmd_resume)
 
-    sp = sub.add_parser("ledger", help="the controller's ledger of a run")
+    sp = command(sub, "ledger", "the controller's ledger of a run")
     ls = sp.add_subparsers(dest="ledger_command", required=True, metavar="OP")
-    rp = ls.add_parser(
+    rp = command(
+        ls,
         "repair",
-        help="rebuild a lost or unreadable ledger from the pointer, heartbeat and instances",
+        "rebuild a lost or unreadable ledger from the pointer, heartbeat and instances",
     )
     with_config(rp)
-    rp.add_argument("--run", required=True)
+    rp.add_argument("--run", required=True, help="the run whose ledger to rebuild")
     rp.set_defaults(func=cmd_ledger_repair)
 
-    sp = sub.add_parser("validate", help="check a fleet config")
+    sp = command(sub, "rollback", "move a halted run's pointer back to an older verified step")
+    with_config(sp)
+    sp.add_argument("--run", required=True, help="the halted run")
+    sp.add_argument("--step", required=True, type=int, help="a published step to go back to")
+    sp.set_defaults(func=cmd_rollback)
+
+    sp = command(sub, "validate", "check a fleet config")
     with_config(sp)
     sp.set_defaults(func=cmd_validate)
 
-    sp = sub.add_parser("doctor", help="check the config, and with --live the clouds and store")
+    sp = command(sub, "doctor", "check the config, and with --live the clouds and store")
     with_config(sp)
     sp.add_argument("--live", action="store_true", help="make read-only calls with your keys")
     sp.set_defaults(func=cmd_doctor)
 
-    sp = sub.add_parser("schema", help="print the fleet config's JSON Schema (for editors)")
+    sp = command(sub, "schema", "print the fleet config's JSON Schema (for editors)")
     sp.set_defaults(func=cmd_schema)
 
-    ck = sub.add_parser("ckpt", help="checkpoint store operations")
+    ck = command(sub, "ckpt", "checkpoint store operations: ls, push, pull, gc")
     cks = ck.add_subparsers(dest="ckpt_command", required=True, metavar="OP")
 
     def store_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--store", help="file:///PATH or b2://BUCKET/PREFIX (or -c FLEET.yaml)")
         sp.add_argument("-c", "--config", type=Path, help="take the store URL from this config")
-        sp.add_argument("--run", required=True)
+        sp.add_argument("--run", required=True, help="the run's name in the store")
 
-    sp = cks.add_parser("ls", help="list published steps, the pointer and the heartbeat")
+    sp = command(cks, "ls", "list published steps, the pointer and the heartbeat")
     store_args(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.add_argument("--verify", action="store_true", help="download and hash every step")
-    sp = cks.add_parser("push", help="publish a directory as one step (files → manifest → pointer)")
+    sp = command(cks, "push", "publish a directory as one step (files → manifest → pointer)")
     store_args(sp)
     sp.add_argument(
         "--dir",
@@ -347,20 +432,44 @@ def build_parser() -> argparse.ArgumentParser:
         "without --dir, -c FLEET --run NAME finds the step through the run's sources",
     )
     sp.add_argument("--workdir", type=Path, help="store paths are relative to this directory")
-    sp.add_argument("--step", required=True, type=int)
+    sp.add_argument("--step", required=True, type=int, help="the step number to publish as")
     sp.add_argument("--generation", type=int, help="writer generation (default: the current one)")
-    sp = cks.add_parser("pull", help="restore the newest verified step into a directory")
+    sp = command(cks, "pull", "restore the newest verified step into a directory")
     store_args(sp)
-    sp.add_argument("--dest", required=True, type=Path)
-    sp = cks.add_parser("gc", help="delete old steps, keeping the newest K (never the pointer's)")
+    sp.add_argument("--dest", required=True, type=Path, help="directory to restore into")
+    sp = command(cks, "gc", "delete old steps, keeping the newest K (never the pointer's)")
     store_args(sp)
-    sp.add_argument("--keep-last", type=int, default=3)
+    sp.add_argument("--keep-last", type=int, default=3, help="steps to keep (default 3)")
     sp.add_argument("--keep-every", type=int, help="also keep steps divisible by this")
     ck.set_defaults(func=cmd_ckpt)
     return p
 
 
+#: Set by the reusable workflow to every secret its caller passed (`toJSON(secrets)`).
+ENV_SECRETS_JSON = "RESPAWN_SECRETS_JSON"
+
+
+def export_workflow_secrets(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """Move the workflow's secrets into this process's environment under their own names, so
+    the fleet config can name any secret without the workflow listing it. A variable already
+    set wins; names that are not plain environment names (`github_token`) are skipped."""
+    raw = environ.pop(ENV_SECRETS_JSON, None)
+    if not raw:
+        return
+    try:
+        secrets = json.loads(raw)
+    except json.JSONDecodeError:
+        print(f"respawn: {ENV_SECRETS_JSON} is not JSON; ignoring it", file=sys.stderr)
+        return
+    if not isinstance(secrets, dict):
+        return
+    for name, value in secrets.items():
+        if isinstance(value, str) and re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(name)):
+            environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> int:
+    export_workflow_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -375,7 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     from respawn.controller.config import ConfigError
 
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `respawn schema | head`: the reader left; say nothing more, and keep Python's own
+        # flush at exit from raising again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as e:
         print(f"respawn: config error:\n{e}", file=sys.stderr)
         return EXIT_USAGE

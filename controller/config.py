@@ -17,13 +17,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from respawn.contract.durations import Duration
+from respawn.contract.durations import PATTERN as DURATION_PATTERN
+from respawn.contract.durations import Duration, format_duration
 from respawn.contract.pod import ENV_NAME as _ENV_NAME
 from respawn.contract.pod import PodSpec
 from respawn.provisioning.base import Resources
@@ -232,8 +234,23 @@ def load_config(path: str | Path) -> FleetConfig:
     return parse_config(text, str(p))
 
 
+def _duration_defaults(node: Any) -> None:
+    """pydantic writes timedelta defaults as ISO 8601 (`PT20M`); the pattern next to them
+    accepts only our own form (`20m`), so an editor would flag the defaults themselves."""
+    if isinstance(node, dict):
+        default = node.get("default")
+        if node.get("pattern") == DURATION_PATTERN and isinstance(default, str):
+            node["default"] = format_duration(TypeAdapter(timedelta).validate_python(default))
+        for v in node.values():
+            _duration_defaults(v)
+    elif isinstance(node, list):
+        for v in node:
+            _duration_defaults(v)
+
+
 def json_schema() -> dict[str, Any]:
     schema = FleetConfig.model_json_schema()
+    _duration_defaults(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "respawn fleet config"
     return schema

@@ -178,11 +178,15 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         case Health.FINISHED:
             actions = [_terminate(i, "run finished") for i in _billing(obs)]
             if ledger.finished_at is None:
-                ledger = ledger.model_copy(update={"finished_at": now})
+                ledger = ledger.model_copy(
+                    update={"finished_at": now, "finished_target": run.target_step}
+                )
         case Health.HEALTHY | Health.STARTING:
             actions = list(_strays(obs))
             ledger = _adopt(ledger, current_instances(obs))
-        case Health.DEAD:
+        case Health.DEAD | Health.NEW:
+            # A finished run that is dead again was extended (target_step raised): un-finish it.
+            ledger = ledger.model_copy(update={"finished_at": None, "finished_target": None})
             actions, ledger = _replace(run, obs, ledger, now, verdict.reason)
         case Health.STALLED:
             current = current_instances(obs)

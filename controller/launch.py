@@ -76,6 +76,15 @@ def provision(
             wandb_run_id=wandb_id,
         )
         env, values = launch_env(fleet, run, pod_env, environ)
+        auth = None
+        if run.pod.registry_auth_env:
+            auth = environ.get(run.pod.registry_auth_env)
+            if not auth:
+                raise MissingSecretError(
+                    f"environment variable {run.pod.registry_auth_env} "
+                    "(pod.registry_auth_env) is not set on the controller"
+                )
+            values = [*values, auth, *auth.split(":", 1)]
         secrets[:] = values
         return LaunchSpec(
             run=run.name,
@@ -85,6 +94,7 @@ def provision(
             max_price_per_hour=run.resources.max_price_per_hour,
             market=offer.market,
             env=env,
+            registry_auth=auth,
         )
 
     return launch_first_fit(

@@ -17,6 +17,7 @@ class _Frozen(BaseModel):
 
 
 class Health(StrEnum):
+    NEW = "new"  # never launched: the next tick launches generation 1
     STARTING = "starting"
     HEALTHY = "healthy"
     STALLED = "stalled"
@@ -91,6 +92,8 @@ class Ledger(_Frozen):
     halted: str | None = None  # by a breaker (crash loop, budget)
     halted_at: datetime | None = None
     finished_at: datetime | None = None
+    # The target_step the run finished under: raising it above this extends the run.
+    finished_target: int | None = None
     events: tuple[LedgerEvent, ...] = ()
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
@@ -211,6 +214,9 @@ class RunReport(_Frozen):
     results: tuple[ActionResult, ...] = ()
     dry_run: bool = False
     skipped: str | None = Field(None, description="why this tick did not act (another holds it)")
+    # When the controller ticked for this run before this tick (None: never, or unreadable).
+    previous_tick: datetime | None = None
+    now: datetime | None = None
 
     @property
     def failed(self) -> bool:
@@ -220,6 +226,8 @@ class RunReport(_Frozen):
 def describe(action: Action) -> str:
     match action:
         case Provision():
+            if action.resume_step is None:
+                return f"provision g{action.generation} (fresh start, no checkpoint yet)"
             return f"provision g{action.generation} (resume step {action.resume_step})"
         case Terminate():
             return f"terminate {action.provider}:{action.instance_id} ({action.name})"

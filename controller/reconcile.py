@@ -9,12 +9,15 @@ race needs the live answer.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import unquote, urlparse
 
 from respawn.controller.act import act
 from respawn.controller.config import FleetConfig, RunConfig
@@ -25,11 +28,12 @@ from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
 from respawn.provisioning.base import Instance, Provider
 from respawn.store import open_backend
-from respawn.store.backend import Backend, StoreError
-from respawn.store.schema import utcnow
+from respawn.store.backend import Backend, StoreError, StoreMissingError
+from respawn.store.schema import TickRecord, utcnow
 from respawn.store.store import CheckpointStore
 
 MAX_PARALLEL_RUNS = 32
+log = logging.getLogger("respawn.controller")
 
 
 class Mode(StrEnum):
@@ -58,6 +62,19 @@ def take_lease(store: CheckpointStore | Exception, clock: Clock) -> Lease | NoLe
     return lease
 
 
+def _open_store(fleet: FleetConfig, mode: Mode) -> Backend | Exception:
+    """Only an acting tick creates a file store's directory: `status` and a dry run before
+    the first launch see an empty store, and leave nothing behind."""
+    try:
+        return open_backend(fleet.store.url, fleet.store.credential_envs, create=mode is Mode.ACT)
+    except StoreMissingError:
+        from respawn.store.file_backend import FileBackend
+
+        return FileBackend(Path(unquote(urlparse(fleet.store.url).path)))
+    except StoreError as e:
+        return e
+
+
 def tick_run(
     fleet: FleetConfig,
     run: RunConfig,
@@ -73,6 +90,7 @@ def tick_run(
     skipped = lease.why if isinstance(lease, NoLease) else None
     if isinstance(lease, NoLease):
         mode = Mode.OBSERVE
+    previous = _previous_tick(store)
     try:
         obs = observe(run, store, providers, listings)
         plan = decide(run, obs, now)
@@ -81,6 +99,8 @@ def tick_run(
             usable = None if isinstance(store, Exception) else store
             held = lease if isinstance(lease, Lease) else None
             results = tuple(act(plan, run, fleet, usable, providers, obs.ledger, lease=held))
+            if usable is not None:
+                _record_tick(usable, run.name, now, previous)
         elif isinstance(lease, NoLease):
             reason = f"{plan.verdict.reason} ({lease.why}; this tick changed nothing)"
             verdict = plan.verdict.model_copy(update={"reason": reason})
@@ -99,7 +119,30 @@ def tick_run(
         results=results,
         dry_run=mode is not Mode.ACT,
         skipped=skipped,
+        previous_tick=previous,
+        now=now,
     )
+
+
+def _previous_tick(store: CheckpointStore | Exception) -> datetime | None:
+    if isinstance(store, Exception):
+        return None
+    try:
+        record = store.read_tick()
+    except StoreError as e:
+        log.warning("%s: cannot read the last tick time: %s", store.run, e)
+        return None
+    return record.at if record else None
+
+
+def _record_tick(
+    store: CheckpointStore, run: str, now: datetime, previous: datetime | None
+) -> None:
+    """Only acting ticks count: status and dry runs are not the schedule."""
+    try:
+        store.write_tick(TickRecord(run=run, at=now, previous_at=previous))
+    except StoreError as e:  # the tick itself happened; only the lag display suffers
+        log.warning("%s: cannot record the tick time: %s", run, e)
 
 
 def tick(
@@ -110,11 +153,7 @@ def tick(
 ) -> list[RunReport]:
     runs = [fleet.run(only)] if only else list(fleet.runs)
     providers = open_providers(fleet, {p for r in runs for p in r.providers})
-    backend: Backend | Exception
-    try:
-        backend = open_backend(fleet.store.url, fleet.store.credential_envs)
-    except StoreError as e:
-        backend = e
+    backend = _open_store(fleet, mode)
     stores: list[CheckpointStore | Exception] = [
         backend if isinstance(backend, Exception) else CheckpointStore(backend, r.name)
         for r in runs

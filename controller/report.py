@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from typing import Any
 
+from respawn.controller.classify import ago
 from respawn.controller.model import Health, RunReport, describe
 
 NEEDS_HUMAN = {Health.HALTED, Health.UNKNOWN}
+
+
+def when(at: datetime) -> str:
+    """The one time format of human output: UTC, to the second."""
+    return f"{at:%Y-%m-%d %H:%M:%S}Z"
+
+
+def tick_lag(r: RunReport) -> str:
+    """How long before this tick the controller last ticked for the run: the schedule is
+    best-effort, and a lag far above the cron interval means ticks were dropped."""
+    if r.previous_tick is None or r.now is None:
+        return "no earlier tick recorded"
+    return f"previous tick {ago(r.now - r.previous_tick)} ago ({when(r.previous_tick)})"
 
 
 def to_json(reports: list[RunReport]) -> dict[str, Any]:
@@ -32,6 +47,12 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                 "reason": v.reason,
                 "step": v.step,
                 "generation": r.plan.ledger.generation,
+                "previous_tick_at": r.previous_tick.isoformat() if r.previous_tick else None,
+                "tick_lag_s": (
+                    round((r.now - r.previous_tick).total_seconds())
+                    if r.previous_tick and r.now
+                    else None
+                ),
                 "instances": [
                     i.model_dump(
                         mode="json",
@@ -64,6 +85,7 @@ def to_text(reports: list[RunReport]) -> str:
         v = r.plan.verdict
         step = "-" if v.step is None else str(v.step)
         lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {v.reason}")
+        lines.append(f"  {tick_lag(r)}")
         for i in r.observation.instances:
             market = {True: " spot", False: " on-demand"}.get(i.interruptible, "")  # type: ignore[arg-type]
             lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}{market}")
@@ -79,7 +101,10 @@ def to_text(reports: list[RunReport]) -> str:
 
 
 def to_markdown(reports: list[RunReport]) -> str:
-    rows = ["| run | health | step | reason | actions |", "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| run | health | step | reason | actions | tick lag |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in reports:
         v = r.plan.verdict
         acts = (
@@ -90,7 +115,7 @@ def to_markdown(reports: list[RunReport]) -> str:
         reason = v.reason.replace("|", "\\|")
         rows.append(
             f"| {r.run} | {v.health.value} | {v.step if v.step is not None else '—'} "
-            f"| {reason} | {acts} |"
+            f"| {reason} | {acts} | {tick_lag(r)} |"
         )
     return "## respawn\n\n" + "\n".join(rows) + "\n"
 

@@ -36,6 +36,9 @@ from respawn.contract.pod import (
     PodSpec,
     render_command,
 )
+from respawn.pod.dispatch import TickRequester
+from respawn.pod.gpu_watch import GpuWatch
+from respawn.pod.gpu_watch import query as gpu_query
 from respawn.store.disk import complete_steps, step_dirs
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import Heartbeat, Phase, utcnow
@@ -70,7 +73,13 @@ class PodContext:
 class Supervisor:
     def __init__(self, ctx: PodContext, resume_step: int | None, env: dict[str, str]) -> None:
         self.ctx = ctx
-        self.env = env
+        dispatch = ctx.pod.dispatch
+        self.requester = TickRequester(dispatch, ctx.run, env) if dispatch else None
+        # The dispatch token is the pod's, not the trainer's.
+        self.env = {k: v for k, v in env.items() if not dispatch or k != dispatch.token_env}
+        idle = ctx.pod.gpu_idle_after
+        self.gpu_watch = GpuWatch(idle.total_seconds() if idle else None)
+        self._gpu_trip: str | None = None
         self.published = resume_step
         self.disk_step = resume_step
         self.phase: Phase = "training"
@@ -121,6 +130,37 @@ class Supervisor:
         interval = self.ctx.pod.heartbeat_interval.total_seconds()
         while not self._fenced.is_set() and not self._done.wait(interval):
             self.beat()
+            self._tick_if_overdue()
+
+    def _tick_if_overdue(self) -> None:
+        """No controller tick for `overdue_after` (GitHub dropped or delayed the cron, or
+        disabled the schedule): ask for one."""
+        if self.requester is None or self.requester.spec.overdue_after is None:
+            return
+        try:
+            record = self.ctx.store.read_tick()
+        except StoreError as e:
+            log.warning("cannot read the last tick time: %s", e)
+            return
+        if self.requester.overdue(record.at if record else None, utcnow()):
+            self.requester.request("controller ticks overdue")
+
+    # -- GPU watchdog --------------------------------------------------------------------
+
+    def _gpu_loop(self) -> None:
+        interval = self.ctx.pod.gpu_poll_interval.total_seconds()
+        while not self._done.wait(interval):
+            samples = gpu_query()
+            if samples is None:
+                continue
+            with self._lock:
+                if self._gpu_trip is None:
+                    self._gpu_trip = self.gpu_watch.check(samples, time.monotonic())
+
+    def _take_gpu_trip(self) -> str | None:
+        with self._lock:
+            why, self._gpu_trip = self._gpu_trip, None
+            return why
 
     # -- trainer -------------------------------------------------------------------------
 
@@ -134,6 +174,9 @@ class Supervisor:
             sys.executable,
         )
         log.info("starting trainer (resume step %s): %s", self.published, command)
+        with self._lock:
+            self.gpu_watch.reset()
+            self._gpu_trip = None
         self._proc = subprocess.Popen(
             shlex.split(command),
             cwd=self.ctx.workdir,
@@ -271,6 +314,8 @@ class Supervisor:
         self._set_phase("failed", why)
         self.beat()
         log.error("%s; restart budget spent, giving up", why)
+        if self.requester is not None:
+            self.requester.request(f"trainer failed: {why}")
         return 1
 
     def run(self) -> int:
@@ -284,6 +329,8 @@ class Supervisor:
         beater.start()
         syncer = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
         syncer.start()
+        if pod.watch_gpus:
+            threading.Thread(target=self._gpu_loop, name="gpu-watch", daemon=True).start()
         pidfile = write_pidfile()
         try:
             return self._loop(pod)
@@ -313,18 +360,24 @@ class Supervisor:
             if self._stop.is_set():
                 return self._on_sigterm(grace)
             hung = hang_after is not None and time.monotonic() - self._step_seen_at > hang_after
-            if self._restart.is_set() or hung:
+            gpu_trip = self._take_gpu_trip()
+            if self._restart.is_set() or hung or gpu_trip:
                 requested = self._restart.is_set()
                 self._restart.clear()
                 self._stop_trainer(grace)
                 if not self._sync_and_wait():
                     continue  # SIGTERM arrived meanwhile: handled at the top of the loop
-                if hung:
+                if hung or gpu_trip:
                     # A trainer that hangs again and again needs a new machine, not a loop.
                     self.restarts += 1
                     if self.restarts > pod.max_trainer_restarts:
-                        return self._give_up(f"trainer hung {self.restarts} times")
-                why = "restart requested" if requested else f"no new step for {hang_after:.0f}s"
+                        what = "GPU watchdog tripped" if gpu_trip else "trainer hung"
+                        return self._give_up(f"{what} {self.restarts} times")
+                why = (
+                    "restart requested"
+                    if requested
+                    else gpu_trip or f"no new step for {hang_after:.0f}s"
+                )
                 log.warning("%s: restarting the trainer from step %s", why, self.published)
                 self._start_trainer()
                 continue
@@ -352,11 +405,17 @@ class Supervisor:
         is left of `term_grace` (a spot reclaim gives seconds, not minutes)."""
         deadline = time.monotonic() + grace
         log.info("SIGTERM: asking the trainer to checkpoint (%.0fs grace)", grace)
+        asking = None
+        if self.requester is not None:
+            # The replacement is launched by a tick: ask for one now, not at the next cron.
+            asking = self.requester.request_soon("SIGTERM: the instance is going away")
         self._set_phase("exiting", "SIGTERM")
         rc = self._stop_trainer(grace)
         if not self._sync_and_wait(writer_done=rc == 0, deadline=deadline):
             log.warning("SIGTERM: the final publish did not finish within term_grace")
         self.beat()
+        if asking is not None:
+            asking.join(max(0.5, deadline - time.monotonic()))
         return 0
 
 

@@ -121,10 +121,19 @@ class LaunchSpec(BaseModel):
     max_price_per_hour: float
     market: Market = "interruptible"
     env: dict[str, str] = Field(repr=False)  # holds secrets: never printed
+    # Private image pull (`pod.registry_auth_env`): `USER:TOKEN` for Vast, a saved
+    # container-registry-auth id for RunPod. Never printed.
+    registry_auth: str | None = Field(None, repr=False)
 
     @property
     def name(self) -> str:
         return instance_name(self.run, self.generation)
+
+    def registry_host(self) -> str:
+        """The registry of `image`: its first path part when that names a host."""
+        first = (self.image or "").split("/", 1)[0]
+        has_host = "/" in (self.image or "") and ("." in first or ":" in first)
+        return first if has_host or first == "localhost" else "docker.io"
 
 
 class ProviderError(Exception):

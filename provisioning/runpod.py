@@ -219,6 +219,16 @@ class RunPodProvider(ShellAccess, Provider):
                 "supportPublicIp": True,
             }
         }
+        if spec.registry_auth:
+            if ":" in spec.registry_auth:
+                err = ProviderError(
+                    "runpod: pod.registry_auth_env must hold the id of a container registry "
+                    "credential saved in RunPod (Settings → Container Registry Auth), not "
+                    "USER:TOKEN"
+                )
+                err.retryable = False
+                raise err
+            variables["input"]["containerRegistryAuthId"] = spec.registry_auth
         # Not retried: a create whose answer was lost may still have made a pod.
         what = f"deploy {offer.gpu_count}x {gpu_type} ({cloud} cloud)"
         data = self._gql(DEPLOY, variables, what, retry=False)

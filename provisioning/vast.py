@@ -292,6 +292,7 @@ class VastProvider(ShellAccess, Provider):
             raise err
         if offer.market == "interruptible" and offer.bid is None:
             raise NoCapacityError(f"vast: offer {offer.id} has no bid")  # never a blind on-demand
+        login = _login(spec)
 
         def create() -> Any:
             if self.pace:
@@ -304,6 +305,7 @@ class VastProvider(ShellAccess, Provider):
                 price=offer.bid if offer.market == "interruptible" else None,
                 label=spec.name,
                 onstart_cmd=ONSTART,
+                login=login,
                 ssh=True,
                 direct=True,
             )
@@ -465,3 +467,15 @@ def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
         markets=markets_of(settings.market),
         pace=settings.pace,
     )
+
+
+def _login(spec: LaunchSpec) -> str | None:
+    """Vast's `--login` for a private image: `-u USER -p TOKEN REGISTRY`."""
+    if not spec.registry_auth:
+        return None
+    user, sep, token = spec.registry_auth.partition(":")
+    if not sep or not user or not token:
+        err = ProviderError("vast: pod.registry_auth_env must hold USER:TOKEN")
+        err.retryable = False  # a config mistake: the next offer or tick would fail the same
+        raise err
+    return f"-u {user} -p {token} {spec.registry_host()}"

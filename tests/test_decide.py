@@ -122,7 +122,7 @@ CASES = [
     (
         "never launched",
         obs(ledger=Ledger(run="r"), pointer=None, heartbeat=None, instances=()),
-        Health.DEAD,
+        Health.NEW,
         "never launched",
     ),
     ("healthy", obs(heartbeat=hb(1, step=120)), Health.HEALTHY, "step 120"),

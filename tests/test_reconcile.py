@@ -83,7 +83,7 @@ def test_reconcile_json_document(fleet_path: Path) -> None:
     doc = json.loads(proc.stdout)
     (run,) = doc["runs"]
     assert set(run) >= {"run", "health", "reason", "step", "instances", "actions"}
-    assert run["run"] == "job" and run["health"] == "dead" and run["reason"] == "never launched"
+    assert run["run"] == "job" and run["health"] == "new" and run["reason"] == "never launched"
     (action,) = run["actions"]
     assert action["kind"] == "provision" and action["ok"] is True and action["generation"] == 1
 

@@ -1,33 +1,58 @@
-"""The GitHub Actions workflows: static analysis, and the controller run exactly as the
-scheduled workflow runs it."""
+"""The GitHub Actions workflows: static analysis, the reusable tick's contract, and its tick
+step run exactly as the workflow runs it."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 WORKFLOWS = ROOT / ".github" / "workflows"
+DOCS = ROOT / "docs"
 
 
-def control() -> dict:  # type: ignore[type-arg]
-    return yaml.safe_load((WORKFLOWS / "control.yml").read_text())
+def load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
 
 
-def test_schedule_every_ten_minutes_and_manual_dispatch() -> None:
-    doc = control()
-    on = doc[True] if True in doc else doc["on"]  # YAML 1.1 reads a bare `on` as true
-    assert on["schedule"] == [{"cron": "*/10 * * * *"}]
-    assert "workflow_dispatch" in on
-    assert doc["concurrency"]["cancel-in-progress"] is False  # ticks queue, never overlap
-    assert doc["permissions"] == {"contents": "read"}
+def on(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc[True] if True in doc else doc["on"]  # YAML 1.1 reads a bare `on` as true
+
+
+def test_control_plane_calls_the_reusable_tick_every_ten_minutes() -> None:
+    doc = load("control.yml")
+    crons = [c["cron"] for c in on(doc)["schedule"]]
+    assert "*/10 * * * *" in crons and len(crons) == 2  # ticks + weekly keepalive
+    assert "workflow_dispatch" in on(doc)
+    assert doc["permissions"] == {}
+    job = doc["jobs"]["tick"]
+    assert job["uses"] == "./.github/workflows/tick.yml"
+    assert job["with"]["respawn_ref"] == "${{ github.sha }}"
+
+
+def test_reusable_tick_contract() -> None:
+    doc = load("tick.yml")
+    call = on(doc)["workflow_call"]
+    assert set(call["inputs"]) >= {"action", "run", "dry_run", "config", "respawn_ref"}
+    tick = doc["jobs"]["tick"]
+    assert tick["concurrency"]["cancel-in-progress"] is False  # ticks queue, never overlap
+    assert tick["environment"] == "${{ inputs.environment }}"
+    assert tick["permissions"] == {"contents": "read"}
+    assert doc["jobs"]["keepalive"]["permissions"] == {"actions": "write"}
+    for step in tick["steps"]:
+        uses = step.get("uses")
+        if uses:  # every action pinned to a full commit
+            assert len(uses.split("@")[1].split()[0]) == 40, uses
 
 
 def test_zizmor_finds_nothing() -> None:
@@ -38,35 +63,154 @@ def test_zizmor_finds_nothing() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("dry_run", ["true", "false"])
-def test_reconcile_step_runs_as_in_the_workflow(tmp_path: Path, dry_run: str) -> None:
-    (step,) = [s for s in control()["jobs"]["tick"]["steps"] if s.get("name") == "Reconcile"]
-    fleet = tmp_path / "fleet.yaml"
+def test_caller_example_in_the_docs_is_a_valid_caller() -> None:
+    text = (DOCS / "use-from-your-repository.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    doc = yaml.safe_load(block)
+    assert len(block.strip().splitlines()) <= 30
+    job = doc["jobs"]["respawn"]
+    assert job["uses"].startswith("OWNER/respawn/.github/workflows/tick.yml@")
+    inputs = on(load("tick.yml"))["workflow_call"]["inputs"]
+    assert set(job["with"]) <= set(inputs)
+    required = {name for name, spec in inputs.items() if spec.get("required")}
+    assert required <= set(job["with"]), required - set(job["with"])
+    repo, sha = job["uses"].split("/.github/")[0], job["uses"].split("@")[1]
+    assert job["with"]["respawn_repository"] == repo and job["with"]["respawn_ref"] == sha
+    assert "run" in on(doc)["workflow_dispatch"]["inputs"]  # the pod dispatches with `run`
+
+
+def tick_step() -> str:
+    (step,) = [s for s in load("tick.yml")["jobs"]["tick"]["steps"] if s.get("name") == "Tick"]
+    return str(step["run"])
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    path = tmp_path / "fleet.yaml"
     text = (ROOT / "examples" / "local.yaml").read_text()
-    fleet.write_text(text.replace("/tmp/respawn-local", str(tmp_path)))
-    env = {
+    path.write_text(text.replace("/tmp/respawn-local", str(tmp_path)))
+    return path
+
+
+def run_step(tmp_path: Path, fleet: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {
         **os.environ,
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
         "FLEET_CONFIG": str(fleet),
+        "ACTION": "reconcile",
         "ONLY_RUN": "toy",
-        "DRY_RUN": dry_run,
+        "DRY_RUN": "false",
+        "STEP": "",
+        **env,
     }
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", step["run"]],
-        env=env,
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", tick_step()],
+        env=full,
         capture_output=True,
         text=True,
         timeout=60,
         cwd=tmp_path,
     )
+
+
+@pytest.mark.parametrize("dry_run", ["true", "false"])
+def test_tick_step_runs_as_in_the_workflow(tmp_path: Path, fleet: Path, dry_run: str) -> None:
+    proc = run_step(tmp_path, fleet, DRY_RUN=dry_run)
     try:
         assert proc.returncode == 0, proc.stderr
         assert "toy" in proc.stdout and "never launched" in proc.stdout
         launched = (tmp_path / "store" / "toy" / "ledger.json").exists()
         assert launched == (dry_run == "false")
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "respawn", "terminate", "-c", str(fleet), "--run", "toy"],
+        run_cli("terminate", "-c", str(fleet), "--run", "toy")
+
+
+def test_tick_step_rejects_an_unknown_action(tmp_path: Path, fleet: Path) -> None:
+    proc = run_step(tmp_path, fleet, ACTION="destroy-everything")
+    assert proc.returncode == 2 and "unknown action" in proc.stdout
+
+
+def test_secrets_the_config_names_reach_respawn_without_the_workflow_naming_them(
+    tmp_path: Path, fleet: Path
+) -> None:
+    """The tick passes every secret as one JSON; respawn exports them to itself only."""
+    from respawn.controller.cli import export_workflow_secrets
+
+    env = {
+        "RESPAWN_SECRETS_JSON": json.dumps(
+            {"MY_B2_ID": "k1", "github_token": "ghs_x", "PRESET": "new"}
+        ),
+        "PRESET": "old",
+    }
+    export_workflow_secrets(env)
+    assert env == {"MY_B2_ID": "k1", "PRESET": "old"}
+
+    text = fleet.read_text().replace("store:\n", "store:\n  key_id_env: MY_B2_ID\n")
+    fleet.write_text(text)
+    proc = run_step(
+        tmp_path,
+        fleet,
+        ACTION="status",
+        RESPAWN_SECRETS_JSON=json.dumps({"MY_B2_ID": "s3cr3t-value"}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cr3t-value" not in proc.stdout + proc.stderr
+
+
+def test_keepalive_re_enables_the_calling_workflow_through_the_api() -> None:
+    from tests.fakes.github import FakeGitHub
+
+    (step,) = load("tick.yml")["jobs"]["keepalive"]["steps"]
+    gh = FakeGitHub("ghs_job_token", "me/train", {"respawn.yml": {"run"}})
+    url = gh.start()
+    try:
+        env = {
+            "PATH": os.environ["PATH"],
+            "GH_TOKEN": "ghs_job_token",
+            "API": url,
+            "REPO": "me/train",
+            "CALLER": "me/train/.github/workflows/respawn.yml@refs/heads/main",
+        }
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", step["run"]],
+            env=env,
             capture_output=True,
+            text=True,
             timeout=60,
         )
+        assert proc.returncode == 0, proc.stderr
+        assert gh.enabled == ["respawn.yml"]
+        assert "ghs_job_token" not in proc.stdout + proc.stderr
+
+        env["GH_TOKEN"] = "wrong"
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", step["run"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0  # a rejected token fails the job, visibly
+    finally:
+        gh.stop()
+
+
+def test_lock_pins_every_dependency_with_hashes() -> None:
+    """The workflow installs requirements/control.lock with --require-hashes."""
+    import tomllib
+
+    text = (ROOT / "requirements" / "control.lock").read_text()
+    pins: dict[str, int] = {}
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("==", 1)[0].lower()
+        assert "==" in line, f"not pinned: {line[:80]}"
+        pins[name] = line.count("--hash=sha256:")
+    assert pins and all(pins.values()), [n for n, h in pins.items() if not h]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = [*project["dependencies"], *project["optional-dependencies"]["control"]]
+    for req in direct:
+        name = re.split(r"[<>=\[ ;]", req, maxsplit=1)[0].lower()
+        assert name in pins, f"{name} is in pyproject.toml but not in the lock: regenerate it"

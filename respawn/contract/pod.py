@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from respawn.contract.durations import Duration
 from respawn.contract.sources import CheckpointSource
@@ -66,6 +73,29 @@ class CheckpointPolicy(_Strict):
     )
 
 
+class DispatchSpec(_Strict):
+    """The pod asks GitHub for a controller tick (`workflow_dispatch`) instead of waiting for
+    the best-effort cron: on SIGTERM, when the trainer fails for good, when ticks are overdue."""
+
+    repository: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/name of the caller"
+    )
+    workflow: str = Field(description="the calling workflow's file name (respawn.yml) or id")
+    ref: str = Field("main", description="branch the workflow runs on")
+    token_env: str = Field(
+        "RESPAWN_DISPATCH_TOKEN",
+        pattern=ENV_NAME,
+        description="fine-grained token (Actions: read and write); list it in pod.secret_env",
+    )
+    overdue_after: Duration | None = Field(
+        timedelta(minutes=30), description="ask for a tick when the last one is older than this"
+    )
+    min_interval: Duration = Field(
+        timedelta(minutes=5), description="at most one request per this long"
+    )
+    api_url: str = Field("https://api.github.com", description="GitHub REST API root")
+
+
 class PodSpec(_Strict):
     image: str | None = Field(None, description="container image (cloud providers)")
     workdir: str = Field(".", description="directory the trainer runs in; sources are under it")
@@ -89,6 +119,37 @@ class PodSpec(_Strict):
     term_grace: Duration = Field(
         timedelta(seconds=25), description="how long the trainer gets to checkpoint on SIGTERM"
     )
+    watch_gpus: bool = Field(
+        False,
+        description="restart the trainer when a GPU's memory drops to ~0 while it runs "
+        "(a sidecar such as an inference server died) or all GPUs sit idle (gpu_idle_after)",
+    )
+    gpu_idle_after: Duration | None = Field(
+        None, description="with watch_gpus: all GPUs at 0% for this long restarts the trainer"
+    )
+    gpu_poll_interval: Duration = Field(
+        timedelta(seconds=15), description="with watch_gpus: how often nvidia-smi is read"
+    )
+    dispatch: DispatchSpec | None = Field(
+        None, description="ask GitHub for a tick on SIGTERM, failure or overdue ticks"
+    )
+    registry_auth_env: str | None = Field(
+        None,
+        pattern=ENV_NAME,
+        description="variable holding `USER:TOKEN` for pulling a private pod.image "
+        "(the controller's environment; never passed to the pod)",
+    )
+
+    @model_validator(mode="after")
+    def _dispatch_token_reaches_the_pod(self) -> PodSpec:
+        if self.dispatch is not None and self.dispatch.token_env not in self.secret_env:
+            raise ValueError(
+                f"dispatch.token_env {self.dispatch.token_env!r} must also be listed in "
+                "secret_env, or the pod never receives the token"
+            )
+        if self.gpu_idle_after is not None and not self.watch_gpus:
+            raise ValueError("gpu_idle_after needs watch_gpus: true")
+        return self
 
     @field_validator("command", "fresh_command")
     @classmethod

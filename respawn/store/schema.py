@@ -136,6 +136,18 @@ class Heartbeat(_Doc):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
+class TickRecord(_Doc):
+    """When the controller last ticked for this run (`RUN/tick.json`). The scheduler is
+    best-effort: `status` shows the lag, and a pod asks for a tick when this is overdue."""
+
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    run: str
+    at: datetime
+    previous_at: datetime | None = None
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -162,6 +174,10 @@ class Keys:
     @property
     def heartbeat(self) -> str:
         return f"{self.run}/heartbeat.json"
+
+    @property
+    def tick(self) -> str:
+        return f"{self.run}/tick.json"
 
     @property
     def ledger(self) -> str:

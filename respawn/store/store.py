@@ -51,13 +51,14 @@ from respawn.store.schema import (
     ManifestFile,
     Quarantine,
     RepairEvent,
+    TickRecord,
     check_rel_path,
     parse_step_dirname,
     utcnow,
 )
 
 log = logging.getLogger("respawn.store")
-_Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest, Quarantine, RepairEvent)
+_Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest, Quarantine, RepairEvent, TickRecord)
 _HASH_CHUNK = 8 << 20
 #: Crash-left temporaries younger than this may belong to a writer still at work.
 LEFTOVER_AGE_S = 6 * 3600.0
@@ -198,6 +199,12 @@ class CheckpointStore:
         if manifest is not None and (parsed is None or parsed[0] != manifest.step):
             raise CorruptError(f"{key} claims step {manifest.step}: not a manifest of its step")
         return manifest
+
+    def read_tick(self) -> TickRecord | None:
+        return self._parse(self.keys.tick, TickRecord)
+
+    def write_tick(self, tick: TickRecord) -> None:
+        self.write_json(self.keys.tick, tick.model_dump(mode="json", by_alias=True))
 
     def read_manifest(self, step: int) -> Manifest | None:
         """The step's manifest: the one the pointer names, else the newest generation's."""

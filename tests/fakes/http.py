@@ -91,7 +91,8 @@ class FakeAPI:
                     return self._send(401, api.unauthorized, {})
                 with api.lock:
                     reply = api.handle(self.command, parts.path, query, body)
-                self._send(reply.status, json.dumps(reply.doc).encode(), reply.headers)
+                payload = b"" if reply.status == 204 else json.dumps(reply.doc).encode()
+                self._send(reply.status, payload, reply.headers)
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 try:
