@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_degenerate_demo_rolls_back_and_resumes(tmp_path: Path) -> None:
     proc = run_cli("demo", "--scenario", "degenerate", "--workdir", str(tmp_path), timeout=120)
     out = proc.stdout
