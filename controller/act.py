@@ -22,12 +22,15 @@ from respawn.controller.model import (
     Halt,
     LaunchRecord,
     Ledger,
+    Notify,
     Plan,
     Provision,
     RestartInPlace,
+    Rollback,
     Terminate,
     describe,
 )
+from respawn.controller.notify import WebhookError, post_webhook
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
 from respawn.store.store import CheckpointStore, StoreError
 
@@ -64,6 +67,7 @@ class _Actor:
         self.version, self.lease = version, lease
         self.termination_failed = False
         self.stopped: StoreError | None = None
+        self.rollback_failed = False
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
@@ -100,7 +104,7 @@ class _Actor:
 
     def do(self, action: Action) -> str:
         """Carry out one action; return what happened, or raise."""
-        if isinstance(action, Terminate | Provision | RestartInPlace):
+        if isinstance(action, Terminate | Provision | RestartInPlace | Rollback):
             self._still_ours()
         match action:
             case Terminate():
@@ -119,6 +123,8 @@ class _Actor:
                     )
                     self.ledger = self.ledger.model_copy(update={"launches": launches})
                     raise ProviderError("skipped: a termination failed (never two at once)")
+                if self.rollback_failed:
+                    raise StoreError("skipped: the rollback failed (it would resume the bad step)")
                 if self.store is not None:
                     order = read_halt(self.store)  # `terminate` may have run since observe
                     if order is not None and order.halted:
@@ -133,7 +139,13 @@ class _Actor:
                     if self.store is None:
                         raise StoreError("checkpoint store unavailable: cannot launch")
                     inst, offer = provision(
-                        self.fleet, self.run, self.store, self.providers, gen, self.environ
+                        self.fleet,
+                        self.run,
+                        self.store,
+                        self.providers,
+                        gen,
+                        self.environ,
+                        action.wandb_run_id,
                     )
                 except (ProviderError, MissingSecretError) as e:
                     self.ledger = _record_launch(self.ledger, gen, error=str(e))
@@ -148,6 +160,21 @@ class _Actor:
                 )
                 where = f"{inst.provider}:{inst.id} {inst.name}"
                 return f"{where} at ${offer.price_per_hour:g}/h {offer.market}"
+            case Rollback():
+                try:
+                    if self.store is None:
+                        raise StoreError("checkpoint store unavailable: cannot roll back")
+                    self.store.rollback_pointer(
+                        action.to_step, action.generation, writer="respawn-controller:rollback"
+                    )
+                except Exception:
+                    self.rollback_failed = True
+                    # Not done, so not recorded: the next tick sees the streak and tries again.
+                    self.ledger = self.ledger.model_copy(
+                        update={"rollbacks": self.ledger.rollbacks[:-1]}
+                    )
+                    raise
+                return f"pointer now at step {action.to_step}"
             case RestartInPlace():
                 provider = self._provider(action.provider)
                 if not isinstance(provider, WithTrainerControl):
@@ -160,6 +187,17 @@ class _Actor:
             case Halt():
                 return action.reason
         raise AssertionError(action)
+
+
+def _send(told: Notify, fleet: FleetConfig, actor: _Actor, previous: Ledger) -> ActionResult:
+    try:
+        return ActionResult(
+            action=told, ok=True, detail=post_webhook(fleet.notify, told, actor.environ)
+        )
+    except WebhookError as e:
+        # Not told, so not remembered: the next tick tries again.
+        actor.ledger = actor.ledger.model_copy(update={"notified": previous.notified})
+        return ActionResult(action=told, ok=False, detail=str(e))
 
 
 def act(
@@ -188,6 +226,8 @@ def act(
             detail = f"unexpected {type(e).__name__}: {e}"
             results.append(ActionResult(action=action, ok=False, detail=detail))
     trusted = plan.verdict.ledger_trusted
+    if plan.notify is not None and actor.stopped is None:  # a stale tick tells nobody
+        results.append(_send(plan.notify, fleet, actor, previous_ledger))
     if store is not None and trusted and actor.stopped is None and actor.ledger != previous_ledger:
         try:
             actor.save_ledger()

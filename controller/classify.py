@@ -17,6 +17,7 @@ from respawn.controller.model import (
     ProgressMark,
     Verdict,
 )
+from respawn.controller.wandb_health import degenerate, wandb_note, wandb_step
 from respawn.provisioning.base import Instance, InstanceState, winner_order
 from respawn.store.schema import Heartbeat
 
@@ -54,8 +55,8 @@ def extended(run: RunConfig, obs: Observation) -> bool:
 
 
 def observed_step(obs: Observation) -> int | None:
-    """The newest step anything reports: the pointer, or the current generation's heartbeat."""
-    steps = []
+    """The newest step anything reports: the pointer, the current generation's heartbeat, W&B."""
+    steps = [s for s in [wandb_step(obs)] if s is not None]
     if obs.pointer is not None:
         steps.append(obs.pointer.step)
     hb = obs.heartbeat
@@ -139,10 +140,12 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     progress = progress_mark(obs, now)
     seen = heartbeat_mark(obs, now)
 
+    note = wandb_note(obs, now)
+
     def verdict(health: Health, reason: str, doubts: int = 0) -> Verdict:
         return Verdict(
             health=health,
-            reason=reason,
+            reason=reason + note,
             step=step,
             progress=progress,
             heartbeat_seen=seen,
@@ -202,6 +205,12 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}")
     if gen == 0:
         return verdict(Health.NEW, "never launched")
+    bad = degenerate(run.health.degenerate, obs)
+    if bad is not None:
+        reason, since, at = bad
+        return verdict(Health.DEGENERATE, reason).model_copy(
+            update={"degenerate_since": since, "wandb_step": at}
+        )
     current = current_instances(obs)
     if not current:
         mine = [i for i in obs.instances if i.generation == gen]

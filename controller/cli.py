@@ -47,14 +47,37 @@ def _per_provider(
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    import os
+
     from respawn.controller.reconcile import Mode, tick
-    from respawn.controller.report import dumps, exit_code, to_text, write_step_summary
+    from respawn.controller.report import (
+        annotations,
+        dumps,
+        exit_code,
+        to_text,
+        write_step_summary,
+    )
 
     fleet = _load(args)
     reports = tick(fleet, only=args.run, mode=Mode.DRY_RUN if args.dry_run else Mode.ACT)
     print(dumps(reports) if args.json else to_text(reports))
+    # Workflow commands are read from stdout; --json keeps stdout one JSON document.
+    in_actions = os.environ.get("GITHUB_ACTIONS") == "true"
+    if fleet.notify.github_annotations and in_actions and not args.json:
+        for line in annotations(reports):
+            print(line)
     write_step_summary(reports)
     return exit_code(reports)
+
+
+def _preflight(fleet: FleetConfig) -> None:
+    import os
+
+    from respawn.controller.preflight import check_env
+
+    pre = check_env(fleet, os.environ)
+    if pre.errors or pre.warnings:
+        print(pre.message(), file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -62,6 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from respawn.controller.report import dumps, exit_code, to_text
 
     fleet = _load(args)
+    _preflight(fleet)
     reports = tick(fleet, only=args.run, mode=Mode.OBSERVE)
     print(dumps(reports) if args.json else to_text(reports))
     return exit_code(reports)
@@ -281,6 +305,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from respawn.provisioning.registry import grace_warnings
 
     fleet = _load(args)
+    if args.env:
+        import os
+
+        from respawn.controller.preflight import check_env
+
+        pre = check_env(fleet, os.environ)
+        if pre.errors or pre.warnings:
+            print(pre.message(), file=sys.stderr)
+        if pre.errors:
+            return EXIT_FAILED
     print(f"{args.config}: ok ({len(fleet.runs)} run(s): {', '.join(r.name for r in fleet.runs)})")
     for r in fleet.runs:
         for w in grace_warnings(r.providers, r.pod.term_grace.total_seconds()):
@@ -299,7 +333,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from respawn.examples.demo import run_demo
 
-    return run_demo(workdir=args.workdir, keep=args.keep)
+    return run_demo(workdir=args.workdir, keep=args.keep, scenario=args.scenario)
 
 
 def cmd_ckpt(args: argparse.Namespace) -> int:
@@ -345,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure")
     sp.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     sp.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    sp.add_argument(
+        "--scenario",
+        choices=["reclaim", "degenerate"],
+        default="reclaim",
+        help="reclaim: the instance is killed; degenerate: reward drops to 0 (W&B rollback)",
+    )
     sp.set_defaults(func=cmd_demo)
 
     sp = command(sub, "reconcile", "one controller tick: observe, classify, decide, act")
@@ -400,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command(sub, "validate", "check a fleet config")
     with_config(sp)
+    sp.add_argument(
+        "--env", action="store_true", help="also check every environment variable it names"
+    )
     sp.set_defaults(func=cmd_validate)
 
     sp = command(sub, "doctor", "check the config, and with --live the clouds and store")

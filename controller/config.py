@@ -62,6 +62,31 @@ class StoreSettings(_Strict):
         return (self.key_id_env, self.key_env)
 
 
+_CONDITION = re.compile(
+    r"^\s*(?:is\s+nan|(==|!=|<=|>=|<|>)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?))\s*$", re.I
+)
+
+
+class DegenerateRule(_Strict):
+    """The circuit breaker: a logged metric that, held for N steps, means training is garbage
+    (prime-rl: the inference server died and reward is 0). Read from W&B."""
+
+    metric: str = Field(min_length=1, description="W&B history key, e.g. 'reward/mean'")
+    condition: str = Field(description="'== 0', '< 0.05', 'is nan', ...")
+    steps: int = Field(20, ge=1, description="consecutive logged steps meeting the condition")
+    max_rollbacks: int = Field(3, ge=1, description="more rollbacks than this in `window` halt")
+    window: Duration = Field(timedelta(days=1), description="window of max_rollbacks")
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, v: str) -> str:
+        if not _CONDITION.match(v):
+            raise ValueError(
+                f"{v!r} is not a condition: write '== 0', '< FLOOR', '<= X', '> X', 'is nan'"
+            )
+        return " ".join(v.split()).lower()
+
+
 class HealthPolicy(_Strict):
     startup_grace: Duration = Field(
         timedelta(minutes=20), description="time a new instance gets to show progress"
@@ -72,6 +97,7 @@ class HealthPolicy(_Strict):
     dead_after: Duration = Field(
         timedelta(minutes=15), description="no heartbeat for this long means dead"
     )
+    degenerate: DegenerateRule | None = None
 
 
 class Budget(_Strict):
@@ -84,6 +110,17 @@ class WandbRef(_Strict):
     project: str
     run_id: str | None = Field(None, description="fixed W&B run id (else taken from latest.json)")
     api_key_env: str = Field("WANDB_API_KEY", pattern=_ENV_NAME)
+    also_watch: tuple[str, ...] = Field(
+        (), description="other W&B run ids of this job (prime-rl: the orchestrator's)"
+    )
+    base_url: str | None = Field(None, description="self-hosted W&B server (default: wandb.ai)")
+
+
+class NotifySettings(_Strict):
+    webhook_url_env: str | None = Field(
+        None, pattern=_ENV_NAME, description="variable holding a Slack/Discord webhook URL"
+    )
+    github_annotations: bool = Field(True, description="::error:: / ::warning:: in Actions")
 
 
 class RunConfig(_Strict):
@@ -130,6 +167,7 @@ class FleetConfig(_Strict):
     store: StoreSettings
     providers: ProviderSettings = ProviderSettings()  # type: ignore[valid-type]
     runs: tuple[RunConfig, ...] = Field(min_length=1)
+    notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
     def _checks(self) -> FleetConfig:
@@ -143,6 +181,11 @@ class FleetConfig(_Strict):
                 raise ValueError(
                     f"run {r.name!r} uses {', '.join(clouds)}: set pod.image (the image that "
                     "holds your trainer and respawn's pod side, see pod_image/Dockerfile)"
+                )
+            if r.health.degenerate is not None and r.wandb is None:
+                raise ValueError(
+                    f"run {r.name!r} sets health.degenerate: it reads W&B, so set wandb "
+                    "(entity, project)"
                 )
             if "local" in r.providers and self.providers.local is None:  # type: ignore[attr-defined]
                 raise ValueError(

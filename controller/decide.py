@@ -25,15 +25,21 @@ from respawn.controller.model import (
     LaunchRecord,
     Ledger,
     LedgerEvent,
+    Notify,
     Observation,
     Plan,
+    ProgressMark,
     Provision,
     RestartInPlace,
     RestartRecord,
+    Rollback,
+    RollbackRecord,
     Terminate,
     Verdict,
     describe,
 )
+from respawn.controller.notify import notification
+from respawn.controller.wandb_health import primary_run_id, rollback_target, rollbacks_in_window
 from respawn.provisioning.base import Instance, InstanceState
 
 DAY = timedelta(days=1)
@@ -142,11 +148,77 @@ def _replace(
     # Above every fencing source: a pod refuses to start below the newest generation seen.
     gen = max(ledger.generation, fencing_generation(obs)[0]) + 1
     resume = obs.pointer.step if obs.pointer is not None else None
-    actions.append(Provision(generation=gen, resume_step=resume, reason=why))
+    # The pod is told which W&B run to resume, and the ledger remembers it: the W&B history
+    # stays one run across generations, and the controller knows which run to watch.
+    wandb_id = primary_run_id(run, obs.pointer, ledger)
+    actions.append(Provision(generation=gen, resume_step=resume, reason=why, wandb_run_id=wandb_id))
     launches = (*ledger.launches, LaunchRecord(generation=gen, at=now, resume_step=resume))
     return actions, ledger.model_copy(
-        update={"generation": gen, "launches": launches[-MAX_LEDGER_LAUNCHES:]}
+        update={
+            "generation": gen,
+            "launches": launches[-MAX_LEDGER_LAUNCHES:],
+            "wandb_run_id": wandb_id,
+        }
     )
+
+
+def _rollback(
+    run: RunConfig, obs: Observation, ledger: Ledger, verdict: Verdict, now: datetime
+) -> tuple[list[Action], Ledger]:
+    """The circuit breaker: move the pointer to the newest step published before the streak
+    began, stop the instance, and resume from there; too many rollbacks halt the run."""
+    rule = run.health.degenerate
+    assert rule is not None and verdict.degenerate_since is not None
+    stop = [_terminate(i, f"degenerate: {verdict.reason}") for i in _billing(obs)]
+
+    def halt(why: str) -> tuple[list[Action], Ledger]:
+        actions: list[Action] = [
+            *stop,
+            Halt(reason=why),
+            Alert(message=f"{run.name} halted: {why}"),
+        ]
+        return actions, ledger.model_copy(update={"halted": why})
+
+    if obs.published_steps is None:
+        return [Alert(message=f"{run.name} is degenerate; published steps unknown")], ledger
+    recent = rollbacks_in_window(rule, ledger, now)
+    if recent >= rule.max_rollbacks:
+        return halt(
+            f"degenerate again after {recent} rollbacks within {rule.window} "
+            f"(health.degenerate.max_rollbacks={rule.max_rollbacks}): {verdict.reason}"
+        )
+    current = obs.pointer.step if obs.pointer is not None else None
+    target = rollback_target(obs.published_steps, verdict.degenerate_since, current)
+    if target is None:
+        return halt(
+            f"degenerate, and no checkpoint was published before the streak began at W&B step "
+            f"{verdict.degenerate_since}: {verdict.reason}"
+        )
+    record = RollbackRecord(
+        at=now,
+        from_step=current,
+        to_step=target,
+        wandb_step=verdict.wandb_step,
+        reason=verdict.reason,
+    )
+    pointer = obs.pointer.model_copy(update={"step": target}) if obs.pointer else None
+    actions, after = _replace(
+        run, obs.model_copy(update={"pointer": pointer}), ledger, now, verdict.reason
+    )
+    provision = next((a for a in actions if isinstance(a, Provision)), None)
+    if provision is None:  # the budget halted it: the pointer stays, nothing is rolled back
+        return actions, after
+    after = after.model_copy(
+        update={
+            "rollbacks": (*after.rollbacks, record)[-MAX_LEDGER_EVENTS:],
+            # Progress restarts from the rolled-back step, or the resumed pod looks stalled.
+            "progress": ProgressMark(step=target, at=now),
+        }
+    )
+    # The rollback comes first: its pointer carries the new generation, which fences the old
+    # pod, so the steps it publishes while it shuts down (the streak's) are refused.
+    rollback = Rollback(to_step=target, generation=provision.generation, reason=verdict.reason)
+    return [rollback, *actions], after
 
 
 def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
@@ -208,14 +280,32 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 why = verdict.reason + ("; restart in place already tried" if tried else "")
                 actions, ledger = _replace(run, obs, ledger, now, why)
         case Health.DEGENERATE:
-            actions = [Alert(message=f"{run.name} is degenerate: {verdict.reason}")]
+            actions, ledger = _rollback(run, obs, ledger, verdict, now)
     if not verdict.ledger_trusted:
         # Never overwrite a ledger that could not be read or lost its memory: the plan
-        # carries it unchanged and act does not write it.
+        # carries it unchanged and act does not write it (nor can it remember a notification).
         return Plan(verdict=verdict, actions=tuple(actions), ledger=obs.ledger)
+    told, ledger = _notify(run, obs, verdict, actions, ledger)
     return Plan(
-        verdict=verdict, actions=tuple(actions), ledger=_with_event(ledger, verdict, actions, now)
+        verdict=verdict,
+        actions=tuple(actions),
+        ledger=_with_event(ledger, verdict, actions, now),
+        notify=told,
     )
+
+
+def _notify(
+    run: RunConfig, obs: Observation, verdict: Verdict, actions: list[Action], ledger: Ledger
+) -> tuple[Notify | None, Ledger]:
+    """Tell a person once per change of state (the ledger remembers what was told)."""
+    halt = next((a for a in actions if isinstance(a, Halt)), None)
+    if halt is not None:
+        told = Notify(level="error", message=f"{run.name} halted: {halt.reason}")
+        return told, ledger.model_copy(update={"notified": Health.HALTED})
+    told = notification(run.name, verdict, obs.ledger)
+    if told is None:
+        return None, ledger
+    return told, ledger.model_copy(update={"notified": verdict.health})
 
 
 def _with_event(ledger: Ledger, verdict: Verdict, actions: list[Action], now: datetime) -> Ledger:

@@ -59,11 +59,12 @@ def provision(
     providers: Mapping[str, Provider | Exception],
     generation: int,
     environ: Mapping[str, str],
+    wandb_run_id: str | None = None,
 ) -> tuple[Instance, Offer]:
     """Publish the pod spec of this generation, then launch through failover."""
     spec_doc = run.pod.canonical_json()
     store.write_pod_spec(generation, spec_doc)
-    wandb_id = run.wandb.run_id if run.wandb else None
+    wandb_id = wandb_run_id or (run.wandb.run_id if run.wandb else None)
     secrets: list[str] = []
 
     def spec_for(provider: str, offer: Offer) -> LaunchSpec:

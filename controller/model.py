@@ -68,6 +68,18 @@ class HeartbeatMark(_Frozen):
     at: datetime
 
 
+class RollbackRecord(_Frozen):
+    """The only way the pointer moves back: decided here, carried out by `act`."""
+
+    at: datetime
+    from_step: int | None
+    to_step: int
+    wandb_step: int | None = Field(
+        None, description="W&B's step at the rollback: rows up to it are the old, bad streak"
+    )
+    reason: str
+
+
 class LedgerEvent(_Frozen):
     at: datetime
     health: Health
@@ -95,6 +107,9 @@ class Ledger(_Frozen):
     # The target_step the run finished under: raising it above this extends the run.
     finished_target: int | None = None
     events: tuple[LedgerEvent, ...] = ()
+    rollbacks: tuple[RollbackRecord, ...] = ()
+    wandb_run_id: str | None = None
+    notified: Health | None = Field(None, description="the state a person was last told of")
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -121,6 +136,19 @@ LedgerState = Literal["ok", "missing", "unreadable"]
 # -- observation ---------------------------------------------------------------------------
 
 
+class WandbRunSignal(_Frozen):
+    """One W&B run as W&B reports it. `error` set means this signal is unknown this tick."""
+
+    run_id: str
+    url: str
+    state: str | None = None
+    heartbeat_at: datetime | None = None
+    step: int | None = None
+    runtime: float | None = None
+    tail: tuple[tuple[int, float], ...] = Field((), description="(step, value) of the metric")
+    error: str | None = None
+
+
 class Observation(_Frozen):
     """Everything one tick learned about a run. `errors` non-empty means it is incomplete."""
 
@@ -135,6 +163,11 @@ class Observation(_Frozen):
     shell_access: bool = Field(
         False, description="the current instance's provider can reach into it (restart in place)"
     )
+    wandb: tuple[WandbRunSignal, ...] = ()
+    published_steps: tuple[int, ...] | None = Field(
+        None, description="manifested steps, read only when a rollback may be needed"
+    )
+    warnings: tuple[str, ...] = ()
 
 
 class Verdict(_Frozen):
@@ -147,6 +180,8 @@ class Verdict(_Frozen):
     # False when the ledger could not be trusted (unreadable, lost, behind the other signals):
     # it is then never overwritten, only rebuilt by `respawn ledger repair`.
     ledger_trusted: bool = True
+    degenerate_since: int | None = Field(None, description="first W&B step of the bad streak")
+    wandb_step: int | None = None
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -157,6 +192,20 @@ class Provision(_Frozen):
     generation: int
     resume_step: int | None
     reason: str
+    wandb_run_id: str | None = None
+
+
+class Rollback(_Frozen):
+    kind: Literal["rollback"] = "rollback"
+    to_step: int
+    generation: int = Field(description="the generation the rolled-back pointer belongs to")
+    reason: str
+
+
+class Notify(_Frozen):
+    kind: Literal["notify"] = "notify"
+    level: Literal["error", "warning", "notice"]
+    message: str
 
 
 class Terminate(_Frozen):
@@ -185,7 +234,8 @@ class Halt(_Frozen):
 
 
 Action = Annotated[
-    Provision | Terminate | RestartInPlace | Alert | Halt, Field(discriminator="kind")
+    Provision | Terminate | RestartInPlace | Rollback | Alert | Halt | Notify,
+    Field(discriminator="kind"),
 ]
 
 
@@ -193,6 +243,7 @@ class Plan(_Frozen):
     verdict: Verdict
     actions: tuple[Action, ...] = ()
     ledger: Ledger
+    notify: Notify | None = Field(None, description="sent after the actions, once per change")
 
     @property
     def destructive(self) -> bool:
@@ -217,10 +268,13 @@ class RunReport(_Frozen):
     # When the controller ticked for this run before this tick (None: never, or unreadable).
     previous_tick: datetime | None = None
     now: datetime | None = None
+    notified: ActionResult | None = Field(None, description="the plan's notification, if sent")
 
     @property
     def failed(self) -> bool:
-        return any(not r.ok for r in self.results)
+        return any(not r.ok for r in self.results) or (
+            self.notified is not None and not self.notified.ok
+        )
 
 
 def describe(action: Action) -> str:
@@ -237,4 +291,8 @@ def describe(action: Action) -> str:
             return f"alert: {action.message}"
         case Halt():
             return f"halt: {action.reason}"
+        case Rollback():
+            return f"roll the pointer back to step {action.to_step}"
+        case Notify():
+            return f"notify ({action.level}): {action.message}"
     raise AssertionError(action)

@@ -10,6 +10,9 @@ from respawn.controller.classify import current_instances, merge_rows
 from respawn.controller.config import RunConfig
 from respawn.controller.ledger import find_ledger, read_halt
 from respawn.controller.model import HaltOrder, Ledger, LedgerState, Observation
+from respawn.controller.providers import MissingKeyError
+from respawn.controller.wandb_health import degenerate, rolled_back_through, watched_run_ids
+from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider, can_restart
 from respawn.store.store import CheckpointStore, StoreError
 
@@ -21,6 +24,7 @@ def observe(
     store: CheckpointStore | Exception,
     providers: Mapping[str, Provider | Exception],
     listings: Listings | None = None,
+    wandb: WandbReader | None = None,
 ) -> Observation:
     """`listings`: each provider's whole listing for this tick, already under way; without
     it, the run's providers are listed here."""
@@ -49,8 +53,13 @@ def observe(
         except StoreError as e:
             errors.append(f"heartbeat.json: {e}")
     instances: list[Instance] = []
+    warnings: list[str] = []
     for name in run.providers:
         provider = providers.get(name)
+        if isinstance(provider, MissingKeyError) and name != run.providers[0]:
+            # A fallback without its key is skipped, not a reason to stop judging the run.
+            warnings.append(f"{provider}: fallback skipped")
+            continue
         if isinstance(provider, Exception) or provider is None:
             errors.append(f"{name}: {provider or 'not configured'}")
             continue
@@ -69,7 +78,20 @@ def observe(
         ledger_state=ledger_state,
         halt=halt,
         errors=tuple(errors),
+        warnings=tuple(warnings),
     )
+    if wandb is not None and run.wandb is not None:
+        ids = watched_run_ids(run, pointer, ledger)
+        obs = obs.model_copy(
+            update={"wandb": wandb.read(run, ids, tail_after=rolled_back_through(ledger))}
+        )
+        if degenerate(run.health.degenerate, obs) and not isinstance(store, Exception):
+            # A rollback needs the published steps: one listing, only when one may happen.
+            try:
+                steps = tuple(store.manifested_steps())
+                obs = obs.model_copy(update={"published_steps": steps})
+            except StoreError as e:
+                obs = obs.model_copy(update={"errors": (*obs.errors, f"listing steps: {e}")})
     current = current_instances(obs)
     shell_access = bool(current) and can_restart(providers.get(current[0].provider))
     return obs.model_copy(update={"shell_access": shell_access})

@@ -23,9 +23,10 @@ from respawn.controller.act import act
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.decide import decide
 from respawn.controller.lease import Clock, Lease
-from respawn.controller.model import ActionResult, Alert, RunReport
+from respawn.controller.model import ActionResult, Alert, Notify, RunReport
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
+from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider
 from respawn.store import open_backend
 from respawn.store.backend import Backend, StoreError, StoreMissingError
@@ -84,15 +85,17 @@ def tick_run(
     now: datetime,
     mode: Mode,
     lease: Lease | NoLease | None = None,
+    wandb: WandbReader | None = None,
 ) -> RunReport:
     """`lease`: the run's tick lease; without it (`NoLease`) the tick only looks, and says
-    why."""
+    why. `wandb`: the tick's W&B session (one for every run)."""
     skipped = lease.why if isinstance(lease, NoLease) else None
     if isinstance(lease, NoLease):
         mode = Mode.OBSERVE
     previous = _previous_tick(store)
+    notified: ActionResult | None = None
     try:
-        obs = observe(run, store, providers, listings)
+        obs = observe(run, store, providers, listings, wandb)
         plan = decide(run, obs, now)
         results: tuple[ActionResult, ...] = ()
         if mode is Mode.ACT:
@@ -101,10 +104,13 @@ def tick_run(
             results = tuple(act(plan, run, fleet, usable, providers, obs.ledger, lease=held))
             if usable is not None:
                 _record_tick(usable, run.name, now, previous)
+            # act reports the notification last; the report keeps it apart from the actions.
+            if plan.notify is not None and results and isinstance(results[-1].action, Notify):
+                results, notified = results[:-1], results[-1]
         elif isinstance(lease, NoLease):
             reason = f"{plan.verdict.reason} ({lease.why}; this tick changed nothing)"
             verdict = plan.verdict.model_copy(update={"reason": reason})
-            plan = plan.model_copy(update={"actions": (), "verdict": verdict})
+            plan = plan.model_copy(update={"actions": (), "verdict": verdict, "notify": None})
             if lease.failed:
                 alert = Alert(message=f"{run.name}: {lease.why}")
                 results = (ActionResult(action=alert, ok=False, detail=lease.why),)
@@ -121,6 +127,7 @@ def tick_run(
         skipped=skipped,
         previous_tick=previous,
         now=now,
+        notified=notified,
     )
 
 
@@ -164,6 +171,7 @@ def tick(
     def clock() -> datetime:  # the tick's time, moving on as the tick runs
         return when + timedelta(seconds=time.monotonic() - start)
 
+    wandb = WandbReader()  # one W&B session per tick, shared by every run
     workers = max(1, min(MAX_PARALLEL_RUNS, len(runs) + len(providers)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Leases first, listings after: a listing started before another tick's launch
@@ -178,6 +186,8 @@ def tick(
         }
 
         def one(i: int) -> RunReport:
-            return tick_run(fleet, runs[i], stores[i], providers, listings, when, mode, leases[i])
+            return tick_run(
+                fleet, runs[i], stores[i], providers, listings, when, mode, leases[i], wandb
+            )
 
         return list(pool.map(one, range(len(runs))))

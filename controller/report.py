@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from respawn.controller.classify import ago
-from respawn.controller.model import Health, RunReport, describe
+from respawn.controller.model import Alert, Health, Notify, RunReport, describe
+from respawn.controller.notify import annotation
 
 NEEDS_HUMAN = {Health.HALTED, Health.UNKNOWN}
 
@@ -30,6 +31,7 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
     runs = []
     for r in reports:
         v = r.plan.verdict
+        told = r.notified
         if r.results:
             actions = [
                 {**res.action.model_dump(mode="json"), "ok": res.ok, "detail": res.detail}
@@ -69,14 +71,40 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                     for i in r.observation.instances
                 ],
                 "actions": actions,
+                "notified": None
+                if told is None
+                else {**told.action.model_dump(mode="json"), "ok": told.ok, "detail": told.detail},
+                "warnings": list(r.observation.warnings),
+                "wandb": [
+                    s.model_dump(mode="json", include={"run_id", "url", "state", "step", "error"})
+                    for s in r.observation.wandb
+                ],
             }
         )
     return {"runs": runs}
 
 
+def _needs_human(r: RunReport) -> bool:
+    health = r.plan.verdict.health
+    if health is Health.HALTED:
+        # A halted run fails the workflow once, when it halts: not every tick after.
+        return r.observation.ledger.notified is not Health.HALTED
+    halted_now = r.plan.ledger.halted is not None and r.observation.ledger.halted is None
+    return health in NEEDS_HUMAN or halted_now
+
+
 def exit_code(reports: list[RunReport]) -> int:
-    bad = any(r.failed or r.plan.verdict.health in NEEDS_HUMAN for r in reports)
+    bad = any(r.failed or _needs_human(r) for r in reports)
     return 1 if bad else 0
+
+
+def annotations(reports: list[RunReport]) -> list[str]:
+    """GitHub annotations for the notifications this tick sent (once per change of state)."""
+    return [
+        annotation(r.notified.action)
+        for r in reports
+        if r.notified is not None and isinstance(r.notified.action, Notify)
+    ]
 
 
 def to_text(reports: list[RunReport]) -> str:
@@ -89,8 +117,13 @@ def to_text(reports: list[RunReport]) -> str:
         for i in r.observation.instances:
             market = {True: " spot", False: " on-demand"}.get(i.interruptible, "")  # type: ignore[arg-type]
             lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}{market}")
-        if r.results:
-            for res in r.results:
+        lines += [f"  warning: {w}" for w in r.observation.warnings]
+        for w in r.observation.wandb:
+            seen = w.error or f"{w.state}, step {'-' if w.step is None else w.step}"
+            lines.append(f"  W&B {w.url} ({seen})")
+        every = [*r.results, *([r.notified] if r.notified else [])]
+        if every:
+            for res in every:
                 mark = "ok " if res.ok else "FAILED "
                 extra = f" — {res.detail}" if res.detail else ""
                 lines.append(f"  {mark}{describe(res.action)}{extra}")
@@ -108,7 +141,10 @@ def to_markdown(reports: list[RunReport]) -> str:
     for r in reports:
         v = r.plan.verdict
         acts = (
-            "<br>".join(("✅ " if res.ok else "❌ ") + describe(res.action) for res in r.results)
+            "<br>".join(
+                _mark(res.ok, res.action) + describe(res.action)
+                for res in [*r.results, *([r.notified] if r.notified else [])]
+            )
             or "<br>".join(describe(a) for a in r.plan.actions)
             or "—"
         )
@@ -118,6 +154,12 @@ def to_markdown(reports: list[RunReport]) -> str:
             f"| {reason} | {acts} | {tick_lag(r)} |"
         )
     return "## respawn\n\n" + "\n".join(rows) + "\n"
+
+
+def _mark(ok: bool, action: object) -> str:
+    if not ok:
+        return "❌ "
+    return "⚠️ " if isinstance(action, Alert | Notify) else "✅ "
 
 
 def write_step_summary(reports: list[RunReport]) -> None:

@@ -27,7 +27,7 @@ import yaml
 from respawn.contract.pod import render_command
 from respawn.controller.config import FleetConfig
 from respawn.controller.ledger import read_ledger
-from respawn.controller.model import Health, Provision, Terminate
+from respawn.controller.model import Health, Provision, Rollback, Terminate
 from respawn.controller.reconcile import RunReport, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
@@ -75,9 +75,9 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 class Demo:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, fleet: FleetConfig | None = None) -> None:
         self.base = base
-        self.fleet = demo_config(base)
+        self.fleet = fleet or demo_config(base)
         self.run = self.fleet.runs[0]
         self.store = open_run_store(self.fleet.store, self.run.name)
         assert self.fleet.providers.local is not None
@@ -107,6 +107,9 @@ class Demo:
                         self.disks[a.generation] = Path(str(rec["disk"]))
             elif isinstance(a, Terminate):
                 self.log("terminate", None, None, f"{a.name}: {a.reason}")
+            elif isinstance(a, Rollback):
+                event = "roll pointer back" if res.ok else "rollback FAILED"
+                self.log(event, a.to_step, a.generation, res.detail)
         return report
 
     def watch_pointer(self) -> int | None:
@@ -131,15 +134,23 @@ class Demo:
         for inst_id in self.live_instances():
             self.provider.terminate(inst_id)
 
+    def play(self, reference: subprocess.Popen[bytes]) -> int:
+        return _scenario(self, reference)
 
-def run_demo(workdir: Path | None = None, keep: bool = False) -> int:
+
+def run_demo(workdir: Path | None = None, keep: bool = False, scenario: str = "reclaim") -> int:
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="respawn-demo-"))
     base.mkdir(parents=True, exist_ok=True)
-    print(f"respawn demo in {base}\n")
-    demo = Demo(base)
+    print(f"respawn demo ({scenario}) in {base}\n")
+    if scenario == "degenerate":
+        from respawn.examples.demo_degenerate import DegenerateDemo
+
+        demo: Demo = DegenerateDemo(base)
+    else:
+        demo = Demo(base)
     reference = demo.start_reference()
     try:
-        return _scenario(demo, reference)
+        return demo.play(reference)
     finally:
         demo.cleanup()
         if reference.poll() is None:

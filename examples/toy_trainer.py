@@ -7,7 +7,9 @@ exactly, and a resume from the wrong step or a corrupted state does not.
 Checkpoint layout (prime-rl-like, two sources):
   outputs/checkpoints/step_{step}/   trainer state + rng shard, complete by quiescence
   outputs/weights/step_{step}/       weights, complete when STABLE exists (written last)
-Metrics go to metrics.jsonl, one {"step", "loss", "pid"} line per step.
+Metrics go to metrics.jsonl, one {"step", "loss", "reward", "pid"} line per step.
+`--zero-reward-from N` stands for prime-rl's silent failure: the inference server dies and the
+reward is 0 from step N on. Only a fresh start has it (a resumed run's server is a new one).
 
 Stdlib only: it stands for the user's trainer, which knows nothing of respawn.
 """
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step-seconds", type=float, default=0.0)
+    p.add_argument("--zero-reward-from", type=int, help="reward 0 from this step (fresh starts)")
     args = p.parse_args(argv)
 
     stop = False
@@ -98,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     workdir: Path = args.workdir
     state = load(workdir, args.resume_step) if args.resume_step else initial_state(args.seed)
+    broken_from = args.zero_reward_from if not args.resume_step else None
     with open(workdir / "metrics.jsonl", "a") as metrics:
         for step in range(args.resume_step + 1, args.target_step + 1):
             state = advance(state, step, args.seed)
-            metrics.write(
-                json.dumps({"step": step, "loss": loss_at(state, step), "pid": os.getpid()})
-            )
+            reward = 0.0 if broken_from is not None and step >= broken_from else 1.0
+            row = {"step": step, "loss": loss_at(state, step), "reward": reward, "pid": os.getpid()}
+            metrics.write(json.dumps(row))
             metrics.write("\n")
             metrics.flush()
             if args.step_seconds:

@@ -119,7 +119,8 @@ def test_unreadable_pointer_is_unknown_and_nothing_is_destroyed(fleet_path: Path
 
 
 def test_failed_provider_listing_is_unknown_not_empty(tmp_path: Path) -> None:
-    fleet = load_config(write_fleet(tmp_path, providers=["local", "vast"]))
+    # vast is the first choice (a fallback without its key is skipped, see test_preflight)
+    fleet = load_config(write_fleet(tmp_path, providers=["vast", "local"]))
     report = tick(fleet)[0]
     assert report.plan.verdict.health.value == "unknown"
     assert "vast" in report.plan.verdict.reason
@@ -188,7 +189,7 @@ def test_failed_termination_cancels_the_launch(fleet_path: Path) -> None:
     plan = decide(run, obs, utcnow())
     assert [a.kind for a in plan.actions] == ["terminate", "provision"]
     results = act(plan, run, fleet, store, {"local": stuck}, obs.ledger)
-    assert [r.ok for r in results] == [False, False]
+    assert [r.ok for r in results if r.action.kind != "notify"] == [False, False]
     assert "never two at once" in results[1].detail
     assert len(local(fleet).list_instances("job")) == 1  # no second instance
     after = read_ledger(store)
