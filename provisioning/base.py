@@ -88,7 +88,7 @@ class Offer(BaseModel):
 class Resources(BaseModel):
     """What a run needs from an instance (also the `resources` block of the fleet config)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     gpus: tuple[str, ...] = Field((), description="acceptable GPU names, e.g. [H100_SXM, H100]")
     gpu_count: int = Field(1, ge=0)
