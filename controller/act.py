@@ -28,6 +28,7 @@ from respawn.controller.model import (
     Terminate,
     describe,
 )
+from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
 from respawn.store.store import CheckpointStore, StoreError
 
@@ -64,6 +65,8 @@ class _Actor:
         self.version, self.lease = version, lease
         self.termination_failed = False
         self.stopped: StoreError | None = None
+        # Every text this actor reports or stores passes here first (issue: secrets never leave).
+        self.redact = Redactor.from_fleet(fleet, environ)
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
@@ -75,7 +78,9 @@ class _Actor:
         if self.store is None:
             raise StoreError("checkpoint store unavailable: cannot write the ledger")
         self._still_ours()
-        written = write_ledger(self.store, self.ledger, self.version)
+        # Redacted as a whole: a pod's message or a provider's error may quote a secret.
+        doc = self.redact.deep(self.ledger.model_dump(mode="json", by_alias=True))
+        written = write_ledger(self.store, Ledger.model_validate(doc), self.version)
         self.version = written.version
 
     def _still_ours(self) -> None:
@@ -136,7 +141,7 @@ class _Actor:
                         self.fleet, self.run, self.store, self.providers, gen, self.environ
                     )
                 except (ProviderError, MissingSecretError) as e:
-                    self.ledger = _record_launch(self.ledger, gen, error=str(e))
+                    self.ledger = _record_launch(self.ledger, gen, error=self.redact(str(e)))
                     raise
                 self.ledger = _record_launch(
                     self.ledger,
@@ -155,7 +160,7 @@ class _Actor:
                 provider.restart_trainer(action.instance_id)
                 return action.reason
             case Alert():
-                log.warning("ALERT %s", action.message)
+                log.warning("ALERT %s", self.redact(action.message))
                 return ""
             case Halt():
                 return action.reason
@@ -181,11 +186,12 @@ def act(
         try:
             results.append(ActionResult(action=action, ok=True, detail=actor.do(action)))
         except (ProviderError, MissingSecretError, StoreError) as e:
-            log.error("%s failed: %s", describe(action), e)
-            results.append(ActionResult(action=action, ok=False, detail=str(e)))
+            detail = actor.redact(str(e))
+            log.error("%s failed: %s", actor.redact(describe(action)), detail)
+            results.append(ActionResult(action=action, ok=False, detail=detail))
         except Exception as e:  # a bug or an unmapped SDK error: report it, finish the tick
-            log.exception("%s failed unexpectedly", describe(action))
-            detail = f"unexpected {type(e).__name__}: {e}"
+            detail = actor.redact(f"unexpected {type(e).__name__}: {e}")
+            log.error("%s failed: %s", actor.redact(describe(action)), detail)
             results.append(ActionResult(action=action, ok=False, detail=detail))
     trusted = plan.verdict.ledger_trusted
     if store is not None and trusted and actor.stopped is None and actor.ledger != previous_ledger:

@@ -17,15 +17,37 @@ if TYPE_CHECKING:
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
+#: The secrets of the loaded config, masked in whatever this command prints (`_load`).
+_redact: Callable[[str], str] = str
+
 
 def _load(args: argparse.Namespace) -> FleetConfig:
-    from respawn.controller.config import load_config
+    """The fleet config; from here on every log line and every printed text is redacted of
+    the secrets it names (`args.redact` for the reports)."""
+    import os
 
-    return load_config(args.config)
+    from respawn.controller.config import load_config
+    from respawn.controller.redact import Redactor, install_log_redaction
+
+    global _redact
+    fleet = load_config(args.config)
+    args.redact = _redact = Redactor.from_fleet(fleet, os.environ)
+    install_log_redaction(args.redact)
+    return fleet
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print text that may quote a provider or a pod: redacted, no escape sequences."""
+    from respawn.controller.redact import one_line
+
+    lines = [one_line(line, 2000) for line in _redact(text).splitlines()]
+    print("\n".join(lines), file=sys.stderr if err else sys.stdout)
 
 
 def _per_provider(
-    fleet: FleetConfig, run: RunConfig, work: Callable[[str, Provider], None]
+    fleet: FleetConfig,
+    run: RunConfig,
+    work: Callable[[str, Provider], None],
 ) -> bool:
     """Run `work` for each of the run's providers; report failures; True if all succeeded."""
     from respawn.controller.providers import open_providers
@@ -38,7 +60,7 @@ def _per_provider(
             work(name, provider)
         except Exception as e:  # one provider down must not hide the others' results
             ok = False
-            print(f"{name}: {e}", file=sys.stderr)
+            _say(f"{name}: {e}", err=True)
     return ok
 
 
@@ -48,8 +70,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     reports = tick(fleet, only=args.run, mode=Mode.DRY_RUN if args.dry_run else Mode.ACT)
-    print(dumps(reports) if args.json else to_text(reports))
-    write_step_summary(reports)
+    print(dumps(reports, args.redact) if args.json else to_text(reports, args.redact))
+    write_step_summary(reports, args.redact)
     return exit_code(reports)
 
 
@@ -59,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     reports = tick(fleet, only=args.run, mode=Mode.OBSERVE)
-    print(dumps(reports) if args.json else to_text(reports))
+    print(dumps(reports, args.redact) if args.json else to_text(reports, args.redact))
     return exit_code(reports)
 
 
@@ -83,9 +105,10 @@ def cmd_offers(args: argparse.Namespace) -> int:
             f"{'market':<13} location"
         )
         for o in offers:
-            print(
+            _say(
+                args,
                 f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
-                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}"
+                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}",
             )
     return EXIT_OK if ok or offers else EXIT_FAILED
 
@@ -117,7 +140,7 @@ def _destroy_all(fleet: FleetConfig, run: RunConfig) -> tuple[int, bool]:
                 continue
             provider.terminate(inst.id)
             destroyed += 1
-            print(f"terminated {name}:{inst.id} {inst.name}")
+            _say(f"terminated {name}:{inst.id} {inst.name}")
 
     ok = _per_provider(fleet, run, destroy)
     return destroyed, ok
@@ -146,7 +169,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
             "fix the store and run this again"
         )
     for line in failed:
-        print(f"respawn terminate: FAILED: {line}", file=sys.stderr)
+        _say(f"respawn terminate: FAILED: {line}", err=True)
     if halt_error is None:
         undo = f"respawn resume -c {args.config} --run {run.name}"
         print(f"run {run.name} halted; `{undo}` undoes it")
@@ -159,14 +182,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     def show(name: str, provider: Provider) -> None:
         for inst in provider.list_instances(run.name):
-            print(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
+            _say(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
             diagnose = getattr(provider, "diagnose", None)
             if diagnose is None or not inst.live:
                 print("   (no shell access)")
                 continue
             for section, text in diagnose(inst.id).items():
                 print(f"-- {section}")
-                print(text.rstrip())
+                _say(text.rstrip())  # the pod's own output: anything may be in it
 
     return EXIT_OK if _per_provider(fleet, run, show) else EXIT_FAILED
 
@@ -178,7 +201,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run = fleet.run(args.run)
     error = _record_halt(fleet, run.name, False, f"`respawn resume` at {utcnow():%Y-%m-%d %H:%M}Z")
     if error is not None:
-        print(f"respawn resume: FAILED: could not record the resume ({error})", file=sys.stderr)
+        _say(f"respawn resume: FAILED: could not record the resume ({error})", err=True)
         return EXIT_FAILED
     print(f"run {run.name} is no longer halted; the next tick acts on it")
     return EXIT_OK
@@ -206,7 +229,7 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
         store = open_run_store(fleet.store, run.name)
         ledger, notes = repair_ledger(store, generations, utcnow())
     except Exception as e:  # the store is down or the key rejected: say so, no traceback
-        print(f"respawn ledger repair: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        _say(f"respawn ledger repair: FAILED: {type(e).__name__}: {e}", err=True)
         return EXIT_FAILED
     for note in notes:
         print(f"  {note}")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
 from respawn.controller.config import FleetConfig, RunConfig
+from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Instance, LaunchSpec, Offer, Provider, instance_name
 from respawn.provisioning.failover import launch_first_fit
 from respawn.store.store import CheckpointStore
@@ -43,15 +44,6 @@ def launch_env(
     return env, [environ[name] for name in secrets]
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """Cloud APIs may echo a rejected request (GraphQL quotes invalid variables): never let a
-    secret from the launch environment reach a log, a report or the ledger."""
-    for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
 def provision(
     fleet: FleetConfig,
     run: RunConfig,
@@ -65,13 +57,14 @@ def provision(
     store.write_pod_spec(generation, spec_doc)
     wandb_id = run.wandb.run_id if run.wandb else None
     secrets: list[str] = []
+    fleet_secrets = Redactor.from_fleet(fleet, environ)
 
     def spec_for(provider: str, offer: Offer) -> LaunchSpec:
         pod_env = PodEnv(
             store=fleet.store.url,
             run=run.name,
             generation=generation,
-            writer=f"{provider}:{instance_name(run.name, generation)}",
+            writer=f"{provider}:{instance_name(run.name, generation, fleet.fleet)}",
             pod_sha256=pod_sha256(spec_doc),
             wandb_run_id=wandb_id,
         )
@@ -85,8 +78,13 @@ def provision(
             max_price_per_hour=run.resources.max_price_per_hour,
             market=offer.market,
             env=env,
+            fleet=fleet.fleet,
         )
 
     return launch_first_fit(
-        run.providers, providers, run.resources, spec_for, lambda t: redact(t, secrets)
+        run.providers,
+        providers,
+        run.resources,
+        spec_for,
+        lambda t: Redactor(secrets)(fleet_secrets(t)),
     )

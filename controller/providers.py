@@ -19,7 +19,9 @@ def open_providers(
     out: dict[str, Provider | Exception] = {}
     for name in sorted(set(names)):
         try:
-            out[name] = open_provider(name, getattr(settings, name, None), secrets)
+            provider = open_provider(name, getattr(settings, name, None), secrets)
+            provider.fleet = fleet.fleet  # only this fleet's instances are ours
+            out[name] = provider
         except ProviderError as e:
             out[name] = e
     return out

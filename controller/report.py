@@ -7,12 +7,13 @@ import os
 from typing import Any
 
 from respawn.controller.model import Health, RunReport, describe
+from respawn.controller.redact import NO_REDACTION, Redactor, code_span, one_line
 
 NEEDS_HUMAN = {Health.HALTED, Health.UNKNOWN}
 
 
-def to_json(reports: list[RunReport]) -> dict[str, Any]:
-    runs = []
+def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[str, Any]:
+    runs: list[Any] = []
     for r in reports:
         v = r.plan.verdict
         if r.results:
@@ -50,7 +51,7 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                 "actions": actions,
             }
         )
-    return {"runs": runs}
+    return {"runs": redact.deep(runs)}
 
 
 def exit_code(reports: list[RunReport]) -> int:
@@ -58,36 +59,53 @@ def exit_code(reports: list[RunReport]) -> int:
     return 1 if bad else 0
 
 
-def to_text(reports: list[RunReport]) -> str:
+def to_text(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
+    """For a terminal: every piece that came from outside (a reason quoting a provider or a
+    heartbeat, an instance id) is redacted, then stripped of escape sequences, one line."""
+
+    def safe(text: str) -> str:
+        return one_line(redact(text))
+
     lines = []
     for r in reports:
         v = r.plan.verdict
         step = "-" if v.step is None else str(v.step)
-        lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {v.reason}")
+        lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {safe(v.reason)}")
         for i in r.observation.instances:
             market = {True: " spot", False: " on-demand"}.get(i.interruptible, "")  # type: ignore[arg-type]
-            lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}{market}")
+            lines.append(
+                f"  instance {safe(f'{i.provider}:{i.id} {i.name}')} {i.state.value}{market}"
+            )
         if r.results:
             for res in r.results:
                 mark = "ok " if res.ok else "FAILED "
                 extra = f" — {res.detail}" if res.detail else ""
-                lines.append(f"  {mark}{describe(res.action)}{extra}")
+                lines.append(f"  {mark}{safe(describe(res.action) + extra)}")
         else:
             tag = "would " if r.dry_run else "plan: "
-            lines += [f"  {tag}{describe(a)}" for a in r.plan.actions]
+            lines += [f"  {tag}{safe(describe(a))}" for a in r.plan.actions]
     return "\n".join(lines)
 
 
-def to_markdown(reports: list[RunReport]) -> str:
+def to_markdown(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
+    """For the GitHub step summary: untrusted text goes in code spans, never as Markdown."""
+
+    def safe(text: str) -> str:
+        return code_span(redact(text))
+
     rows = ["| run | health | step | reason | actions |", "| --- | --- | --- | --- | --- |"]
     for r in reports:
         v = r.plan.verdict
         acts = (
-            "<br>".join(("✅ " if res.ok else "❌ ") + describe(res.action) for res in r.results)
-            or "<br>".join(describe(a) for a in r.plan.actions)
+            "<br>".join(
+                ("✅ " if res.ok else "❌ ")
+                + safe(describe(res.action) + (f" — {res.detail}" if res.detail else ""))
+                for res in r.results
+            )
+            or "<br>".join(safe(describe(a)) for a in r.plan.actions)
             or "—"
         )
-        reason = v.reason.replace("|", "\\|")
+        reason = safe(v.reason)
         rows.append(
             f"| {r.run} | {v.health.value} | {v.step if v.step is not None else '—'} "
             f"| {reason} | {acts} |"
@@ -95,12 +113,12 @@ def to_markdown(reports: list[RunReport]) -> str:
     return "## respawn\n\n" + "\n".join(rows) + "\n"
 
 
-def write_step_summary(reports: list[RunReport]) -> None:
+def write_step_summary(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> None:
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if path:
         with open(path, "a") as f:
-            f.write(to_markdown(reports))
+            f.write(to_markdown(reports, redact))
 
 
-def dumps(reports: list[RunReport]) -> str:
-    return json.dumps(to_json(reports), indent=2)
+def dumps(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
+    return json.dumps(to_json(reports, redact), indent=2)

@@ -121,10 +121,11 @@ class LaunchSpec(BaseModel):
     max_price_per_hour: float
     market: Market = "interruptible"
     env: dict[str, str] = Field(repr=False)  # holds secrets: never printed
+    fleet: str = Field("", description="the fleet id in the instance name (see instance_name)")
 
     @property
     def name(self) -> str:
-        return instance_name(self.run, self.generation)
+        return instance_name(self.run, self.generation, self.fleet)
 
 
 class ProviderError(Exception):
@@ -184,13 +185,17 @@ class Provider(ABC):
       the instance is looked up by its unique name and adopted, or there is none;
     - whatever instance the create produced is read back and verified (market, price cap, not
       stopped) and destroyed if it fails, or if anything else goes wrong;
-    - only instances named `respawn-<run>-g<N>` are ever listed, matched exactly;
+    - only instances named `respawn-<fleet>-<run>-g<N>` with this provider's fleet id are
+      ever listed, matched exactly;
     - terminating an instance that is already gone is not an error.
     """
 
     name: ClassVar[str]
     # The markets this cloud can rent in; a run's `resources.market` picks among them.
     markets: tuple[Market, ...] = ("interruptible", "on_demand")
+    #: Whose instances these are: set by the controller from the fleet config; only names
+    #: carrying exactly this fleet id are listed, adopted or destroyed.
+    fleet: str = ""
 
     @abstractmethod
     def offers(self, resources: Resources) -> list[Offer]:
@@ -315,17 +320,24 @@ def can_restart(provider: object) -> bool:
     return isinstance(provider, WithTrainerControl) and provider.can_restart
 
 
-_NAME = re.compile(r"^respawn-(?P<run>.+)-g(?P<gen>\d+)$")
+_REST = re.compile(r"^(?P<run>[a-z0-9][a-z0-9-]*)-g(?P<gen>\d+)$")
+FLEET_ID = re.compile(r"^[a-z0-9]{1,16}$")
 
 
-def instance_name(run: str, generation: int) -> str:
-    return f"respawn-{run}-g{generation}"
+def instance_name(run: str, generation: int, fleet: str = "") -> str:
+    """`respawn-<fleet>-<run>-g<N>`: the fleet id (no dashes) keeps two fleets sharing one
+    cloud account apart. Without a fleet id (a bare adapter in a test): `respawn-<run>-g<N>`."""
+    return f"respawn-{fleet}-{run}-g{generation}" if fleet else f"respawn-{run}-g{generation}"
 
 
-def parse_instance_name(name: str) -> tuple[str, int] | None:
-    """(run, generation) for a name respawn gave, else None. Matching is exact: run `a` never
-    claims `respawn-a-b-g1`, which belongs to run `a-b`."""
-    m = _NAME.match(name or "")
+def parse_instance_name(name: str, fleet: str = "") -> tuple[str, int] | None:
+    """(run, generation) for a name this fleet gave, else None. Matching is exact: another
+    fleet's `respawn-<other>-<run>-g7` is not ours, and run `a` never claims `respawn-a-b-g1`,
+    which belongs to run `a-b`."""
+    stem = f"respawn-{fleet}-" if fleet else "respawn-"
+    if not (name or "").startswith(stem):
+        return None
+    m = _REST.match(name[len(stem) :])
     return (m.group("run"), int(m.group("gen"))) if m else None
 
 

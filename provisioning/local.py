@@ -196,7 +196,7 @@ class LocalProvider(WithTrainerControl, Provider):
             rec = self._read(path)
             if rec is None:
                 continue
-            if parse_instance_name(str(rec.get("name", ""))) is None:
+            if parse_instance_name(str(rec.get("name", "")), self.fleet) is None:
                 continue
             if self._alive(rec):
                 out.append(self._instance(rec, InstanceState.RUNNING))

@@ -52,6 +52,7 @@ def write_fleet(
     tmp: Path, vast: FakeVast, runpod: FakeRunPod, gpus: list[str], ssh_env: str | None = None
 ) -> Path:
     doc = {
+        "fleet_id": "t",
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
             "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
@@ -89,7 +90,7 @@ def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -
     fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
     report = tick(fleet)[0]
     assert [r.ok for r in report.results] == [True]
-    assert vast.labels() == ["respawn-job-g1"] and runpod.pods == {}
+    assert vast.labels() == ["respawn-t-job-g1"] and runpod.pods == {}
     env = vast.bodies[-1]["env"]
     assert env["RESPAWN_GENERATION"] == "1" and env["RESPAWN_STORE"].startswith("file://")
     launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
@@ -104,7 +105,7 @@ def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) ->
     vast.offers.clear()
     report = tick(fleet)[0]
     assert report.results[0].ok, report.results[0].detail
-    assert [p["name"] for p in runpod.pods.values()] == ["respawn-job-g1"]
+    assert [p["name"] for p in runpod.pods.values()] == ["respawn-t-job-g1"]
 
 
 def test_vast_offers_api_down_is_skipped_this_tick(tmp_path: Path, clouds: tuple) -> None:
@@ -161,7 +162,7 @@ def test_two_concurrent_ticks_leave_one_instance(tmp_path: Path, clouds: tuple) 
     for t in threads:
         t.join(timeout=60)
     assert len(results) == 2
-    assert vast.labels() == ["respawn-job-g1"]
+    assert vast.labels() == ["respawn-t-job-g1"]
     assert tick(fleet)[0].plan.actions == ()  # the survivor is adopted, nothing more to do
 
 
@@ -171,8 +172,9 @@ def test_launch_race_is_settled_on_the_earliest_created(tmp_path: Path, clouds: 
 
     vast, _ = clouds
     p = VastProvider(vast.api_key, server_url=vast.url)  # type: ignore[attr-defined]
-    first = vast.add_instance("respawn-job-g1")
-    second = vast.add_instance("respawn-job-g1")  # a concurrent tick's launch
+    p.fleet = "t"
+    first = vast.add_instance("respawn-t-job-g1")
+    second = vast.add_instance("respawn-t-job-g1")  # a concurrent tick's launch
     mine = next(i for i in p.list_instances("job") if i.id == str(second))
     winner = settle_race(p, mine)
     assert winner.id == str(first)
@@ -187,11 +189,11 @@ def test_outbid_old_generation_that_resumes_is_destroyed(tmp_path: Path, clouds:
     vast.outbid(g1)
     report = tick(fleet)[0]  # g1 stopped: dead → destroy it, launch g2
     assert report.plan.verdict.health.value == "dead"
-    assert vast.labels() == ["respawn-job-g2"]
+    assert vast.labels() == ["respawn-t-job-g2"]
     # An older generation showing up again (resumed by Vast on its own) is a stray.
-    stray = vast.add_instance("respawn-job-g1")
+    stray = vast.add_instance("respawn-t-job-g1")
     tick(fleet)
-    assert stray not in vast.instances and vast.labels() == ["respawn-job-g2"]
+    assert stray not in vast.instances and vast.labels() == ["respawn-t-job-g2"]
 
 
 def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, clouds: tuple) -> None:
@@ -217,10 +219,10 @@ def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, cloud
 def test_terminate_command_destroys_on_every_provider(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
-    vast.add_instance("respawn-job-g1")
+    vast.add_instance("respawn-t-job-g1")
     runpod.pods["podX"] = {
         "id": "podX",
-        "name": "respawn-job-g2",
+        "name": "respawn-t-job-g2",
         "desiredStatus": "EXITED",
         "costPerHr": 0.3,
         "runtime": None,
@@ -276,7 +278,7 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         # Still stalled on the next tick: restart was tried, so the instance is replaced.
         report = tick(fleet)[0]
         assert [a.kind for a in report.plan.actions] == ["terminate", "provision"]
-        assert vast.labels() == ["respawn-job-g2"]
+        assert vast.labels() == ["respawn-t-job-g2"]
     finally:
         ssh.stop()
         os.environ.pop("RESPAWN_SSH_KEY", None)
@@ -288,11 +290,11 @@ def test_one_listing_per_provider_per_tick(tmp_path: Path, clouds: tuple) -> Non
     doc = yaml.safe_load(path.read_text())
     doc["runs"] += [{**doc["runs"][0], "name": f"job{n}"} for n in range(2, 5)]
     path.write_text(yaml.safe_dump(doc))
-    vast.add_instance("respawn-job3-g1")
+    vast.add_instance("respawn-t-job3-g1")
     reports = tick(load_config(path), mode=Mode.OBSERVE)
     assert vast.count("list") == 1 and runpod.count("myself") == 1
     by_run = {r.run: [i.name for i in r.observation.instances] for r in reports}
-    assert by_run == {"job": [], "job2": [], "job3": ["respawn-job3-g1"], "job4": []}
+    assert by_run == {"job": [], "job2": [], "job3": ["respawn-t-job3-g1"], "job4": []}
 
 
 def test_a_failed_shared_listing_makes_every_run_unknown(tmp_path: Path, clouds: tuple) -> None:

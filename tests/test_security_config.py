@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from respawn.controller.config import ConfigError, parse_config
 
+from respawn.controller.config import ConfigError, parse_config
 from tests.conftest import run_cli
 from tests.test_config import GOOD
 
