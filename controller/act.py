@@ -157,7 +157,7 @@ class _Actor:
                 provider = self._provider(action.provider)
                 if not isinstance(provider, WithTrainerControl):
                     raise ProviderError(f"{action.provider} cannot restart a trainer in place")
-                provider.restart_trainer(action.instance_id)
+                provider.restart_trainer(action.instance_id, action.host_keys)
                 return action.reason
             case Alert():
                 log.warning("ALERT %s", self.redact(action.message))

@@ -176,9 +176,24 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _published_host_keys(fleet: FleetConfig, run_name: str) -> dict[int, tuple[str, ...]]:
+    """generation → the SSH host keys its pod published in its heartbeat."""
+    from respawn.controller.stores import open_run_store
+    from respawn.store.store import StoreError
+
+    try:
+        hb = open_run_store(fleet.store, run_name).read_heartbeat()
+    except StoreError as e:
+        print(f"heartbeat unreadable ({e}): no SSH host key to trust", file=sys.stderr)
+        return {}
+    return {hb.generation: hb.ssh_host_keys} if hb is not None else {}
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     fleet = _load(args)
     run = fleet.run(args.run)
+
+    host_keys = _published_host_keys(fleet, run.name)
 
     def show(name: str, provider: Provider) -> None:
         for inst in provider.list_instances(run.name):
@@ -187,7 +202,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             if diagnose is None or not inst.live:
                 print("   (no shell access)")
                 continue
-            for section, text in diagnose(inst.id).items():
+            for section, text in diagnose(inst.id, host_keys.get(inst.generation, ())).items():
                 print(f"-- {section}")
                 _say(text.rstrip())  # the pod's own output: anything may be in it
 

@@ -130,6 +130,12 @@ def _adopt(ledger: Ledger, current: list[Instance]) -> Ledger:
     return ledger.model_copy(update={"launches": launches})
 
 
+def _host_keys(obs: Observation) -> tuple[str, ...]:
+    """The SSH host keys the current generation's pod published (the only ones trusted)."""
+    hb = obs.heartbeat
+    return hb.ssh_host_keys if hb is not None and hb.generation == obs.ledger.generation else ()
+
+
 def _replace(
     run: RunConfig, obs: Observation, ledger: Ledger, now: datetime, why: str
 ) -> tuple[list[Action], Ledger]:
@@ -193,7 +199,10 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 actions = [*_strays(obs)]
                 actions.append(
                     RestartInPlace(
-                        provider=target.provider, instance_id=target.id, reason=verdict.reason
+                        provider=target.provider,
+                        instance_id=target.id,
+                        reason=verdict.reason,
+                        host_keys=_host_keys(obs),
                     )
                 )
                 record = RestartRecord(

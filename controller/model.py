@@ -169,6 +169,7 @@ class RestartInPlace(_Frozen):
     provider: str
     instance_id: str
     reason: str
+    host_keys: tuple[str, ...] = Field((), description="the only SSH host keys trusted")
 
 
 class Alert(_Frozen):

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from respawn.contract.pod import ENV_INSTANCE_ID, PodEnv, PodEnvError
+from respawn.pod.hostkeys import host_key_fingerprints
 from respawn.pod.supervisor import PodContext, Supervisor
 from respawn.store.backend import CorruptError
 from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
@@ -53,6 +54,7 @@ def context_from_env(env: Mapping[str, str]) -> PodContext:
         workdir=workdir,
         pod=pod,
         wandb_run_id=pod_env.wandb_run_id,
+        ssh_host_keys=host_key_fingerprints(),
     )
 
 

@@ -53,6 +53,7 @@ class PodContext:
     workdir: Path
     pod: PodSpec
     wandb_run_id: str | None = None
+    ssh_host_keys: tuple[str, ...] = ()
 
     def heartbeat(self, phase: Phase, **fields: object) -> Heartbeat:
         return Heartbeat.model_validate(
@@ -62,6 +63,7 @@ class PodContext:
                 "writer": self.writer,
                 "at": utcnow(),
                 "phase": phase,
+                "ssh_host_keys": self.ssh_host_keys,
                 **fields,
             }
         )

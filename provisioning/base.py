@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
@@ -310,10 +310,12 @@ class WithTrainerControl(ABC):
         return True
 
     @abstractmethod
-    def restart_trainer(self, instance_id: str) -> None: ...
+    def restart_trainer(self, instance_id: str, host_keys: Sequence[str] = ()) -> None:
+        """`host_keys`: the SSH host key fingerprints the pod published (the only ones
+        trusted)."""
 
     @abstractmethod
-    def diagnose(self, instance_id: str) -> dict[str, str]: ...
+    def diagnose(self, instance_id: str, host_keys: Sequence[str] = ()) -> dict[str, str]: ...
 
 
 def can_restart(provider: object) -> bool:

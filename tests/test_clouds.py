@@ -263,7 +263,15 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         from respawn.store.schema import Heartbeat
 
         store.write_heartbeat(
-            Heartbeat(run="job", generation=1, writer="w", at=utcnow(), phase="training", step=10)
+            Heartbeat(
+                run="job",
+                generation=1,
+                writer="w",
+                at=utcnow(),
+                phase="training",
+                step=10,
+                ssh_host_keys=(ssh.fingerprint,),  # published by the pod at boot
+            )
         )
         vast.instances[next(iter(vast.instances))]["actual_status"] = "running"
         report = tick(fleet)[0]

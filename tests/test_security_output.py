@@ -5,19 +5,40 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
 import pytest
 import yaml
+
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.redact import Redactor, code_span, one_line
-
+from respawn.provisioning import calls
 from respawn.store.schema import Heartbeat, utcnow
 from tests.conftest import run_cli
 from tests.fakes.http import Fault
-from tests.test_clouds import clouds, fast_retries, write_fleet  # noqa: F401 (fixtures)
+from tests.fakes.runpod import FakeRunPod
+from tests.fakes.vast import FakeVast
+from tests.test_clouds import write_fleet
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
+
+
+@pytest.fixture
+def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
+    vast, runpod = FakeVast(), FakeRunPod()
+    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
+    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
+    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+    yield vast, runpod
+    vast.stop()
+    runpod.stop()
+
 
 PEM = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -142,9 +163,7 @@ def test_code_span_and_one_line() -> None:
     assert code_span("a" * 600).endswith("…`")
 
 
-def test_other_fleets_instance_named_like_ours_is_left_alone(
-    tmp_path: Path, clouds: tuple
-) -> None:
+def test_other_fleets_instance_named_like_ours_is_left_alone(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
     theirs = [vast.add_instance("respawn-job-g7"), vast.add_instance("respawn-zz-job-g7")]

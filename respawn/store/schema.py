@@ -132,6 +132,9 @@ class Heartbeat(_Doc):
     published_step: int | None = None
     restoring_step: int | None = None
     message: str = ""
+    ssh_host_keys: tuple[str, ...] = Field(
+        (), description="SHA256 fingerprints of the pod's SSH host keys: the controller pins them"
+    )
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
