@@ -26,12 +26,14 @@ def launch_env(
     secrets = list(run.pod.secret_env)
     store_creds: dict[str, str] = {}
     if fleet.store.url.startswith("b2://"):
-        secrets += [fleet.store.key_id_env, fleet.store.key_env]
-        # The pod reads the store key under the canonical names, whatever the controller's.
-        store_creds = {ENV_STORE_KEY_ID: fleet.store.key_id_env, ENV_STORE_KEY: fleet.store.key_env}
+        # The pod reads the store key under the canonical names only (never also under the
+        # controller's names, where the trainer would find it): the pod key when one is
+        # configured, else the controller's own (docs/keys.md).
+        key_id_env, key_env = fleet.store.pod_credential_envs
+        store_creds = {ENV_STORE_KEY_ID: key_id_env, ENV_STORE_KEY: key_env}
     if run.wandb is not None:
         secrets.append(run.wandb.api_key_env)
-    missing = [name for name in secrets if not environ.get(name)]
+    missing = [name for name in [*secrets, *store_creds.values()] if not environ.get(name)]
     if missing:
         raise MissingSecretError(
             f"environment variable(s) {', '.join(missing)} are not set on the controller; "
@@ -41,7 +43,7 @@ def launch_env(
     env.update({name: environ[name] for name in secrets})
     env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})
     env.update(pod_env.to_env())
-    return env, [environ[name] for name in secrets]
+    return env, [environ[name] for name in [*secrets, *store_creds.values()]]
 
 
 def provision(

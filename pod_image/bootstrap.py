@@ -17,7 +17,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from respawn.contract.pod import ENV_INSTANCE_ID, PodEnv, PodEnvError
+from respawn.contract.pod import (
+    ENV_INSTANCE_ID,
+    ENV_STORE_KEY,
+    ENV_STORE_KEY_ID,
+    PodEnv,
+    PodEnvError,
+    PodSpec,
+)
 from respawn.pod.hostkeys import host_key_fingerprints
 from respawn.pod.supervisor import PodContext, Supervisor
 from respawn.store.backend import CorruptError
@@ -28,6 +35,22 @@ log = logging.getLogger("respawn.pod")
 
 class BootstrapError(Exception):
     pass
+
+
+#: What the pod side needs and the trainer must not see: the store key (it can rewrite every
+#: checkpoint of the run) and the instance's own cloud API keys (RunPod and Vast inject one).
+POD_ONLY_ENV = frozenset(
+    {ENV_STORE_KEY_ID, ENV_STORE_KEY, "RUNPOD_API_KEY", "CONTAINER_API_KEY", "VAST_API_KEY"}
+)
+
+
+def trainer_environment(env: Mapping[str, str], pod: PodSpec, wandb_id: str) -> dict[str, str]:
+    """The image's environment, `pod.env`, the configured secrets and the W&B variables —
+    without the pod-only credentials (unless the config passes one on purpose)."""
+    wanted = set(pod.env) | set(pod.secret_env)
+    out = {k: v for k, v in env.items() if k in wanted or k not in POD_ONLY_ENV}
+    out.update(WANDB_RESUME="allow", WANDB_RUN_ID=wandb_id)
+    return out
 
 
 def context_from_env(env: Mapping[str, str]) -> PodContext:
@@ -94,7 +117,9 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
         len(result.manifest.files),
         result.manifest.total_bytes,
     )
-    return result.step, ctx.wandb_run_id or result.pointer.wandb_run_id
+    # Never the pointer's W&B id: anyone holding the store key could point this run's metrics
+    # (and the W&B key that logs them) at another run.
+    return result.step, ctx.wandb_run_id
 
 
 def _report_failure(ctx: PodContext, message: str) -> None:
@@ -130,9 +155,8 @@ def main() -> int:
     except (BootstrapError, StoreError) as e:
         log.error("%s", e)
         return 2
-    trainer_env = {**env, "WANDB_RESUME": "allow"}
     wandb_id = wandb_id or ctx.run
-    trainer_env["WANDB_RUN_ID"] = wandb_id
+    trainer_env = trainer_environment(env, ctx.pod, wandb_id)
     ctx = PodContext(**{**ctx.__dict__, "wandb_run_id": wandb_id})
     return Supervisor(ctx, resume_step, trainer_env).run()
 
