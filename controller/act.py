@@ -20,6 +20,7 @@ from respawn.controller.model import (
     ActionResult,
     Alert,
     Halt,
+    Health,
     LaunchRecord,
     Ledger,
     Plan,
@@ -33,6 +34,19 @@ from respawn.provisioning.base import Provider, ProviderError, WithTrainerContro
 from respawn.store.store import CheckpointStore, StoreError
 
 log = logging.getLogger("respawn.controller")
+
+
+def retention(store: CheckpointStore, run: RunConfig) -> None:
+    """Old steps are deleted here, by the controller: a pod's key needs no delete capability
+    (docs/keys.md). A failure is retried next tick; it never fails the tick."""
+    policy = run.pod.checkpoints
+    try:
+        gone = store.gc(policy.keep_last, keep_every=policy.keep_every)
+    except StoreError as e:
+        log.warning("%s: retention failed (next tick retries): %s", run.name, e)
+        return
+    if gone:
+        log.info("%s: retention removed steps %s", run.name, gone)
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
@@ -193,6 +207,8 @@ def act(
             detail = actor.redact(f"unexpected {type(e).__name__}: {e}")
             log.error("%s failed: %s", actor.redact(describe(action)), detail)
             results.append(ActionResult(action=action, ok=False, detail=detail))
+    if store is not None and plan.verdict.health is not Health.UNKNOWN and actor.stopped is None:
+        retention(store, run)
     trusted = plan.verdict.ledger_trusted
     if store is not None and trusted and actor.stopped is None and actor.ledger != previous_ledger:
         try:

@@ -58,7 +58,8 @@ def context_from_env(env: Mapping[str, str]) -> PodContext:
         pod_env = PodEnv.from_env(env)
     except PodEnvError as e:
         raise BootstrapError(str(e)) from None
-    store = CheckpointStore.open(pod_env.store, pod_env.run)
+    # The pod's key may lack delete: retention is the controller's (docs/keys.md).
+    store = CheckpointStore.open(pod_env.store, pod_env.run, require_delete=False)
     stored = None if pod_env.pod_inline else store.read_pod_spec(pod_env.generation)
     try:
         pod = pod_env.pod_spec(stored)

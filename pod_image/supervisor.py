@@ -244,6 +244,8 @@ class Supervisor:
         with self._lock:
             self.published = step.step
         self._clean_disk()
+        if not getattr(self.ctx.store.backend, "can_delete", True):
+            return  # a pod key without delete: the controller applies retention
         try:
             policy = pod.checkpoints
             gone = self.ctx.store.gc(policy.keep_last, keep_every=policy.keep_every)

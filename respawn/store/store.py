@@ -148,8 +148,9 @@ class CheckpointStore:
         workers: int = 4,
         credential_envs: tuple[str, str] | None = None,
         create: bool = True,
+        require_delete: bool = True,
     ) -> CheckpointStore:
-        return cls(open_backend(url, credential_envs, create), run, workers)
+        return cls(open_backend(url, credential_envs, create, require_delete), run, workers)
 
     # -- small documents -------------------------------------------------------------------
 
