@@ -188,6 +188,14 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         case Health.HEALTHY | Health.STARTING:
             actions = list(_strays(obs))
             ledger = _adopt(ledger, current_instances(obs))
+        case Health.DEAD if verdict.fatal:
+            # Relaunching would fail the same way until a person fixes the cause.
+            actions = [_terminate(i, f"halting: {verdict.reason}") for i in _billing(obs)]
+            actions += [
+                Halt(reason=verdict.reason),
+                Alert(message=f"{run.name} halted: {verdict.reason}"),
+            ]
+            ledger = ledger.model_copy(update={"halted": verdict.reason, "halted_at": now})
         case Health.DEAD:
             actions, ledger = _replace(run, obs, ledger, now, verdict.reason)
         case Health.STALLED:

@@ -127,6 +127,9 @@ class Observation(_Frozen):
     instances: tuple[Instance, ...] = ()
     ledger: Ledger
     ledger_state: LedgerState = "ok"
+    ledger_signed: bool = Field(
+        False, description="the ledger verified against this controller's signature"
+    )
     halt: HaltOrder | None = None
     errors: tuple[str, ...] = ()
     shell_access: bool = Field(
@@ -144,6 +147,7 @@ class Verdict(_Frozen):
     # False when the ledger could not be trusted (unreadable, lost, behind the other signals):
     # it is then never overwritten, only rebuilt by `respawn ledger repair`.
     ledger_trusted: bool = True
+    fatal: bool = Field(False, description="dead, and a new instance would fail the same way")
 
 
 # -- plan ----------------------------------------------------------------------------------

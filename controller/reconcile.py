@@ -23,8 +23,8 @@ from respawn.controller.lease import Clock, Lease
 from respawn.controller.model import ActionResult, Alert, RunReport
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
+from respawn.controller.stores import open_fleet_backend
 from respawn.provisioning.base import Instance, Provider
-from respawn.store import open_backend
 from respawn.store.backend import Backend, StoreError
 from respawn.store.schema import utcnow
 from respawn.store.store import CheckpointStore
@@ -112,7 +112,7 @@ def tick(
     providers = open_providers(fleet, {p for r in runs for p in r.providers})
     backend: Backend | Exception
     try:
-        backend = open_backend(fleet.store.url, fleet.store.credential_envs)
+        backend = open_fleet_backend(fleet.store)
     except StoreError as e:
         backend = e
     stores: list[CheckpointStore | Exception] = [

@@ -123,10 +123,12 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     return result.step, ctx.wandb_run_id
 
 
-def _report_failure(ctx: PodContext, message: str) -> None:
-    """A `failed` heartbeat: the controller replaces the instance instead of waiting."""
+def _report_failure(ctx: PodContext, message: str, will_repeat: bool = False) -> None:
+    """A `failed` heartbeat: the controller replaces the instance instead of waiting, or halts
+    the run at once when another instance would fail the same way (`will_repeat`)."""
     try:
-        ctx.store.write_heartbeat(ctx.heartbeat("failed", message=message[:500]))
+        hb = ctx.heartbeat("failed", message=message[:500], will_repeat=will_repeat)
+        ctx.store.write_heartbeat(hb)
     except StoreError as e:
         log.warning("could not report the failure: %s", e)
 
@@ -151,7 +153,7 @@ def main() -> int:
     except NothingVerifiesError as e:
         log.error("%s", e)
         if ctx is not None:
-            _report_failure(ctx, str(e))
+            _report_failure(ctx, str(e), will_repeat=True)  # the same store, the same result
         return 2
     except (BootstrapError, StoreError) as e:
         log.error("%s", e)

@@ -77,6 +77,7 @@ class Supervisor:
         self.disk_step = resume_step
         self.phase: Phase = "training"
         self.message = ""
+        self.will_repeat = False
         self.restarts = 0
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
@@ -111,6 +112,7 @@ class Supervisor:
                     step=self.disk_step,
                     published_step=self.published,
                     message=self.message,
+                    will_repeat=self.will_repeat,
                 )
             self.ctx.store.write_heartbeat(hb)
         except FencedError as e:
@@ -270,8 +272,10 @@ class Supervisor:
         with self._lock:
             self.phase, self.message = phase, message
 
-    def _give_up(self, why: str) -> int:
-        """Tell the controller (a `failed` heartbeat means dead: replace the instance)."""
+    def _give_up(self, why: str, will_repeat: bool = False) -> int:
+        """Tell the controller (a `failed` heartbeat means dead: replace the instance; with
+        `will_repeat`, halt the run: a new instance would fail the same way)."""
+        self.will_repeat = will_repeat
         self._set_phase("failed", why)
         self.beat()
         log.error("%s; restart budget spent, giving up", why)
@@ -307,7 +311,12 @@ class Supervisor:
     def _loop(self, pod: PodSpec) -> int:
         grace = pod.term_grace.total_seconds()
         hang_after = pod.hang_after.total_seconds() if pod.hang_after else None
-        self._start_trainer()
+        try:
+            self._start_trainer()
+        except (FileNotFoundError, PermissionError, ValueError) as e:
+            # The command itself is wrong (no such program, not executable, bad quoting):
+            # the next machine runs the same command.
+            return self._give_up(f"the trainer command cannot start: {e}", will_repeat=True)
         while True:
             self._stop.wait(0.2)
             if self._fenced.is_set():

@@ -283,8 +283,12 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         assert proc.returncode == 0, proc.stderr
         assert "-- gpus" in proc.stdout and "H100" in proc.stdout and "0 %" in proc.stdout
         assert any(c.startswith("tail -n 40") for c in ssh.commands)
-        # Still stalled on the next tick: restart was tried, so the instance is replaced.
-        report = tick(fleet)[0]
+        # Still stalled once the restarted trainer's startup grace (10m) is over: restart
+        # was tried, so the instance is replaced.
+        store.write_heartbeat(
+            Heartbeat(run="job", generation=1, writer="w", at=utcnow(), phase="training", step=10)
+        )
+        report = tick(fleet, now=utcnow() + timedelta(minutes=11))[0]
         assert [a.kind for a in report.plan.actions] == ["terminate", "provision"]
         assert vast.labels() == ["respawn-t-job-g2"]
     finally:
