@@ -8,7 +8,6 @@ from pathlib import Path
 from respawn.controller.classify import classify
 from respawn.controller.decide import decide
 from respawn.controller.model import Halt, Health, LaunchRecord, Terminate
-
 from respawn.store.store import CheckpointStore
 from tests.test_decide import NOW, RUN, M, hb, inst, ledger, obs, pointer
 from tests.test_pod import pod_spec, start_pod
