@@ -7,7 +7,7 @@ from pathlib import Path
 
 from respawn.controller.classify import classify
 from respawn.controller.decide import decide
-from respawn.controller.model import Halt, Health, LaunchRecord, Terminate
+from respawn.controller.model import Halt, Health, RestartRecord, Terminate
 from respawn.store.store import CheckpointStore
 from tests.test_decide import NOW, RUN, M, hb, inst, ledger, obs, pointer
 from tests.test_pod import pod_spec, start_pod
@@ -48,9 +48,9 @@ def test_restarted_trainer_gets_startup_grace_from_the_restart() -> None:
     restarted = ledger(
         launched=120 * M,
         progress=(100, 40 * M),
-        restarts=(LaunchRecord(generation=1, at=NOW - 2 * M),),
+        restarts=(RestartRecord(generation=1, at=NOW - 2 * M, provider="local", instance_id="i1"),),
     )
-    v = classify(RUN, obs(ledger=restarted, restartable=True), NOW)
+    v = classify(RUN, obs(ledger=restarted, shell_access=True), NOW)
     assert v.health is Health.STARTING
 
 
