@@ -36,6 +36,7 @@ from respawn.contract.pod import (
     PodSpec,
     render_command,
 )
+from respawn.pod.hostkeys import host_key_fingerprints
 from respawn.store.disk import complete_steps, step_dirs
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import Heartbeat, Phase, utcnow
@@ -63,7 +64,8 @@ class PodContext:
                 "writer": self.writer,
                 "at": utcnow(),
                 "phase": phase,
-                "ssh_host_keys": self.ssh_host_keys,
+                # sshd may generate its host keys after the pod started: look again until found.
+                "ssh_host_keys": self.ssh_host_keys or host_key_fingerprints(),
                 **fields,
             }
         )

@@ -90,7 +90,9 @@ class Remote:
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(_PinnedHostKey(host_keys))
         try:
-            wait = min(CONNECT_TIMEOUT, COMMAND_DEADLINE)
+            # Three connect phases (TCP, banner, auth) and the session open, a quarter of the
+            # deadline each at most: the whole command ends by the deadline.
+            wait = min(CONNECT_TIMEOUT, COMMAND_DEADLINE / 4)
             client.connect(
                 host,
                 port=port,
