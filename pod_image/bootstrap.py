@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -123,6 +124,19 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     return result.step, ctx.wandb_run_id
 
 
+def restore_twice(ctx: PodContext) -> tuple[int | None, str | None]:
+    """`restore`, tried again once after a pause when nothing verified: a failure reported as
+    one that will repeat halts the run, so a store outage that outlasted the backend's own
+    retries must not pass for corrupt checkpoints."""
+    try:
+        return restore(ctx)
+    except NothingVerifiesError as e:
+        pause = min(60.0, 10 * ctx.pod.sync_interval.total_seconds())
+        log.warning("%s; trying once more in %.0fs", e, pause)
+        time.sleep(pause)
+        return restore(ctx)
+
+
 def _report_failure(ctx: PodContext, message: str, will_repeat: bool = False) -> None:
     """A `failed` heartbeat: the controller replaces the instance instead of waiting, or halts
     the run at once when another instance would fail the same way (`will_repeat`)."""
@@ -146,7 +160,7 @@ def main() -> int:
     try:
         ctx = context_from_env(env)
         ctx.store.check_fence(ctx.generation)
-        resume_step, wandb_id = restore(ctx)
+        resume_step, wandb_id = restore_twice(ctx)
     except FencedError as e:
         log.warning("%s: not starting", e)
         return 0
