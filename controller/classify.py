@@ -88,8 +88,11 @@ def fencing_generation(obs: Observation) -> tuple[int, str]:
     sources = [(obs.ledger.generation, "the ledger")]
     # Pointer and heartbeat are written by pods: above a ledger this controller signed, their
     # generation is a forgery, not a sign that the ledger was lost.
-    if obs.pointer is not None and not obs.ledger_signed:
-        sources.append((obs.pointer.generation, "latest.json"))
+    pointer_gen = obs.pointer.generation if obs.pointer is not None else obs.pointer_generation
+    if obs.pointer_generation is not None:
+        pointer_gen = max(pointer_gen or 0, obs.pointer_generation)
+    if pointer_gen is not None and not obs.ledger_signed:
+        sources.append((pointer_gen, "latest.json"))
     if obs.heartbeat is not None and not obs.ledger_signed:
         sources.append((obs.heartbeat.generation, "heartbeat.json"))
     sources += [(i.generation, f"instance {i.name}") for i in obs.instances if i.billing]

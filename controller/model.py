@@ -130,6 +130,11 @@ class Observation(_Frozen):
     ledger_signed: bool = Field(
         False, description="the ledger verified against this controller's signature"
     )
+    pointer_generation: int | None = Field(
+        None,
+        description="latest.json's generation as read, also when the pointer itself is not "
+        "acted on (no manifest): a fencing signal, never a step",
+    )
     halt: HaltOrder | None = None
     errors: tuple[str, ...] = ()
     shell_access: bool = Field(

@@ -60,6 +60,7 @@ def observe(
     it, the run's providers are listed here."""
     errors: list[str] = []
     signed = False
+    pointer_generation: int | None = None
     ledger, pointer, heartbeat = Ledger(run=run.name), None, None
     ledger_state: LedgerState = "unreadable"
     halt: HaltOrder | None = None
@@ -79,7 +80,9 @@ def observe(
         # generations above it are ignored, not taken for a lost ledger.
         signed = ledger_state == "ok" and isinstance(store.backend, SealedBackend)
         try:
-            pointer = trusted_pointer(store, store.read_pointer(), ledger, signed)
+            raw_pointer = store.read_pointer()
+            pointer_generation = raw_pointer.generation if raw_pointer is not None else None
+            pointer = trusted_pointer(store, raw_pointer, ledger, signed)
         except StoreError as e:
             errors.append(f"latest.json: {e}")
         try:
@@ -106,6 +109,7 @@ def observe(
         ledger=ledger,
         ledger_state=ledger_state,
         ledger_signed=signed,
+        pointer_generation=pointer_generation,
         halt=halt,
         errors=tuple(errors),
     )
