@@ -7,7 +7,7 @@ from pathlib import Path
 
 from respawn.controller.classify import classify
 from respawn.controller.decide import decide
-from respawn.controller.model import Halt, Health, RestartRecord, Terminate
+from respawn.controller.model import Halt, HaltOrder, Health, RestartRecord, Terminate
 from respawn.store.store import CheckpointStore
 from tests.test_decide import NOW, RUN, M, hb, inst, ledger, obs, pointer
 from tests.test_pod import pod_spec, start_pod
@@ -73,3 +73,15 @@ def test_pod_reports_a_command_that_cannot_start_as_a_failure_that_will_repeat(
     beat = store.read_heartbeat()
     assert beat is not None and beat.phase == "failed" and beat.will_repeat
     assert "cannot start" in beat.message
+
+
+def test_a_person_who_resumed_after_the_failure_gets_a_new_launch() -> None:
+    why = "no checkpoint of run r verifies"
+    failed = _failed(why, True)
+    o = obs(heartbeat=failed, instances=())
+    first = decide(RUN, o, NOW)
+    assert first.ledger.halted is not None  # halted at once, the failure first seen now
+    resumed = HaltOrder(halted=False, at=NOW + 5 * M)
+    later = o.model_copy(update={"ledger": first.ledger, "halt": resumed})
+    plan = decide(RUN, later, NOW + 6 * M)
+    assert [a.kind for a in plan.actions] == ["provision"]
