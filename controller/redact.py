@@ -93,6 +93,16 @@ class Redactor:
 NO_REDACTION = Redactor()
 
 
+_CONTROL_KEEP_LINES = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def printable(text: str) -> str:
+    """No escape sequences or control characters, but lines kept (a log record, a traceback)."""
+    return _CONTROL_KEEP_LINES.sub(" ", _ANSI.sub("", text))
+
+
 def one_line(text: str, limit: int = 500) -> str:
     """Untrusted text (a heartbeat message, a provider's error) made safe for a terminal: no
     escape sequences or control characters, one line, at most `limit` characters. Redact
@@ -128,8 +138,9 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self.redactor(record.exc_text)
-        record.msg, record.args = self.redactor(message), ()
+            record.exc_text = printable(self.redactor(record.exc_text))
+        # Log lines reach a terminal too: a pod's message must not carry escape sequences.
+        record.msg, record.args = printable(self.redactor(message)), ()
         return True
 
 

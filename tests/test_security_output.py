@@ -172,3 +172,15 @@ def test_other_fleets_instance_named_like_ours_is_left_alone(tmp_path: Path, clo
     assert all(i in vast.instances for i in theirs)
     assert sorted(vast.labels()) == ["respawn-job-g7", "respawn-t-job-g1", "respawn-zz-job-g7"]
     assert tick(fleet)[0].plan.actions == ()
+
+
+def test_log_records_are_redacted_and_printable() -> None:
+    import logging
+
+    from respawn.controller.redact import RedactingFilter
+
+    record = logging.LogRecord(
+        "x", logging.WARNING, "f", 1, "ALERT %s", ("k3y-s3cret \x1b[2Jx",), None
+    )
+    RedactingFilter(Redactor(["k3y-s3cret"])).filter(record)
+    assert record.getMessage() == "ALERT *** x"
