@@ -96,7 +96,7 @@ def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -
     launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
     assert launch is not None and (launch.provider, launch.market) == ("vast", "interruptible")
     status = run_cli("status", "-c", str(tmp_path / "fleet.yaml"))
-    assert "respawn-job-g1" in status.stdout and " spot" in status.stdout
+    assert "respawn-t-job-g1" in status.stdout and " spot" in status.stdout
 
 
 def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) -> None:
@@ -332,7 +332,7 @@ def test_created_stopped_contract_is_destroyed_and_its_key_never_logged(
     proc = run_cli("-v", "reconcile", "-c", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     # The refused contract was destroyed; the next offer was rented.
-    assert [r["label"] for r in vast.instances.values()] == ["respawn-job-g1"]
+    assert [r["label"] for r in vast.instances.values()] == ["respawn-t-job-g1"]
     assert vast.count("destroy") == 1 and len(vast.api_keys) == 2
     everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
     assert "refused" in everything or vast.count("create") == 2
@@ -380,9 +380,10 @@ def test_the_production_config_launches_through_the_fakes(
     }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(doc))
-    report = tick(load_config(path))[0]
+    fleet = load_config(path)
+    report = tick(fleet)[0]
     assert report.results[0].ok, report.results[0].detail
-    assert vast.labels() == [f"respawn-{run['name']}-g1"]
+    assert vast.labels() == [f"respawn-{fleet.fleet}-{run['name']}-g1"]
     env = vast.bodies[-1]["env"]
     assert max(len(v) for v in env.values()) <= 256
     assert vast.bodies[-1]["price"] == pytest.approx(13.2)  # min bid + 10%, disk on top
@@ -411,7 +412,7 @@ def test_validate_warns_when_term_grace_outlasts_runpods(tmp_path: Path) -> None
 def test_doctor_live_reads_the_clouds_and_the_store(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
-    vast.add_instance("respawn-job-g1")
+    vast.add_instance("respawn-t-job-g1")
     proc = run_cli("doctor", "--live", "-c", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "vast: ok" in proc.stdout and "runpod: ok" in proc.stdout
@@ -426,7 +427,7 @@ def test_doctor_names_every_field_that_changed(tmp_path: Path, clouds: tuple) ->
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
     vast.offers[101]["gpu_ram"] = "24564"  # a string where the adapter compares numbers
     del vast.offers[102]["min_bid"]
-    iid = vast.add_instance("respawn-job-g1")
+    iid = vast.add_instance("respawn-t-job-g1")
     vast.instances[iid]["is_bid"] = "true"
     proc = run_cli("doctor", "--live", "-c", str(path))
     assert proc.returncode == 1
