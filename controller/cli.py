@@ -274,7 +274,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from respawn.controller.doctor import run_doctor
 
     lines, ok = run_doctor(_load(args), live=args.live)
-    print("\n".join(lines))
+    _say("\n".join(lines))  # provider replies are quoted: redacted, no escape sequences
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -95,3 +95,18 @@ def test_controller_applies_retention(tmp_path: Path) -> None:
     run = parse_config(GOOD).runs[0]  # keep_last 3
     retention(store, run)
     assert store.manifested_steps() == [3, 4, 5]
+
+
+def test_doctor_names_an_unset_pod_key_or_ledger_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from respawn.controller.doctor import run_doctor
+
+    text = GOOD.replace(
+        "  url: file:///tmp/x\n",
+        "  url: file:///tmp/x\n  pod_key_id_env: POD_ID\n  pod_key_env: POD_KEY\n"
+        "  ledger_secret_env: LEDGER_SECRET\n",
+    )
+    lines, ok = run_doctor(parse_config(text), live=False, environ={"POD_ID": "x"})
+    assert not ok
+    assert any("POD_KEY (pod key" in ln for ln in lines)
+    assert any("LEDGER_SECRET (ledger secret" in ln for ln in lines)
+    assert not any("POD_ID" in ln for ln in lines)
