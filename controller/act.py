@@ -20,6 +20,7 @@ from respawn.controller.model import (
     ActionResult,
     Alert,
     Halt,
+    Health,
     LaunchRecord,
     Ledger,
     Notify,
@@ -31,10 +32,24 @@ from respawn.controller.model import (
     describe,
 )
 from respawn.controller.notify import WebhookError, post_webhook
+from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
 from respawn.store.store import CheckpointStore, StoreError
 
 log = logging.getLogger("respawn.controller")
+
+
+def retention(store: CheckpointStore, run: RunConfig) -> None:
+    """Old steps are deleted here, by the controller: a pod's key needs no delete capability
+    (docs/keys.md). A failure is retried next tick; it never fails the tick."""
+    policy = run.pod.checkpoints
+    try:
+        gone = store.gc(policy.keep_last, keep_every=policy.keep_every)
+    except StoreError as e:
+        log.warning("%s: retention failed (next tick retries): %s", run.name, e)
+        return
+    if gone:
+        log.info("%s: retention removed steps %s", run.name, gone)
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
@@ -68,6 +83,8 @@ class _Actor:
         self.termination_failed = False
         self.stopped: StoreError | None = None
         self.rollback_failed = False
+        # Every text this actor reports or stores passes here first (issue: secrets never leave).
+        self.redact = Redactor.from_fleet(fleet, environ)
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
@@ -79,7 +96,9 @@ class _Actor:
         if self.store is None:
             raise StoreError("checkpoint store unavailable: cannot write the ledger")
         self._still_ours()
-        written = write_ledger(self.store, self.ledger, self.version)
+        # Redacted as a whole: a pod's message or a provider's error may quote a secret.
+        doc = self.redact.deep(self.ledger.model_dump(mode="json", by_alias=True))
+        written = write_ledger(self.store, Ledger.model_validate(doc), self.version)
         self.version = written.version
 
     def _still_ours(self) -> None:
@@ -148,7 +167,7 @@ class _Actor:
                         action.wandb_run_id,
                     )
                 except (ProviderError, MissingSecretError) as e:
-                    self.ledger = _record_launch(self.ledger, gen, error=str(e))
+                    self.ledger = _record_launch(self.ledger, gen, error=self.redact(str(e)))
                     raise
                 self.ledger = _record_launch(
                     self.ledger,
@@ -164,6 +183,10 @@ class _Actor:
                 try:
                     if self.store is None:
                         raise StoreError("checkpoint store unavailable: cannot roll back")
+                    # Claim the new generation first: pods fence on the controller's ledger,
+                    # so the old pod stops before it could publish a step of the streak over
+                    # the rolled-back pointer.
+                    self.save_ledger()
                     self.store.rollback_pointer(
                         action.to_step, action.generation, writer="respawn-controller:rollback"
                     )
@@ -179,10 +202,10 @@ class _Actor:
                 provider = self._provider(action.provider)
                 if not isinstance(provider, WithTrainerControl):
                     raise ProviderError(f"{action.provider} cannot restart a trainer in place")
-                provider.restart_trainer(action.instance_id)
+                provider.restart_trainer(action.instance_id, action.host_keys)
                 return action.reason
             case Alert():
-                log.warning("ALERT %s", action.message)
+                log.warning("ALERT %s", self.redact(action.message))
                 return ""
             case Halt():
                 return action.reason
@@ -219,12 +242,15 @@ def act(
         try:
             results.append(ActionResult(action=action, ok=True, detail=actor.do(action)))
         except (ProviderError, MissingSecretError, StoreError) as e:
-            log.error("%s failed: %s", describe(action), e)
-            results.append(ActionResult(action=action, ok=False, detail=str(e)))
-        except Exception as e:  # a bug or an unmapped SDK error: report it, finish the tick
-            log.exception("%s failed unexpectedly", describe(action))
-            detail = f"unexpected {type(e).__name__}: {e}"
+            detail = actor.redact(str(e))
+            log.error("%s failed: %s", actor.redact(describe(action)), detail)
             results.append(ActionResult(action=action, ok=False, detail=detail))
+        except Exception as e:  # a bug or an unmapped SDK error: report it, finish the tick
+            detail = actor.redact(f"unexpected {type(e).__name__}: {e}")
+            log.error("%s failed: %s", actor.redact(describe(action)), detail)
+            results.append(ActionResult(action=action, ok=False, detail=detail))
+    if store is not None and plan.verdict.health is not Health.UNKNOWN and actor.stopped is None:
+        retention(store, run)
     trusted = plan.verdict.ledger_trusted
     if plan.notify is not None and actor.stopped is None:  # a stale tick tells nobody
         results.append(_send(plan.notify, fleet, actor, previous_ledger))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from respawn.controller.redact import one_line
 from respawn.controller.report import when
 from respawn.store.backend import StoreConfigError
 from respawn.store.disk import LocalFile, complete_steps
@@ -121,7 +122,7 @@ def run_ckpt(args: argparse.Namespace) -> int:
                     print(f"run {args.run} has no checkpoint yet", file=sys.stderr)
                     return EXIT_FAILED
                 for step, why in result.rejected:
-                    print(f"rejected step {step}: {why}", file=sys.stderr)
+                    print(f"rejected step {step}: {one_line(why)}", file=sys.stderr)
                 for path, other in result.healed:
                     print(
                         f"{path}: its own copy is corrupt; restored from {other}", file=sys.stderr
@@ -204,7 +205,7 @@ def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
     if pointer:
         print(
             f"latest.json → step {pointer.step} (generation {pointer.generation}, "
-            f"{pointer.writer}, {when(pointer.written_at)})"
+            f"{one_line(pointer.writer, 200)}, {when(pointer.written_at)})"
         )
     else:
         print(f"latest.json: {pointer_error or 'none'}")

@@ -100,9 +100,14 @@ def fencing_generation(obs: Observation) -> tuple[int, str]:
     the heartbeat, the instances' names. A pod fences itself below this, so a new generation
     must be allocated above it."""
     sources = [(obs.ledger.generation, "the ledger")]
-    if obs.pointer is not None:
-        sources.append((obs.pointer.generation, "latest.json"))
-    if obs.heartbeat is not None:
+    # Pointer and heartbeat are written by pods: above a ledger this controller signed, their
+    # generation is a forgery, not a sign that the ledger was lost.
+    pointer_gen = obs.pointer.generation if obs.pointer is not None else obs.pointer_generation
+    if obs.pointer_generation is not None:
+        pointer_gen = max(pointer_gen or 0, obs.pointer_generation)
+    if pointer_gen is not None and not obs.ledger_signed:
+        sources.append((pointer_gen, "latest.json"))
+    if obs.heartbeat is not None and not obs.ledger_signed:
         sources.append((obs.heartbeat.generation, "heartbeat.json"))
     sources += [(i.generation, f"instance {i.name}") for i in obs.instances if i.billing]
     return max(sources, key=lambda s: s[0])
@@ -183,26 +188,44 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     if halted:
         return verdict(Health.HALTED, halted)
     target = run.target_step
-    reached = target is not None and obs.pointer is not None and obs.pointer.step >= target
     extending = ledger.finished_at is not None and extended(run, obs)
     if ledger.finished_at is not None and not extending:
         return verdict(Health.FINISHED, f"finished at step {_step(step)}")
-    if reached:
-        assert obs.pointer is not None
-        return verdict(
-            Health.FINISHED, f"checkpoint step {obs.pointer.step} reached target {target}"
-        )
     if extending:
         return verdict(
             Health.DEAD,
             f"target_step raised to {target} (checkpoint at step {_step(step)}): "
             "extending the finished run",
         )
-
     gen = ledger.generation
     hb = obs.heartbeat if obs.heartbeat and obs.heartbeat.generation == gen else None
     if hb is not None and hb.phase == "finished":
         return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}")
+    if target is not None and obs.pointer is not None and obs.pointer.step >= target:
+        # The trainer may still be saving, evaluating or pushing after its last checkpoint:
+        # it gets finish_grace to exit by itself before its instance is terminated.
+        reached = progress.at if progress is not None and progress.step >= target else now
+        left = run.health.finish_grace - (now - reached)
+        if current_instances(obs) and left > timedelta(0):
+            return verdict(
+                Health.HEALTHY,
+                f"checkpoint step {obs.pointer.step} reached target {target}; waiting up to "
+                f"{ago(left)} for the trainer to exit",
+            )
+        return verdict(
+            Health.FINISHED, f"checkpoint step {obs.pointer.step} reached target {target}"
+        )
+    if hb is not None and hb.phase == "failed":
+        # Before "no live instance": a pod that failed says why, even once it is gone.
+        why = f"g{gen} pod reported failure: {hb.message or 'no message'}"
+        # A person who resumed the run after this failure was first seen has looked at it:
+        # the next launch is theirs to try.
+        order = obs.halt
+        acknowledged = order is not None and not order.halted and seen is not None
+        fatal = hb.will_repeat and not (acknowledged and order.at > seen.at)  # type: ignore[union-attr]
+        if fatal:
+            why += " (a new instance would fail the same way)"
+        return verdict(Health.DEAD, why).model_copy(update={"fatal": fatal})
     if gen == 0:
         return verdict(Health.NEW, "never launched")
     bad = degenerate(run.health.degenerate, obs)
@@ -237,6 +260,10 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
 
     launch = ledger.launch_of(gen)
     launched_at = launch.at if launch else current[0].created_at or now
+    # A trainer restarted in place starts over: it gets the startup grace again from then.
+    restart = next((r for r in reversed(ledger.restarts) if r.generation == gen), None)
+    if restart is not None and restart.at > launched_at:
+        launched_at = restart.at
     since_launch = now - launched_at
     policy = run.health
 
@@ -248,8 +275,6 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         return verdict(
             Health.DEAD, f"g{gen} sent no heartbeat within the startup grace ({ago(since_launch)})"
         )
-    if hb.phase == "failed":
-        return verdict(Health.DEAD, f"g{gen} pod reported failure: {hb.message or 'no message'}")
     silent = now - seen.at if seen is not None else timedelta(0)
     if silent > policy.dead_after:
         return verdict(

@@ -19,15 +19,37 @@ if TYPE_CHECKING:
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
+#: The secrets of the loaded config, masked in whatever this command prints (`_load`).
+_redact: Callable[[str], str] = str
+
 
 def _load(args: argparse.Namespace) -> FleetConfig:
-    from respawn.controller.config import load_config
+    """The fleet config; from here on every log line and every printed text is redacted of
+    the secrets it names (`args.redact` for the reports)."""
+    import os
 
-    return load_config(args.config)
+    from respawn.controller.config import load_config
+    from respawn.controller.redact import Redactor, install_log_redaction
+
+    global _redact
+    fleet = load_config(args.config)
+    args.redact = _redact = Redactor.from_fleet(fleet, os.environ)
+    install_log_redaction(args.redact)
+    return fleet
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print text that may quote a provider or a pod: redacted, no escape sequences."""
+    from respawn.controller.redact import one_line
+
+    lines = [one_line(line, 2000) for line in _redact(text).splitlines()]
+    print("\n".join(lines), file=sys.stderr if err else sys.stdout)
 
 
 def _per_provider(
-    fleet: FleetConfig, run: RunConfig, work: Callable[[str, Provider], None]
+    fleet: FleetConfig,
+    run: RunConfig,
+    work: Callable[[str, Provider], None],
 ) -> bool:
     """Run `work` for each of the run's providers; report failures; True if all succeeded."""
     from respawn.controller.providers import open_providers
@@ -42,7 +64,7 @@ def _per_provider(
             ok = False
             msg = str(e)
             # Provider errors already name their provider ("vast: ..."): never "vast: vast:".
-            print(msg if msg.startswith(f"{name}:") else f"{name}: {msg}", file=sys.stderr)
+            _say(msg if msg.startswith(f"{name}:") else f"{name}: {msg}", err=True)
     return ok
 
 
@@ -60,13 +82,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     reports = tick(fleet, only=args.run, mode=Mode.DRY_RUN if args.dry_run else Mode.ACT)
-    print(dumps(reports) if args.json else to_text(reports))
+    print(dumps(reports, args.redact) if args.json else to_text(reports, args.redact))
     # Workflow commands are read from stdout; --json keeps stdout one JSON document.
     in_actions = os.environ.get("GITHUB_ACTIONS") == "true"
     if fleet.notify.github_annotations and in_actions and not args.json:
         for line in annotations(reports):
-            print(line)
-    write_step_summary(reports)
+            print(args.redact(line))
+    write_step_summary(reports, args.redact)
     return exit_code(reports)
 
 
@@ -87,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     fleet = _load(args)
     _preflight(fleet)
     reports = tick(fleet, only=args.run, mode=Mode.OBSERVE)
-    print(dumps(reports) if args.json else to_text(reports))
+    print(dumps(reports, args.redact) if args.json else to_text(reports, args.redact))
     return exit_code(reports)
 
 
@@ -111,9 +133,10 @@ def cmd_offers(args: argparse.Namespace) -> int:
             f"{'market':<13} location"
         )
         for o in offers:
-            print(
+            _say(
+                args,
                 f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
-                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}"
+                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}",
             )
     return EXIT_OK if ok or offers else EXIT_FAILED
 
@@ -145,7 +168,7 @@ def _destroy_all(fleet: FleetConfig, run: RunConfig) -> tuple[int, bool]:
                 continue
             provider.terminate(inst.id)
             destroyed += 1
-            print(f"terminated {name}:{inst.id} {inst.name}")
+            _say(f"terminated {name}:{inst.id} {inst.name}")
 
     ok = _per_provider(fleet, run, destroy)
     return destroyed, ok
@@ -174,27 +197,42 @@ def cmd_terminate(args: argparse.Namespace) -> int:
             "fix the store and run this again"
         )
     for line in failed:
-        print(f"respawn terminate: FAILED: {line}", file=sys.stderr)
+        _say(f"respawn terminate: FAILED: {line}", err=True)
     if halt_error is None:
         undo = f"respawn resume -c {args.config} --run {run.name}"
         print(f"run {run.name} halted; `{undo}` undoes it")
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _published_host_keys(fleet: FleetConfig, run_name: str) -> dict[int, tuple[str, ...]]:
+    """generation → the SSH host keys its pod published in its heartbeat."""
+    from respawn.controller.stores import open_run_store
+    from respawn.store.store import StoreError
+
+    try:
+        hb = open_run_store(fleet.store, run_name).read_heartbeat()
+    except StoreError as e:
+        print(f"heartbeat unreadable ({e}): no SSH host key to trust", file=sys.stderr)
+        return {}
+    return {hb.generation: hb.ssh_host_keys} if hb is not None else {}
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     fleet = _load(args)
     run = fleet.run(args.run)
 
+    host_keys = _published_host_keys(fleet, run.name)
+
     def show(name: str, provider: Provider) -> None:
         for inst in provider.list_instances(run.name):
-            print(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
+            _say(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
             diagnose = getattr(provider, "diagnose", None)
             if diagnose is None or not inst.live:
                 print("   (no shell access)")
                 continue
-            for section, text in diagnose(inst.id).items():
+            for section, text in diagnose(inst.id, host_keys.get(inst.generation, ())).items():
                 print(f"-- {section}")
-                print(text.rstrip())
+                _say(text.rstrip())  # the pod's own output: anything may be in it
 
     return EXIT_OK if _per_provider(fleet, run, show) else EXIT_FAILED
 
@@ -211,7 +249,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run = fleet.run(args.run)
     error = _record_halt(fleet, run.name, False, f"`respawn resume` at {when(utcnow())}")
     if error is not None:
-        print(f"respawn resume: FAILED: could not record the resume ({error})", file=sys.stderr)
+        _say(f"respawn resume: FAILED: could not record the resume ({error})", err=True)
         return EXIT_FAILED
     store = open_run_store(fleet.store, run.name)
     ledger = read_ledger(store)
@@ -257,7 +295,7 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
         store = open_run_store(fleet.store, run.name)
         ledger, notes = repair_ledger(store, generations, utcnow())
     except Exception as e:  # the store is down or the key rejected: say so, no traceback
-        print(f"respawn ledger repair: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        _say(f"respawn ledger repair: FAILED: {type(e).__name__}: {e}", err=True)
         return EXIT_FAILED
     for note in notes:
         print(f"  {note}")
@@ -326,7 +364,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from respawn.controller.doctor import run_doctor
 
     lines, ok = run_doctor(_load(args), live=args.live)
-    print("\n".join(lines))
+    _say("\n".join(lines))  # provider replies are quoted: redacted, no escape sequences
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -7,13 +7,17 @@ live in the file: it names environment variables that the workflow fills from Gi
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,7 +40,33 @@ _RUN_NAME = r"^[a-z0-9][a-z0-9-]{0,47}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # `.inf`/`.nan` are valid YAML floats: a price cap of infinity is no cap.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_url(v: str) -> str:
+    """API keys travel to this URL: plain http only to this machine (a test double)."""
+    parts = urlsplit(v)
+    if not parts.hostname:
+        raise ValueError(f"{v!r} is not a URL (expected https://HOST/...)")
+    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
+        return v
+    raise ValueError(
+        f"{v!r}: API keys are sent to this URL, so it must be https (plain http is allowed "
+        "only for loopback addresses)"
+    )
+
+
+ApiUrl = Annotated[str, AfterValidator(check_api_url)]
 
 
 class ConfigError(Exception):
@@ -47,19 +77,45 @@ class StoreSettings(_Strict):
     url: str = Field(description="file:///ABS/PATH or b2://BUCKET/PREFIX")
     key_id_env: str = Field("B2_APPLICATION_KEY_ID", pattern=_ENV_NAME)
     key_env: str = Field("B2_APPLICATION_KEY", pattern=_ENV_NAME)
+    pod_key_id_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="id of the narrower key pods get (docs/keys.md); unset: pods get key_env's",
+    )
+    pod_key_env: str | None = Field(None, pattern=_ENV_NAME, description="the pod key itself")
+    ledger_secret_env: str | None = Field(
+        None,
+        pattern=_ENV_NAME,
+        description="controller-only secret that signs the ledger (HMAC), so a pod key cannot "
+        "forge or edit it (docs/keys.md)",
+    )
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
         if v.startswith("file:///"):
-            return v.rstrip("/") or v
+            if not v[len("file://") :].strip("/"):
+                raise ValueError("file:/// is the filesystem root: name a directory")
+            return v.rstrip("/")
         if re.match(r"^b2://[A-Za-z0-9-]{6,63}(/.*)?$", v):
             return v.rstrip("/")
         raise ValueError("expected file:///ABSOLUTE/PATH or b2://BUCKET/PREFIX")
 
+    @model_validator(mode="after")
+    def _pod_key_pair(self) -> StoreSettings:
+        if (self.pod_key_id_env is None) != (self.pod_key_env is None):
+            raise ValueError("set both pod_key_id_env and pod_key_env, or neither")
+        return self
+
     @property
     def credential_envs(self) -> tuple[str, str]:
         return (self.key_id_env, self.key_env)
+
+    @property
+    def pod_credential_envs(self) -> tuple[str, str]:
+        if self.pod_key_id_env and self.pod_key_env:
+            return (self.pod_key_id_env, self.pod_key_env)
+        return self.credential_envs
 
 
 _CONDITION = re.compile(
@@ -98,6 +154,11 @@ class HealthPolicy(_Strict):
         timedelta(minutes=15), description="no heartbeat for this long means dead"
     )
     degenerate: DegenerateRule | None = None
+    finish_grace: Duration = Field(
+        timedelta(minutes=10),
+        description="after the checkpoint reaches target_step, how long the trainer gets to "
+        "finish (final save, eval, push) before its instance is terminated",
+    )
 
 
 class Budget(_Strict):
@@ -108,7 +169,9 @@ class Budget(_Strict):
 class WandbRef(_Strict):
     entity: str
     project: str
-    run_id: str | None = Field(None, description="fixed W&B run id (else taken from latest.json)")
+    run_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="fixed W&B run id (else the run name)"
+    )
     api_key_env: str = Field("WANDB_API_KEY", pattern=_ENV_NAME)
     also_watch: tuple[str, ...] = Field(
         (), description="other W&B run ids of this job (prime-rl: the orchestrator's)"
@@ -140,6 +203,16 @@ class RunConfig(_Strict):
             raise ValueError("each provider may appear once")
         return v
 
+    @model_validator(mode="after")
+    def _heartbeat_fits(self) -> RunConfig:
+        if self.health.dead_after <= self.pod.heartbeat_interval:
+            raise ValueError(
+                f"health.dead_after ({format_duration(self.health.dead_after)}) must be longer "
+                f"than pod.heartbeat_interval ({format_duration(self.pod.heartbeat_interval)}): "
+                "otherwise a healthy pod is declared dead between two heartbeats"
+            )
+        return self
+
 
 def _provider_settings_model() -> type[BaseModel]:
     """`providers:` has one block per registered cloud (`respawn.provisioning.registry`)."""
@@ -164,6 +237,12 @@ ProviderSettings = _provider_settings_model()
 
 
 class FleetConfig(_Strict):
+    fleet_id: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]{1,16}$",
+        description="marks this fleet's instances in a shared cloud account (default: derived "
+        "from store.url); instances with another fleet id are never touched",
+    )
     store: StoreSettings
     providers: ProviderSettings = ProviderSettings()  # type: ignore[valid-type]
     runs: tuple[RunConfig, ...] = Field(min_length=1)
@@ -171,6 +250,15 @@ class FleetConfig(_Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> FleetConfig:
+        for cloud in type(self.providers).model_fields:  # type: ignore[attr-defined]
+            block = getattr(self.providers, cloud)
+            for field in ("server_url", "api_url"):
+                url = getattr(block, field, None)
+                if url is not None:
+                    try:
+                        check_api_url(url)
+                    except ValueError as e:
+                        raise ValueError(f"providers.{cloud}.{field}: {e}") from None
         names = [r.name for r in self.runs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -192,6 +280,12 @@ class FleetConfig(_Strict):
                     f"run {r.name!r} uses provider 'local': set providers.local.state_dir"
                 )
         return self
+
+    @property
+    def fleet(self) -> str:
+        """The fleet id in instance names: the configured one, or one derived from the store
+        URL (two fleets sharing a cloud account never share a store)."""
+        return self.fleet_id or hashlib.sha256(self.store.url.encode()).hexdigest()[:8]
 
     def run(self, name: str) -> RunConfig:
         for r in self.runs:
@@ -243,19 +337,49 @@ def _describe(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key written twice is an error: with the last one silently winning, a
+    second `store:` pasted at the end would move the whole fleet to another bucket."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key]}): remove one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def parse_config(text: str, source: str = "<config>") -> FleetConfig:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES} bytes: not a fleet config")
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a fleet config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with 'store' and 'runs' at the top level")
     try:
         return FleetConfig.model_validate(data)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a fleet config") from None
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -269,7 +393,11 @@ def parse_config(text: str, source: str = "<config>") -> FleetConfig:
 def load_config(path: str | Path) -> FleetConfig:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {e.start}): save the config as UTF-8"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file (pass the fleet config with -c FILE)") from None
     except OSError as e:

@@ -136,6 +136,12 @@ def _adopt(ledger: Ledger, current: list[Instance]) -> Ledger:
     return ledger.model_copy(update={"launches": launches})
 
 
+def _host_keys(obs: Observation) -> tuple[str, ...]:
+    """The SSH host keys the current generation's pod published (the only ones trusted)."""
+    hb = obs.heartbeat
+    return hb.ssh_host_keys if hb is not None and hb.generation == obs.ledger.generation else ()
+
+
 def _replace(
     run: RunConfig, obs: Observation, ledger: Ledger, now: datetime, why: str
 ) -> tuple[list[Action], Ledger]:
@@ -256,6 +262,14 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         case Health.HEALTHY | Health.STARTING:
             actions = list(_strays(obs))
             ledger = _adopt(ledger, current_instances(obs))
+        case Health.DEAD if verdict.fatal:
+            # Relaunching would fail the same way until a person fixes the cause.
+            actions = [_terminate(i, f"halting: {verdict.reason}") for i in _billing(obs)]
+            actions += [
+                Halt(reason=verdict.reason),
+                Alert(message=f"{run.name} halted: {verdict.reason}"),
+            ]
+            ledger = ledger.model_copy(update={"halted": verdict.reason, "halted_at": now})
         case Health.DEAD | Health.NEW:
             # A finished run that is dead again was extended (target_step raised): un-finish it.
             ledger = ledger.model_copy(update={"finished_at": None, "finished_target": None})
@@ -269,7 +283,10 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 actions = [*_strays(obs)]
                 actions.append(
                     RestartInPlace(
-                        provider=target.provider, instance_id=target.id, reason=verdict.reason
+                        provider=target.provider,
+                        instance_id=target.id,
+                        reason=verdict.reason,
+                        host_keys=_host_keys(obs),
                     )
                 )
                 record = RestartRecord(

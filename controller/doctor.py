@@ -22,6 +22,15 @@ def run_doctor(
     env = os.environ if environ is None else environ
     lines: list[str] = []
     ok = True
+    store = fleet.store
+    for what, name in (
+        ("pod key id", store.pod_key_id_env),
+        ("pod key", store.pod_key_env),
+        ("ledger secret", store.ledger_secret_env),
+    ):
+        if name is not None and not env.get(name):
+            ok = False
+            lines.append(f"store: {name} ({what}, docs/keys.md) is not set")
     for run in fleet.runs:
         lines += [
             f"warning: run {run.name}: {w}"

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
 from respawn.controller.config import FleetConfig, RunConfig
+from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Instance, LaunchSpec, Offer, Provider, instance_name
 from respawn.provisioning.failover import launch_first_fit
 from respawn.store.store import CheckpointStore
@@ -25,12 +26,14 @@ def launch_env(
     secrets = list(run.pod.secret_env)
     store_creds: dict[str, str] = {}
     if fleet.store.url.startswith("b2://"):
-        secrets += [fleet.store.key_id_env, fleet.store.key_env]
-        # The pod reads the store key under the canonical names, whatever the controller's.
-        store_creds = {ENV_STORE_KEY_ID: fleet.store.key_id_env, ENV_STORE_KEY: fleet.store.key_env}
+        # The pod reads the store key under the canonical names only (never also under the
+        # controller's names, where the trainer would find it): the pod key when one is
+        # configured, else the controller's own (docs/keys.md).
+        key_id_env, key_env = fleet.store.pod_credential_envs
+        store_creds = {ENV_STORE_KEY_ID: key_id_env, ENV_STORE_KEY: key_env}
     if run.wandb is not None:
         secrets.append(run.wandb.api_key_env)
-    missing = [name for name in secrets if not environ.get(name)]
+    missing = [name for name in [*secrets, *store_creds.values()] if not environ.get(name)]
     if missing:
         raise MissingSecretError(
             f"environment variable(s) {', '.join(missing)} are not set on the controller; "
@@ -40,16 +43,7 @@ def launch_env(
     env.update({name: environ[name] for name in secrets})
     env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})
     env.update(pod_env.to_env())
-    return env, [environ[name] for name in secrets]
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Cloud APIs may echo a rejected request (GraphQL quotes invalid variables): never let a
-    secret from the launch environment reach a log, a report or the ledger."""
-    for value in sorted(secrets, key=len, reverse=True):
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+    return env, [environ[name] for name in [*secrets, *store_creds.values()]]
 
 
 def provision(
@@ -66,13 +60,14 @@ def provision(
     store.write_pod_spec(generation, spec_doc)
     wandb_id = wandb_run_id or (run.wandb.run_id if run.wandb else None)
     secrets: list[str] = []
+    fleet_secrets = Redactor.from_fleet(fleet, environ)
 
     def spec_for(provider: str, offer: Offer) -> LaunchSpec:
         pod_env = PodEnv(
             store=fleet.store.url,
             run=run.name,
             generation=generation,
-            writer=f"{provider}:{instance_name(run.name, generation)}",
+            writer=f"{provider}:{instance_name(run.name, generation, fleet.fleet)}",
             pod_sha256=pod_sha256(spec_doc),
             wandb_run_id=wandb_id,
         )
@@ -96,8 +91,13 @@ def provision(
             market=offer.market,
             env=env,
             registry_auth=auth,
+            fleet=fleet.fleet,
         )
 
     return launch_first_fit(
-        run.providers, providers, run.resources, spec_for, lambda t: redact(t, secrets)
+        run.providers,
+        providers,
+        run.resources,
+        spec_for,
+        lambda t: Redactor(secrets)(fleet_secrets(t)),
     )

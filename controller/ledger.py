@@ -16,6 +16,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from respawn.controller.model import HaltOrder, Ledger
+from respawn.store.backend import Backend
 from respawn.store.store import CheckpointStore, StoreError
 
 
@@ -91,7 +92,7 @@ def repair_ledger(
     try:
         old = find_ledger(store)
     except StoreError as e:
-        raw = store.backend.read_bytes(store.keys.ledger) or b""
+        raw = _unverified(store).read_bytes(store.keys.ledger) or b""
         backup = f"{store.keys.ledger}.corrupt-{now:%Y%m%dT%H%M%SZ}"
         store.backend.write_bytes(backup, raw)
         notes.append(f"unreadable ledger ({e}) kept as {backup}")
@@ -123,9 +124,16 @@ def repair_ledger(
     return repaired, notes
 
 
+def _unverified(store: CheckpointStore) -> Backend:
+    """The store's backend without the ledger signature check (`controller/seal.py`): repair
+    keeps a ledger that does not verify, it does not trust it."""
+    raw = getattr(store.backend, "raw", None)
+    return raw() if callable(raw) else store.backend
+
+
 def _raw_version(store: CheckpointStore) -> int:
     try:
-        doc = json.loads(store.backend.read_bytes(store.keys.ledger) or b"{}")
+        doc = json.loads(_unverified(store).read_bytes(store.keys.ledger) or b"{}")
         version = doc.get("version", 0) if isinstance(doc, dict) else 0
         return version if isinstance(version, int) else 0
     except (ValueError, UnicodeDecodeError):

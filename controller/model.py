@@ -158,6 +158,14 @@ class Observation(_Frozen):
     instances: tuple[Instance, ...] = ()
     ledger: Ledger
     ledger_state: LedgerState = "ok"
+    ledger_signed: bool = Field(
+        False, description="the ledger verified against this controller's signature"
+    )
+    pointer_generation: int | None = Field(
+        None,
+        description="latest.json's generation as read, also when the pointer itself is not "
+        "acted on (no manifest): a fencing signal, never a step",
+    )
     halt: HaltOrder | None = None
     errors: tuple[str, ...] = ()
     shell_access: bool = Field(
@@ -182,6 +190,7 @@ class Verdict(_Frozen):
     ledger_trusted: bool = True
     degenerate_since: int | None = Field(None, description="first W&B step of the bad streak")
     wandb_step: int | None = None
+    fatal: bool = Field(False, description="dead, and a new instance would fail the same way")
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -221,6 +230,7 @@ class RestartInPlace(_Frozen):
     provider: str
     instance_id: str
     reason: str
+    host_keys: tuple[str, ...] = Field((), description="the only SSH host keys trusted")
 
 
 class Alert(_Frozen):

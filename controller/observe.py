@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from concurrent.futures import Future
 
@@ -11,12 +12,45 @@ from respawn.controller.config import RunConfig
 from respawn.controller.ledger import find_ledger, read_halt
 from respawn.controller.model import HaltOrder, Ledger, LedgerState, Observation
 from respawn.controller.providers import MissingKeyError
+from respawn.controller.seal import SealedBackend
 from respawn.controller.wandb_health import degenerate, rolled_back_through, watched_run_ids
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider, can_restart
+from respawn.store.schema import LatestPointer
 from respawn.store.store import CheckpointStore, StoreError
 
+log = logging.getLogger("respawn.controller")
+
 Listings = Mapping[str, "Future[list[Instance]]"]
+
+
+def trusted_pointer(
+    store: CheckpointStore, pointer: LatestPointer | None, ledger: Ledger, signed: bool = False
+) -> LatestPointer | None:
+    """The pointer, if the controller may act on it. Any pod key can write latest.json, so a
+    pointer is used only when its step's manifest exists and parses (a forged pointer at
+    target_step would "finish" the run), and, when the ledger is signed, only when its
+    generation is not above the ledger's (unsigned, such a pointer is how a lost ledger is
+    noticed)."""
+    if pointer is None:
+        return None
+    if signed and pointer.generation > ledger.generation:
+        log.warning(
+            "%s: ignoring latest.json of generation %d, above the ledger's %d",
+            store.run,
+            pointer.generation,
+            ledger.generation,
+        )
+        return None
+    try:
+        manifest = store.read_manifest(pointer.step)
+    except StoreError as e:
+        log.warning("%s: ignoring latest.json: the manifest of its step: %s", store.run, e)
+        return None
+    if manifest is None or manifest.step != pointer.step:
+        log.warning("%s: ignoring latest.json: step %d has no manifest", store.run, pointer.step)
+        return None
+    return pointer
 
 
 def observe(
@@ -29,6 +63,8 @@ def observe(
     """`listings`: each provider's whole listing for this tick, already under way; without
     it, the run's providers are listed here."""
     errors: list[str] = []
+    signed = False
+    pointer_generation: int | None = None
     ledger, pointer, heartbeat = Ledger(run=run.name), None, None
     ledger_state: LedgerState = "unreadable"
     halt: HaltOrder | None = None
@@ -44,8 +80,13 @@ def observe(
             halt = read_halt(store)
         except StoreError as e:
             errors.append(f"halt order: {e}")
+        # Verified by this controller's signature (`controller/seal.py`): pod-written
+        # generations above it are ignored, not taken for a lost ledger.
+        signed = ledger_state == "ok" and isinstance(store.backend, SealedBackend)
         try:
-            pointer = store.read_pointer()
+            raw_pointer = store.read_pointer()
+            pointer_generation = raw_pointer.generation if raw_pointer is not None else None
+            pointer = trusted_pointer(store, raw_pointer, ledger, signed)
         except StoreError as e:
             errors.append(f"latest.json: {e}")
         try:
@@ -76,6 +117,8 @@ def observe(
         instances=merge_rows(instances),
         ledger=ledger,
         ledger_state=ledger_state,
+        ledger_signed=signed,
+        pointer_generation=pointer_generation,
         halt=halt,
         errors=tuple(errors),
         warnings=tuple(warnings),

@@ -36,7 +36,9 @@ def open_providers(
             out[name] = MissingKeyError(f"{name}: environment variable {key_env} is not set")
             continue
         try:
-            out[name] = open_provider(name, getattr(settings, name, None), secrets)
+            provider = open_provider(name, getattr(settings, name, None), secrets)
+            provider.fleet = fleet.fleet  # only this fleet's instances are ours
+            out[name] = provider
         except ProviderError as e:
             out[name] = e
     return out

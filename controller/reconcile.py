@@ -15,9 +15,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import unquote, urlparse
 
 from respawn.controller.act import act
 from respawn.controller.config import FleetConfig, RunConfig
@@ -26,9 +24,9 @@ from respawn.controller.lease import Clock, Lease
 from respawn.controller.model import ActionResult, Alert, Notify, RunReport
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
+from respawn.controller.stores import open_fleet_backend, unmade_file_store
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider
-from respawn.store import open_backend
 from respawn.store.backend import Backend, StoreError, StoreMissingError
 from respawn.store.schema import TickRecord, utcnow
 from respawn.store.store import CheckpointStore
@@ -67,11 +65,9 @@ def _open_store(fleet: FleetConfig, mode: Mode) -> Backend | Exception:
     """Only an acting tick creates a file store's directory: `status` and a dry run before
     the first launch see an empty store, and leave nothing behind."""
     try:
-        return open_backend(fleet.store.url, fleet.store.credential_envs, create=mode is Mode.ACT)
+        return open_fleet_backend(fleet.store, create=mode is Mode.ACT)
     except StoreMissingError:
-        from respawn.store.file_backend import FileBackend
-
-        return FileBackend(Path(unquote(urlparse(fleet.store.url).path)))
+        return unmade_file_store(fleet.store)
     except StoreError as e:
         return e
 

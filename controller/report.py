@@ -10,6 +10,7 @@ from typing import Any
 from respawn.controller.classify import ago
 from respawn.controller.model import Alert, Health, Notify, RunReport, describe
 from respawn.controller.notify import annotation
+from respawn.controller.redact import NO_REDACTION, Redactor, code_span, one_line
 
 NEEDS_HUMAN = {Health.HALTED, Health.UNKNOWN}
 
@@ -27,8 +28,8 @@ def tick_lag(r: RunReport) -> str:
     return f"previous tick {ago(r.now - r.previous_tick)} ago ({when(r.previous_tick)})"
 
 
-def to_json(reports: list[RunReport]) -> dict[str, Any]:
-    runs = []
+def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[str, Any]:
+    runs: list[Any] = []
     for r in reports:
         v = r.plan.verdict
         told = r.notified
@@ -81,7 +82,7 @@ def to_json(reports: list[RunReport]) -> dict[str, Any]:
                 ],
             }
         )
-    return {"runs": runs}
+    return {"runs": redact.deep(runs)}
 
 
 def _needs_human(r: RunReport) -> bool:
@@ -107,33 +108,46 @@ def annotations(reports: list[RunReport]) -> list[str]:
     ]
 
 
-def to_text(reports: list[RunReport]) -> str:
+def to_text(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
+    """For a terminal: every piece that came from outside (a reason quoting a provider or a
+    heartbeat, an instance id) is redacted, then stripped of escape sequences, one line."""
+
+    def safe(text: str) -> str:
+        return one_line(redact(text))
+
     lines = []
     for r in reports:
         v = r.plan.verdict
         step = "-" if v.step is None else str(v.step)
-        lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {v.reason}")
+        lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {safe(v.reason)}")
         lines.append(f"  {tick_lag(r)}")
         for i in r.observation.instances:
             market = {True: " spot", False: " on-demand"}.get(i.interruptible, "")  # type: ignore[arg-type]
-            lines.append(f"  instance {i.provider}:{i.id} {i.name} {i.state.value}{market}")
-        lines += [f"  warning: {w}" for w in r.observation.warnings]
+            lines.append(
+                f"  instance {safe(f'{i.provider}:{i.id} {i.name}')} {i.state.value}{market}"
+            )
+        lines += [f"  warning: {safe(w)}" for w in r.observation.warnings]
         for w in r.observation.wandb:
             seen = w.error or f"{w.state}, step {'-' if w.step is None else w.step}"
-            lines.append(f"  W&B {w.url} ({seen})")
+            lines.append(f"  W&B {safe(w.url)} ({safe(seen)})")
         every = [*r.results, *([r.notified] if r.notified else [])]
         if every:
             for res in every:
                 mark = "ok " if res.ok else "FAILED "
                 extra = f" — {res.detail}" if res.detail else ""
-                lines.append(f"  {mark}{describe(res.action)}{extra}")
+                lines.append(f"  {mark}{safe(describe(res.action) + extra)}")
         else:
             tag = "would " if r.dry_run else "plan: "
-            lines += [f"  {tag}{describe(a)}" for a in r.plan.actions]
+            lines += [f"  {tag}{safe(describe(a))}" for a in r.plan.actions]
     return "\n".join(lines)
 
 
-def to_markdown(reports: list[RunReport]) -> str:
+def to_markdown(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
+    """For the GitHub step summary: untrusted text goes in code spans, never as Markdown."""
+
+    def safe(text: str) -> str:
+        return code_span(redact(text))
+
     rows = [
         "| run | health | step | reason | actions | tick lag |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -142,13 +156,14 @@ def to_markdown(reports: list[RunReport]) -> str:
         v = r.plan.verdict
         acts = (
             "<br>".join(
-                _mark(res.ok, res.action) + describe(res.action)
+                _mark(res.ok, res.action)
+                + safe(describe(res.action) + (f" — {res.detail}" if res.detail else ""))
                 for res in [*r.results, *([r.notified] if r.notified else [])]
             )
-            or "<br>".join(describe(a) for a in r.plan.actions)
+            or "<br>".join(safe(describe(a)) for a in r.plan.actions)
             or "—"
         )
-        reason = v.reason.replace("|", "\\|")
+        reason = safe(v.reason)
         rows.append(
             f"| {r.run} | {v.health.value} | {v.step if v.step is not None else '—'} "
             f"| {reason} | {acts} | {tick_lag(r)} |"
@@ -162,12 +177,12 @@ def _mark(ok: bool, action: object) -> str:
     return "⚠️ " if isinstance(action, Alert | Notify) else "✅ "
 
 
-def write_step_summary(reports: list[RunReport]) -> None:
+def write_step_summary(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> None:
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if path:
         with open(path, "a") as f:
-            f.write(to_markdown(reports))
+            f.write(to_markdown(reports, redact))
 
 
-def dumps(reports: list[RunReport]) -> str:
-    return json.dumps(to_json(reports), indent=2)
+def dumps(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
+    return json.dumps(to_json(reports, redact), indent=2)

@@ -82,6 +82,7 @@ class Demo:
         self.store = open_run_store(self.fleet.store, self.run.name)
         assert self.fleet.providers.local is not None
         self.provider = LocalProvider(self.fleet.providers.local.state_dir)
+        self.provider.fleet = self.fleet.fleet  # sees the controller's instances
         self.log = Timeline()
         self.last_health: Health | None = None
         self.last_pointer: int | None = None

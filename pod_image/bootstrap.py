@@ -14,10 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from respawn.contract.pod import ENV_INSTANCE_ID, PodEnv, PodEnvError
+from respawn.contract.pod import (
+    ENV_INSTANCE_ID,
+    ENV_STORE_KEY,
+    ENV_STORE_KEY_ID,
+    PodEnv,
+    PodEnvError,
+    PodSpec,
+)
+from respawn.pod.hostkeys import host_key_fingerprints
 from respawn.pod.supervisor import PodContext, Supervisor
 from respawn.store.backend import CorruptError
 from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
@@ -29,12 +38,29 @@ class BootstrapError(Exception):
     pass
 
 
+#: What the pod side needs and the trainer must not see: the store key (it can rewrite every
+#: checkpoint of the run) and the instance's own cloud API keys (RunPod and Vast inject one).
+POD_ONLY_ENV = frozenset(
+    {ENV_STORE_KEY_ID, ENV_STORE_KEY, "RUNPOD_API_KEY", "CONTAINER_API_KEY", "VAST_API_KEY"}
+)
+
+
+def trainer_environment(env: Mapping[str, str], pod: PodSpec, wandb_id: str) -> dict[str, str]:
+    """The image's environment, `pod.env`, the configured secrets and the W&B variables —
+    without the pod-only credentials (unless the config passes one on purpose)."""
+    wanted = set(pod.env) | set(pod.secret_env)
+    out = {k: v for k, v in env.items() if k in wanted or k not in POD_ONLY_ENV}
+    out.update(WANDB_RESUME="allow", WANDB_RUN_ID=wandb_id)
+    return out
+
+
 def context_from_env(env: Mapping[str, str]) -> PodContext:
     try:
         pod_env = PodEnv.from_env(env)
     except PodEnvError as e:
         raise BootstrapError(str(e)) from None
-    store = CheckpointStore.open(pod_env.store, pod_env.run)
+    # The pod's key may lack delete: retention is the controller's (docs/keys.md).
+    store = CheckpointStore.open(pod_env.store, pod_env.run, require_delete=False)
     stored = None if pod_env.pod_inline else store.read_pod_spec(pod_env.generation)
     try:
         pod = pod_env.pod_spec(stored)
@@ -53,6 +79,7 @@ def context_from_env(env: Mapping[str, str]) -> PodContext:
         workdir=workdir,
         pod=pod,
         wandb_run_id=pod_env.wandb_run_id,
+        ssh_host_keys=host_key_fingerprints(),
     )
 
 
@@ -92,13 +119,30 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
         len(result.manifest.files),
         result.manifest.total_bytes,
     )
-    return result.step, ctx.wandb_run_id or result.pointer.wandb_run_id
+    # Never the pointer's W&B id: anyone holding the store key could point this run's metrics
+    # (and the W&B key that logs them) at another run.
+    return result.step, ctx.wandb_run_id
 
 
-def _report_failure(ctx: PodContext, message: str) -> None:
-    """A `failed` heartbeat: the controller replaces the instance instead of waiting."""
+def restore_twice(ctx: PodContext) -> tuple[int | None, str | None]:
+    """`restore`, tried again once after a pause when nothing verified: a failure reported as
+    one that will repeat halts the run, so a store outage that outlasted the backend's own
+    retries must not pass for corrupt checkpoints."""
     try:
-        ctx.store.write_heartbeat(ctx.heartbeat("failed", message=message[:500]))
+        return restore(ctx)
+    except NothingVerifiesError as e:
+        pause = min(60.0, 10 * ctx.pod.sync_interval.total_seconds())
+        log.warning("%s; trying once more in %.0fs", e, pause)
+        time.sleep(pause)
+        return restore(ctx)
+
+
+def _report_failure(ctx: PodContext, message: str, will_repeat: bool = False) -> None:
+    """A `failed` heartbeat: the controller replaces the instance instead of waiting, or halts
+    the run at once when another instance would fail the same way (`will_repeat`)."""
+    try:
+        hb = ctx.heartbeat("failed", message=message[:500], will_repeat=will_repeat)
+        ctx.store.write_heartbeat(hb)
     except StoreError as e:
         log.warning("could not report the failure: %s", e)
 
@@ -116,21 +160,20 @@ def main() -> int:
     try:
         ctx = context_from_env(env)
         ctx.store.check_fence(ctx.generation)
-        resume_step, wandb_id = restore(ctx)
+        resume_step, wandb_id = restore_twice(ctx)
     except FencedError as e:
         log.warning("%s: not starting", e)
         return 0
     except NothingVerifiesError as e:
         log.error("%s", e)
         if ctx is not None:
-            _report_failure(ctx, str(e))
+            _report_failure(ctx, str(e), will_repeat=True)  # the same store, the same result
         return 2
     except (BootstrapError, StoreError) as e:
         log.error("%s", e)
         return 2
-    trainer_env = {**env, "WANDB_RESUME": "allow"}
     wandb_id = wandb_id or ctx.run
-    trainer_env["WANDB_RUN_ID"] = wandb_id
+    trainer_env = trainer_environment(env, ctx.pod, wandb_id)
     ctx = PodContext(**{**ctx.__dict__, "wandb_run_id": wandb_id})
     return Supervisor(ctx, resume_step, trainer_env).run()
 

@@ -39,6 +39,7 @@ from respawn.contract.pod import (
 from respawn.pod.dispatch import TickRequester
 from respawn.pod.gpu_watch import GpuWatch
 from respawn.pod.gpu_watch import query as gpu_query
+from respawn.pod.hostkeys import host_key_fingerprints
 from respawn.store.disk import complete_steps, step_dirs
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import Heartbeat, Phase, utcnow
@@ -56,6 +57,7 @@ class PodContext:
     workdir: Path
     pod: PodSpec
     wandb_run_id: str | None = None
+    ssh_host_keys: tuple[str, ...] = ()
 
     def heartbeat(self, phase: Phase, **fields: object) -> Heartbeat:
         return Heartbeat.model_validate(
@@ -65,6 +67,8 @@ class PodContext:
                 "writer": self.writer,
                 "at": utcnow(),
                 "phase": phase,
+                # sshd may generate its host keys after the pod started: look again until found.
+                "ssh_host_keys": self.ssh_host_keys or host_key_fingerprints(),
                 **fields,
             }
         )
@@ -84,6 +88,7 @@ class Supervisor:
         self.disk_step = resume_step
         self.phase: Phase = "training"
         self.message = ""
+        self.will_repeat = False
         self.restarts = 0
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
@@ -118,6 +123,7 @@ class Supervisor:
                     step=self.disk_step,
                     published_step=self.published,
                     message=self.message,
+                    will_repeat=self.will_repeat,
                 )
             self.ctx.store.write_heartbeat(hb)
         except FencedError as e:
@@ -285,6 +291,8 @@ class Supervisor:
         with self._lock:
             self.published = step.step
         self._clean_disk()
+        if not getattr(self.ctx.store.backend, "can_delete", True):
+            return  # a pod key without delete: the controller applies retention
         try:
             policy = pod.checkpoints
             gone = self.ctx.store.gc(policy.keep_last, keep_every=policy.keep_every)
@@ -309,8 +317,10 @@ class Supervisor:
         with self._lock:
             self.phase, self.message = phase, message
 
-    def _give_up(self, why: str) -> int:
-        """Tell the controller (a `failed` heartbeat means dead: replace the instance)."""
+    def _give_up(self, why: str, will_repeat: bool = False) -> int:
+        """Tell the controller (a `failed` heartbeat means dead: replace the instance; with
+        `will_repeat`, halt the run: a new instance would fail the same way)."""
+        self.will_repeat = will_repeat
         self._set_phase("failed", why)
         self.beat()
         log.error("%s; restart budget spent, giving up", why)
@@ -350,7 +360,12 @@ class Supervisor:
     def _loop(self, pod: PodSpec) -> int:
         grace = pod.term_grace.total_seconds()
         hang_after = pod.hang_after.total_seconds() if pod.hang_after else None
-        self._start_trainer()
+        try:
+            self._start_trainer()
+        except (FileNotFoundError, PermissionError, ValueError) as e:
+            # The command itself is wrong (no such program, not executable, bad quoting):
+            # the next machine runs the same command.
+            return self._give_up(f"the trainer command cannot start: {e}", will_repeat=True)
         while True:
             self._stop.wait(0.2)
             if self._fenced.is_set():

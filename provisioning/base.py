@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
@@ -88,7 +88,7 @@ class Offer(BaseModel):
 class Resources(BaseModel):
     """What a run needs from an instance (also the `resources` block of the fleet config)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     gpus: tuple[str, ...] = Field((), description="acceptable GPU names, e.g. [H100_SXM, H100]")
     gpu_count: int = Field(1, ge=0)
@@ -124,10 +124,11 @@ class LaunchSpec(BaseModel):
     # Private image pull (`pod.registry_auth_env`): `USER:TOKEN` for Vast, a saved
     # container-registry-auth id for RunPod. Never printed.
     registry_auth: str | None = Field(None, repr=False)
+    fleet: str = Field("", description="the fleet id in the instance name (see instance_name)")
 
     @property
     def name(self) -> str:
-        return instance_name(self.run, self.generation)
+        return instance_name(self.run, self.generation, self.fleet)
 
     def registry_host(self) -> str:
         """The registry of `image`: its first path part when that names a host."""
@@ -193,13 +194,17 @@ class Provider(ABC):
       the instance is looked up by its unique name and adopted, or there is none;
     - whatever instance the create produced is read back and verified (market, price cap, not
       stopped) and destroyed if it fails, or if anything else goes wrong;
-    - only instances named `respawn-<run>-g<N>` are ever listed, matched exactly;
+    - only instances named `respawn-<fleet>-<run>-g<N>` with this provider's fleet id are
+      ever listed, matched exactly;
     - terminating an instance that is already gone is not an error.
     """
 
     name: ClassVar[str]
     # The markets this cloud can rent in; a run's `resources.market` picks among them.
     markets: tuple[Market, ...] = ("interruptible", "on_demand")
+    #: Whose instances these are: set by the controller from the fleet config; only names
+    #: carrying exactly this fleet id are listed, adopted or destroyed.
+    fleet: str = ""
 
     @abstractmethod
     def offers(self, resources: Resources) -> list[Offer]:
@@ -314,27 +319,36 @@ class WithTrainerControl(ABC):
         return True
 
     @abstractmethod
-    def restart_trainer(self, instance_id: str) -> None: ...
+    def restart_trainer(self, instance_id: str, host_keys: Sequence[str] = ()) -> None:
+        """`host_keys`: the SSH host key fingerprints the pod published (the only ones
+        trusted)."""
 
     @abstractmethod
-    def diagnose(self, instance_id: str) -> dict[str, str]: ...
+    def diagnose(self, instance_id: str, host_keys: Sequence[str] = ()) -> dict[str, str]: ...
 
 
 def can_restart(provider: object) -> bool:
     return isinstance(provider, WithTrainerControl) and provider.can_restart
 
 
-_NAME = re.compile(r"^respawn-(?P<run>.+)-g(?P<gen>\d+)$")
+_REST = re.compile(r"^(?P<run>[a-z0-9][a-z0-9-]*)-g(?P<gen>\d+)$")
+FLEET_ID = re.compile(r"^[a-z0-9]{1,16}$")
 
 
-def instance_name(run: str, generation: int) -> str:
-    return f"respawn-{run}-g{generation}"
+def instance_name(run: str, generation: int, fleet: str = "") -> str:
+    """`respawn-<fleet>-<run>-g<N>`: the fleet id (no dashes) keeps two fleets sharing one
+    cloud account apart. Without a fleet id (a bare adapter in a test): `respawn-<run>-g<N>`."""
+    return f"respawn-{fleet}-{run}-g{generation}" if fleet else f"respawn-{run}-g{generation}"
 
 
-def parse_instance_name(name: str) -> tuple[str, int] | None:
-    """(run, generation) for a name respawn gave, else None. Matching is exact: run `a` never
-    claims `respawn-a-b-g1`, which belongs to run `a-b`."""
-    m = _NAME.match(name or "")
+def parse_instance_name(name: str, fleet: str = "") -> tuple[str, int] | None:
+    """(run, generation) for a name this fleet gave, else None. Matching is exact: another
+    fleet's `respawn-<other>-<run>-g7` is not ours, and run `a` never claims `respawn-a-b-g1`,
+    which belongs to run `a-b`."""
+    stem = f"respawn-{fleet}-" if fleet else "respawn-"
+    if not (name or "").startswith(stem):
+        return None
+    m = _REST.match(name[len(stem) :])
     return (m.group("run"), int(m.group("gen"))) if m else None
 
 

@@ -75,10 +75,12 @@ def _said(response: requests.Response | None) -> str:
         errors = doc.get("errors")  # GraphQL
         if isinstance(errors, list):
             parts += [str(e.get("message")) for e in errors[:3] if isinstance(e, dict)]
-        return " ".join(parts)[:300]
+        # Not cut here: the controller redacts secrets first and shortens after (cutting first
+        # can leave a key's prefix that no redactor recognises).
+        return " ".join(parts)
     if doc is not None:
         return ""
-    return (response.text or "")[:300]
+    return response.text or ""
 
 
 def _error_from_http(e: requests.HTTPError, what: str, key_env: str) -> ProviderError:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -196,7 +197,7 @@ class LocalProvider(WithTrainerControl, Provider):
             rec = self._read(path)
             if rec is None:
                 continue
-            if parse_instance_name(str(rec.get("name", ""))) is None:
+            if parse_instance_name(str(rec.get("name", "")), self.fleet) is None:
                 continue
             if self._alive(rec):
                 out.append(self._instance(rec, InstanceState.RUNNING))
@@ -241,7 +242,7 @@ class LocalProvider(WithTrainerControl, Provider):
             shutil.rmtree(str(rec["disk"]), ignore_errors=True)
         path.unlink(missing_ok=True)
 
-    def diagnose(self, instance_id: str) -> dict[str, str]:
+    def diagnose(self, instance_id: str, host_keys: Sequence[str] = ()) -> dict[str, str]:
         rec = self.record(instance_id)
         if rec is None:
             raise ProviderError(f"local: no instance {instance_id}")
@@ -253,7 +254,8 @@ class LocalProvider(WithTrainerControl, Provider):
             "disk": f"{usage.used / 2**30:.1f} GiB used, {usage.free / 2**30:.1f} GiB free",
         }
 
-    def restart_trainer(self, instance_id: str) -> None:
+    def restart_trainer(self, instance_id: str, host_keys: Sequence[str] = ()) -> None:
+        # A local process: no SSH, so no host key to check.
         """Ask the pod's supervisor to restart its trainer (SIGUSR1 to the session leader)."""
         rec = self.record(instance_id)
         if rec is None or not self._alive(rec):

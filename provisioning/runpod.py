@@ -245,14 +245,14 @@ class RunPodProvider(ShellAccess, Provider):
         pod = data.get("pod")
         if not pod:
             return None
-        if not parse_instance_name(str(pod.get("name") or "")):
+        if not parse_instance_name(str(pod.get("name") or ""), self.fleet):
             pod = {**pod, "name": spec.name}
         return self._instance(pod)
 
     # -- listing / termination -----------------------------------------------------------
 
     def _instance(self, pod: dict[str, Any]) -> Instance:
-        parsed = parse_instance_name(str(pod.get("name") or ""))
+        parsed = parse_instance_name(str(pod.get("name") or ""), self.fleet)
         assert parsed is not None
         ssh = next(
             (
@@ -286,7 +286,11 @@ class RunPodProvider(ShellAccess, Provider):
                 f"runpod: list pods: the account was not recognised; check {self.key_env}"
             )
         pods = data["myself"].get("pods") or []
-        return [self._instance(p) for p in pods if parse_instance_name(str(p.get("name") or ""))]
+        return [
+            self._instance(p)
+            for p in pods
+            if parse_instance_name(str(p.get("name") or ""), self.fleet)
+        ]
 
     def check_live(self) -> list[str]:
         lowest = {"gpuCount": 1}
@@ -319,7 +323,8 @@ class RunPodProvider(ShellAccess, Provider):
 
 
 def _graphql_error(errors: list[dict[str, Any]], what: str, key_env: str) -> ProviderError:
-    message = "; ".join(str(e.get("message", e)) for e in errors)[:300]
+    # Not cut here: the controller redacts secrets before it shortens any text.
+    message = "; ".join(str(e.get("message", e)) for e in errors)
     low = message.lower()
     if any(s in low for s in _NO_CAPACITY):
         return NoCapacityError(f"runpod: {what}: {message}")

@@ -6,6 +6,7 @@ paramiko is imported only when a key is configured (`respawn.provisioning.remote
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from respawn.provisioning.base import Instance, ProviderError, WithTrainerControl
@@ -36,10 +37,10 @@ class ShellAccess(WithTrainerControl):
             raise ProviderError(f"{self.name}: instance {instance_id} has no SSH address")
         return self.remote, inst.ssh_host, inst.ssh_port
 
-    def restart_trainer(self, instance_id: str) -> None:
+    def restart_trainer(self, instance_id: str, host_keys: Sequence[str] = ()) -> None:
         remote, host, port = self._remote_at(instance_id)
-        remote.restart_trainer(host, port)
+        remote.restart_trainer(host, port, host_keys)
 
-    def diagnose(self, instance_id: str) -> dict[str, str]:
+    def diagnose(self, instance_id: str, host_keys: Sequence[str] = ()) -> dict[str, str]:
         remote, host, port = self._remote_at(instance_id)
-        return remote.diagnose(host, port)
+        return remote.diagnose(host, port, host_keys)

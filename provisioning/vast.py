@@ -339,7 +339,7 @@ class VastProvider(ShellAccess, Provider):
                 str(resp[k]) for k in ("error", "msg") if isinstance(resp, dict) and resp.get(k)
             )
             raise LaunchRefusedError(
-                f"vast: offer {offer.id} refused: {said[:200] or 'no contract'}", contract
+                f"vast: offer {offer.id} refused: {said or 'no contract'}", contract
             )
         return contract
 
@@ -368,7 +368,7 @@ class VastProvider(ShellAccess, Provider):
 
     def _instance(self, row: dict[str, Any]) -> Instance:
         label = str(row.get("label") or "").strip()
-        parsed = parse_instance_name(label)
+        parsed = parse_instance_name(label, self.fleet)
         assert parsed is not None
         start = row.get("start_date")
         created = None
@@ -407,7 +407,7 @@ class VastProvider(ShellAccess, Provider):
             )
             for row in page.get("instances") or []:
                 if isinstance(row, dict) and parse_instance_name(
-                    str(row.get("label") or "").strip()
+                    str(row.get("label") or "").strip(), self.fleet
                 ):
                     out.append(self._instance(row))
             token = page.get("next_token")

@@ -52,6 +52,7 @@ def write_fleet(
     tmp: Path, vast: FakeVast, runpod: FakeRunPod, gpus: list[str], ssh_env: str | None = None
 ) -> Path:
     doc = {
+        "fleet_id": "t",
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
             "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
@@ -89,13 +90,13 @@ def test_first_tick_rents_the_cheapest_vast_bid(tmp_path: Path, clouds: tuple) -
     fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
     report = tick(fleet)[0]
     assert [r.ok for r in report.results] == [True]
-    assert vast.labels() == ["respawn-job-g1"] and runpod.pods == {}
+    assert vast.labels() == ["respawn-t-job-g1"] and runpod.pods == {}
     env = vast.bodies[-1]["env"]
     assert env["RESPAWN_GENERATION"] == "1" and env["RESPAWN_STORE"].startswith("file://")
     launch = read_ledger(open_run_store(fleet.store, "job")).launch_of(1)
     assert launch is not None and (launch.provider, launch.market) == ("vast", "interruptible")
     status = run_cli("status", "-c", str(tmp_path / "fleet.yaml"))
-    assert "respawn-job-g1" in status.stdout and " spot" in status.stdout
+    assert "respawn-t-job-g1" in status.stdout and " spot" in status.stdout
 
 
 def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) -> None:
@@ -104,7 +105,7 @@ def test_no_vast_capacity_fails_over_to_runpod(tmp_path: Path, clouds: tuple) ->
     vast.offers.clear()
     report = tick(fleet)[0]
     assert report.results[0].ok, report.results[0].detail
-    assert [p["name"] for p in runpod.pods.values()] == ["respawn-job-g1"]
+    assert [p["name"] for p in runpod.pods.values()] == ["respawn-t-job-g1"]
 
 
 def test_vast_offers_api_down_is_skipped_this_tick(tmp_path: Path, clouds: tuple) -> None:
@@ -161,7 +162,7 @@ def test_two_concurrent_ticks_leave_one_instance(tmp_path: Path, clouds: tuple) 
     for t in threads:
         t.join(timeout=60)
     assert len(results) == 2
-    assert vast.labels() == ["respawn-job-g1"]
+    assert vast.labels() == ["respawn-t-job-g1"]
     assert tick(fleet)[0].plan.actions == ()  # the survivor is adopted, nothing more to do
 
 
@@ -171,8 +172,9 @@ def test_launch_race_is_settled_on_the_earliest_created(tmp_path: Path, clouds: 
 
     vast, _ = clouds
     p = VastProvider(vast.api_key, server_url=vast.url)  # type: ignore[attr-defined]
-    first = vast.add_instance("respawn-job-g1")
-    second = vast.add_instance("respawn-job-g1")  # a concurrent tick's launch
+    p.fleet = "t"
+    first = vast.add_instance("respawn-t-job-g1")
+    second = vast.add_instance("respawn-t-job-g1")  # a concurrent tick's launch
     mine = next(i for i in p.list_instances("job") if i.id == str(second))
     winner = settle_race(p, mine)
     assert winner.id == str(first)
@@ -187,11 +189,11 @@ def test_outbid_old_generation_that_resumes_is_destroyed(tmp_path: Path, clouds:
     vast.outbid(g1)
     report = tick(fleet)[0]  # g1 stopped: dead → destroy it, launch g2
     assert report.plan.verdict.health.value == "dead"
-    assert vast.labels() == ["respawn-job-g2"]
+    assert vast.labels() == ["respawn-t-job-g2"]
     # An older generation showing up again (resumed by Vast on its own) is a stray.
-    stray = vast.add_instance("respawn-job-g1")
+    stray = vast.add_instance("respawn-t-job-g1")
     tick(fleet)
-    assert stray not in vast.instances and vast.labels() == ["respawn-job-g2"]
+    assert stray not in vast.instances and vast.labels() == ["respawn-t-job-g2"]
 
 
 def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, clouds: tuple) -> None:
@@ -217,10 +219,10 @@ def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, cloud
 def test_terminate_command_destroys_on_every_provider(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
-    vast.add_instance("respawn-job-g1")
+    vast.add_instance("respawn-t-job-g1")
     runpod.pods["podX"] = {
         "id": "podX",
-        "name": "respawn-job-g2",
+        "name": "respawn-t-job-g2",
         "desiredStatus": "EXITED",
         "costPerHr": 0.3,
         "runtime": None,
@@ -261,7 +263,15 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         from respawn.store.schema import Heartbeat
 
         store.write_heartbeat(
-            Heartbeat(run="job", generation=1, writer="w", at=utcnow(), phase="training", step=10)
+            Heartbeat(
+                run="job",
+                generation=1,
+                writer="w",
+                at=utcnow(),
+                phase="training",
+                step=10,
+                ssh_host_keys=(ssh.fingerprint,),  # published by the pod at boot
+            )
         )
         vast.instances[next(iter(vast.instances))]["actual_status"] = "running"
         report = tick(fleet)[0]
@@ -273,10 +283,14 @@ def test_stalled_trainer_is_restarted_in_place_over_ssh(
         assert proc.returncode == 0, proc.stderr
         assert "-- gpus" in proc.stdout and "H100" in proc.stdout and "0 %" in proc.stdout
         assert any(c.startswith("tail -n 40") for c in ssh.commands)
-        # Still stalled on the next tick: restart was tried, so the instance is replaced.
-        report = tick(fleet)[0]
+        # Still stalled once the restarted trainer's startup grace (10m) is over: restart
+        # was tried, so the instance is replaced.
+        store.write_heartbeat(
+            Heartbeat(run="job", generation=1, writer="w", at=utcnow(), phase="training", step=10)
+        )
+        report = tick(fleet, now=utcnow() + timedelta(minutes=11))[0]
         assert [a.kind for a in report.plan.actions] == ["terminate", "provision"]
-        assert vast.labels() == ["respawn-job-g2"]
+        assert vast.labels() == ["respawn-t-job-g2"]
     finally:
         ssh.stop()
         os.environ.pop("RESPAWN_SSH_KEY", None)
@@ -288,11 +302,11 @@ def test_one_listing_per_provider_per_tick(tmp_path: Path, clouds: tuple) -> Non
     doc = yaml.safe_load(path.read_text())
     doc["runs"] += [{**doc["runs"][0], "name": f"job{n}"} for n in range(2, 5)]
     path.write_text(yaml.safe_dump(doc))
-    vast.add_instance("respawn-job3-g1")
+    vast.add_instance("respawn-t-job3-g1")
     reports = tick(load_config(path), mode=Mode.OBSERVE)
     assert vast.count("list") == 1 and runpod.count("myself") == 1
     by_run = {r.run: [i.name for i in r.observation.instances] for r in reports}
-    assert by_run == {"job": [], "job2": [], "job3": ["respawn-job3-g1"], "job4": []}
+    assert by_run == {"job": [], "job2": [], "job3": ["respawn-t-job3-g1"], "job4": []}
 
 
 def test_a_failed_shared_listing_makes_every_run_unknown(tmp_path: Path, clouds: tuple) -> None:
@@ -318,7 +332,7 @@ def test_created_stopped_contract_is_destroyed_and_its_key_never_logged(
     proc = run_cli("-v", "reconcile", "-c", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     # The refused contract was destroyed; the next offer was rented.
-    assert [r["label"] for r in vast.instances.values()] == ["respawn-job-g1"]
+    assert [r["label"] for r in vast.instances.values()] == ["respawn-t-job-g1"]
     assert vast.count("destroy") == 1 and len(vast.api_keys) == 2
     everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
     assert "refused" in everything or vast.count("create") == 2
@@ -367,9 +381,10 @@ def test_the_production_config_launches_through_the_fakes(
     }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(doc))
-    report = tick(load_config(path))[0]
+    fleet = load_config(path)
+    report = tick(fleet)[0]
     assert report.results[0].ok, report.results[0].detail
-    assert vast.labels() == [f"respawn-{run['name']}-g1"]
+    assert vast.labels() == [f"respawn-{fleet.fleet}-{run['name']}-g1"]
     env = vast.bodies[-1]["env"]
     assert max(len(v) for v in env.values()) <= 256
     assert vast.bodies[-1]["price"] == pytest.approx(13.2)  # min bid + 10%, disk on top
@@ -398,7 +413,7 @@ def test_validate_warns_when_term_grace_outlasts_runpods(tmp_path: Path) -> None
 def test_doctor_live_reads_the_clouds_and_the_store(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
-    vast.add_instance("respawn-job-g1")
+    vast.add_instance("respawn-t-job-g1")
     proc = run_cli("doctor", "--live", "-c", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "vast: ok" in proc.stdout and "runpod: ok" in proc.stdout
@@ -413,7 +428,7 @@ def test_doctor_names_every_field_that_changed(tmp_path: Path, clouds: tuple) ->
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
     vast.offers[101]["gpu_ram"] = "24564"  # a string where the adapter compares numbers
     del vast.offers[102]["min_bid"]
-    iid = vast.add_instance("respawn-job-g1")
+    iid = vast.add_instance("respawn-t-job-g1")
     vast.instances[iid]["is_bid"] = "true"
     proc = run_cli("doctor", "--live", "-c", str(path))
     assert proc.returncode == 1

@@ -61,6 +61,7 @@ def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunP
 def cloud_fleet(tmp: Path, clouds: tuple[FakeVast, FakeRunPod], providers: list[str]) -> Path:
     vast, runpod = clouds
     doc = {
+        "fleet_id": "t",
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {
             "vast": {"server_url": vast.url, "pace": False},  # type: ignore[attr-defined]
@@ -122,7 +123,7 @@ def test_a_damaged_ledger_destroys_nothing_until_repaired(
     fleet = load_config(path)
     tick(fleet)  # g1
     before = vast_live(vast)
-    assert [label for _, label in before] == ["respawn-job-g1"]
+    assert [label for _, label in before] == ["respawn-t-job-g1"]
     ledger_file = tmp_path / "store/job/ledger.json"
     if damage == "garbage":
         ledger_file.write_text("{garbage")
@@ -175,7 +176,7 @@ def test_a_lost_ledger_never_launches_a_generation_that_fences_itself(
     assert read_ledger(store).generation == 5
     report = tick(fleet)[0]
     assert [r.ok for r in report.results] == [True]
-    assert [label for _, label in vast_live(vast)] == ["respawn-job-g6"]
+    assert [label for _, label in vast_live(vast)] == ["respawn-t-job-g6"]
     assert vast.bodies[-1]["env"]["RESPAWN_GENERATION"] == "6"
 
 
@@ -312,7 +313,7 @@ def test_a_stale_plan_cannot_launch_a_second_instance(tmp_path: Path, clouds: tu
     assert [r.ok for r in act(first, run, fleet, store, providers, first_obs.ledger)] == [True]
     results = act(second, run, fleet, store, providers, second_obs.ledger)
     assert [r.ok for r in results] == [False] and "ledger changed" in results[0].detail
-    assert [label for _, label in vast_live(vast)] == ["respawn-job-g1"]
+    assert [label for _, label in vast_live(vast)] == ["respawn-t-job-g1"]
     with pytest.raises(StaleLedgerError):
         write_ledger(store, second.ledger, second_obs.ledger.version)
 
@@ -356,7 +357,7 @@ def _cloud_rounds(tmp_path: Path, clouds: tuple, provider: str, n_rounds: int) -
         else:
             with runpod.lock:
                 live = [p["name"] for p in runpod.pods.values() if p["desiredStatus"] == "RUNNING"]
-        assert live == [f"respawn-job-g{n}"], f"round {n}: {live}"
+        assert live == [f"respawn-t-job-g{n}"], f"round {n}: {live}"
         assert _launched(reports) == 1, f"round {n}"
         assert read_ledger(store).generation == n
         # The instance is reclaimed: the next round must replace it, once.
@@ -392,6 +393,7 @@ def _local_rounds(tmp_path: Path, n_rounds: int) -> None:
     path.write_text(yaml.safe_dump(doc))
     fleet = load_config(path)
     provider = LocalProvider(tmp_path / "local", term_grace=2)
+    provider.fleet = fleet.fleet
     store = store_of(fleet)
     try:
         for n in range(1, n_rounds + 1):
@@ -480,7 +482,7 @@ def test_a_controller_killed_at_any_mutating_call_converges_on_the_next_tick(
     store = store_of(fleet)
     ledger = read_ledger(store)
     billing = sorted(r["label"] for r in vast.instances.values())
-    assert billing == [f"respawn-job-g{ledger.generation}"], billing  # one, nothing leaked
+    assert billing == [f"respawn-t-job-g{ledger.generation}"], billing  # one, nothing leaked
     assert ledger.generation in (2, 3)
     launch = ledger.launch_of(ledger.generation)
     assert launch is not None and launch.instance_id is not None  # accounted for

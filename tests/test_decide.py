@@ -180,8 +180,20 @@ CASES = [
         "startup grace",
     ),
     (
-        "finished: target reached",
+        "finished: target reached and finish_grace over",
+        obs(pointer=pointer(1000), ledger=ledger(progress=(1000, 11 * M))),
+        Health.FINISHED,
+        "reached target 1000",
+    ),
+    (
+        "target reached: the trainer gets finish_grace to exit",
         obs(pointer=pointer(1000)),
+        Health.HEALTHY,
+        "waiting up to 10m for the trainer to exit",
+    ),
+    (
+        "target reached, instance gone: finished at once",
+        obs(pointer=pointer(1000), instances=()),
         Health.FINISHED,
         "reached target 1000",
     ),
@@ -245,7 +257,7 @@ DECISIONS = [
             ledger=ledger(
                 progress=(100, 31 * M),
                 restarts=(
-                    RestartRecord(generation=1, at=NOW - 10 * M, provider="local", instance_id="a"),
+                    RestartRecord(generation=1, at=NOW - 25 * M, provider="local", instance_id="a"),
                 ),
             ),
             shell_access=True,
@@ -253,11 +265,29 @@ DECISIONS = [
         ["terminate", "provision"],
     ),
     (
+        "restarted in place 10m ago, no new step yet → startup grace, not replaced",
+        obs(
+            ledger=ledger(
+                progress=(100, 31 * M),
+                restarts=(
+                    RestartRecord(generation=1, at=NOW - 10 * M, provider="local", instance_id="a"),
+                ),
+            ),
+            shell_access=True,
+        ),
+        [],
+    ),
+    (
         "stalled, not shell_access → replace",
         obs(ledger=ledger(progress=(100, 31 * M))),
         ["terminate", "provision"],
     ),
-    ("finished → terminate everything", obs(pointer=pointer(1000)), ["terminate"]),
+    (
+        "finished → terminate everything",
+        obs(pointer=pointer(1000), ledger=ledger(progress=(1000, 11 * M))),
+        ["terminate"],
+    ),
+    ("target just reached → nothing killed yet", obs(pointer=pointer(1000)), []),
     (
         "unknown → alert only, nothing destructive",
         obs(errors=("store: timeout",), instances=(inst(1), inst(0, iid="old"))),
@@ -353,7 +383,9 @@ def test_decide_is_pure() -> None:
 def test_restart_is_recorded_so_it_is_tried_once() -> None:
     plan = decide(RUN, obs(ledger=ledger(progress=(100, 31 * M)), shell_access=True), NOW)
     assert isinstance(plan.actions[-1], RestartInPlace)
-    again = decide(RUN, obs(ledger=plan.ledger, shell_access=True), NOW + M)
+    # The restarted trainer gets the startup grace; still no progress after it: replaced.
+    assert decide(RUN, obs(ledger=plan.ledger, shell_access=True), NOW + M).actions == ()
+    again = decide(RUN, obs(ledger=plan.ledger, shell_access=True), NOW + 21 * M)
     assert kinds(again.actions) == ["terminate", "provision"]
 
 

@@ -14,7 +14,8 @@ from tests.test_decide import NOW, RUN, hb, inst, ledger, obs, pointer
 
 
 def test_raising_target_step_extends_a_finished_run() -> None:
-    done = decide(RUN, obs(pointer=pointer(1000), heartbeat=hb(1, step=1000)), NOW)
+    finishing = obs(pointer=pointer(1000), heartbeat=hb(1, step=1000, phase="finished"))
+    done = decide(RUN, finishing, NOW)
     assert done.verdict.health == Health.FINISHED
     finished = done.ledger
     assert finished.finished_at is not None and finished.finished_target == 1000

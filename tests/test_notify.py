@@ -71,7 +71,7 @@ def test_alerts_are_not_marked_as_successes_in_the_step_summary() -> None:
 
     o = obs(errors=("vast: 503",))
     r = _report(o, (ActionResult(action=Alert(message="r: unknown"), ok=True),))
-    assert "⚠️ alert" in to_markdown([r]) and "✅" not in to_markdown([r])
+    assert "⚠️ `alert" in to_markdown([r]) and "✅" not in to_markdown([r])
 
 
 def test_annotation_is_one_escaped_line() -> None:
@@ -135,5 +135,5 @@ def test_every_health_state_either_notifies_with_a_level_or_stays_quiet() -> Non
 
     for health in Health:
         verdict = Verdict(health=health, reason="r")
-        for ledger in (Ledger(run="x"), Ledger(run="x", generation=2, notified=Health.DEAD)):
-            notification("x", verdict, ledger)
+        for remembered in (Ledger(run="x"), Ledger(run="x", generation=2, notified=Health.DEAD)):
+            notification("x", verdict, remembered)

@@ -70,7 +70,7 @@ def test_dispatch_retries_server_errors_not_client_errors(
     assert github.count("dispatch") == 2
 
     bad = TickRequester(
-        spec(github, min_interval="0s"), "r", {"RESPAWN_DISPATCH_TOKEN": "wrong"}, backoff=0
+        spec(github, min_interval="1ms"), "r", {"RESPAWN_DISPATCH_TOKEN": "wrong"}, backoff=0
     )
     with caplog.at_level(logging.INFO):
         assert not bad.request("bad token")

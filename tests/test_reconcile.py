@@ -20,6 +20,7 @@ SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
 
 def write_fleet(tmp: Path, command: str = SLEEPER, providers: list[str] | None = None) -> Path:
     doc = {
+        "fleet_id": "t",
         "store": {"url": f"file://{tmp / 'store'}"},
         "providers": {"local": {"state_dir": str(tmp / "local")}},
         "runs": [
@@ -63,7 +64,9 @@ def _read(path: Path) -> str:
 
 def local(fleet: FleetConfig) -> LocalProvider:
     assert fleet.providers.local is not None
-    return LocalProvider(fleet.providers.local.state_dir, term_grace=2)
+    provider = LocalProvider(fleet.providers.local.state_dir, term_grace=2)
+    provider.fleet = fleet.fleet
+    return provider
 
 
 def test_two_ticks_back_to_back_launch_one_instance(fleet_path: Path) -> None:
@@ -91,7 +94,7 @@ def test_reconcile_json_document(fleet_path: Path) -> None:
     (run,) = json.loads(proc.stdout)["runs"]
     assert run["health"] == "starting"
     (inst,) = run["instances"]
-    assert inst["name"] == "respawn-job-g1" and inst["state"] == "running"
+    assert inst["name"] == "respawn-t-job-g1" and inst["state"] == "running"
 
 
 def test_dry_run_changes_nothing(fleet_path: Path) -> None:
@@ -203,7 +206,7 @@ def test_diagnose_shows_the_pod_log(fleet_path: Path) -> None:
     wait_for(lambda: '"training"' in _read(run_dir / "heartbeat.json"))
     proc = run_cli("diagnose", "-c", str(fleet_path), "--run", "job")
     assert proc.returncode == 0, proc.stderr
-    assert "respawn-job-g1 (running)" in proc.stdout
+    assert "respawn-t-job-g1 (running)" in proc.stdout
     assert "starting trainer" in proc.stdout and "GiB free" in proc.stdout
 
 

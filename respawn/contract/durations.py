@@ -11,6 +11,8 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+#: Longer than any run is a typo (and `timedelta` overflows near 10^9 days).
+MAX = timedelta(days=3650)
 PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 
 
@@ -24,7 +26,13 @@ def parse_duration(value: Any) -> timedelta:
     text = value.strip().replace(" ", "")
     if not _WHOLE.match(text):
         raise ValueError(f"{value!r} is not a duration: write e.g. '90s', '20m', '1h30m', '2d'")
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in _PART.findall(text)))
+    seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    if seconds <= 0:
+        # A zero interval is a busy loop, a zero grace kills at once: never what was meant.
+        raise ValueError(f"{value!r} is zero: a duration must be positive")
+    if seconds > MAX.total_seconds():
+        raise ValueError(f"{value!r} is longer than {MAX.days} days: a typo?")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(td: timedelta) -> str:

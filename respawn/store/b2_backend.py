@@ -44,6 +44,9 @@ from respawn.store.backend import (
 )
 
 NEEDED_CAPABILITIES = ("listBuckets", "listFiles", "readFiles", "writeFiles", "deleteFiles")
+#: What a pod's key needs (docs/keys.md): retention is the controller's job, so no delete, and
+#: a key restricted to the bucket (and to the run's prefix) needs no listBuckets either.
+POD_CAPABILITIES = ("listFiles", "readFiles", "writeFiles")
 _URL = re.compile(r"^b2://(?P<bucket>[A-Za-z0-9-]{6,63})(?:/(?P<prefix>.*))?$")
 T = TypeVar("T")
 
@@ -120,11 +123,20 @@ def make_api(workers: int = 8) -> B2Api:
 
 
 class B2Backend:
-    def __init__(self, api: B2Api, bucket_name: str, prefix: str = "") -> None:
+    def __init__(
+        self, api: B2Api, bucket_name: str, prefix: str = "", require_delete: bool = True
+    ) -> None:
         self.api = api
         self.prefix = prefix.strip("/")
         self.url = f"b2://{bucket_name}" + (f"/{self.prefix}" if self.prefix else "")
-        self._check_capabilities(bucket_name)
+        allowed: dict[str, Any] = self.api.account_info.get_allowed() or {}
+        self.can_delete = "deleteFiles" in set(allowed.get("capabilities") or ())
+        self._check_capabilities(bucket_name, require_delete)
+        if allowed.get("bucketId") and allowed.get("bucketName") == bucket_name:
+            # A key restricted to this bucket names it already: no listBuckets needed (and a
+            # key without it is refused by b2_list_buckets).
+            self.bucket = api.BUCKET_CLASS(api, allowed["bucketId"], name=bucket_name)
+            return
         try:
             self.bucket = _retry(api.get_bucket_by_name)(bucket_name)
         except b2exc.NonExistentBucket as e:
@@ -143,6 +155,7 @@ class B2Backend:
         key_env: str = "B2_APPLICATION_KEY",
         api: B2Api | None = None,
         realm: str = "production",
+        require_delete: bool = True,
     ) -> B2Backend:
         m = _URL.match(url)
         if not m:
@@ -156,9 +169,9 @@ class B2Backend:
             )
         api = api or make_api()
         authorize(api, key_id, key, realm)
-        return cls(api, m.group("bucket"), m.group("prefix") or "")
+        return cls(api, m.group("bucket"), m.group("prefix") or "", require_delete)
 
-    def _check_capabilities(self, bucket_name: str) -> None:
+    def _check_capabilities(self, bucket_name: str, require_delete: bool = True) -> None:
         allowed: dict[str, Any] = self.api.account_info.get_allowed() or {}
         caps = set(allowed.get("capabilities") or ())
         # listBuckets is needed only to find the bucket by name; a bucket-restricted key
@@ -166,12 +179,13 @@ class B2Backend:
         restricted = [b.get("name") for b in allowed.get("buckets") or []] or (
             [allowed["bucketName"]] if allowed.get("bucketName") else []
         )
-        needed = [c for c in NEEDED_CAPABILITIES if not (c == "listBuckets" and restricted)]
+        wanted = NEEDED_CAPABILITIES if require_delete else ("listBuckets", *POD_CAPABILITIES)
+        needed = [c for c in wanted if not (c == "listBuckets" and restricted)]
         missing = [c for c in needed if c not in caps]
         if missing:
             raise StoreConfigError(
                 f"the B2 key lacks capabilities {', '.join(missing)}: create a key with "
-                f"{', '.join(NEEDED_CAPABILITIES[1:])} for bucket {bucket_name!r}"
+                f"{', '.join(wanted[1:])} for bucket {bucket_name!r} (docs/keys.md)"
             )
         if restricted and bucket_name not in restricted:
             raise StoreConfigError(
@@ -179,7 +193,10 @@ class B2Backend:
                 f"not {bucket_name!r}"
             )
         name_prefix = allowed.get("namePrefix")
-        if name_prefix and not (self.prefix + "/").startswith(name_prefix):
+        root = self.prefix + "/" if self.prefix else ""
+        # A key for the whole store (a prefix of it) or for part of it (a pod key restricted
+        # to its run's prefix: it is refused by B2 outside it, which is the point).
+        if name_prefix and not (root.startswith(name_prefix) or name_prefix.startswith(root)):
             raise StoreConfigError(
                 f"the B2 key may only use names under {name_prefix!r}; store.url prefix is "
                 f"{self.prefix!r}"

@@ -132,6 +132,14 @@ class Heartbeat(_Doc):
     published_step: int | None = None
     restoring_step: int | None = None
     message: str = ""
+    will_repeat: bool = Field(
+        False,
+        description="with phase failed: the failure does not depend on the machine (nothing "
+        "verifies, the command cannot start), so another instance would fail the same way",
+    )
+    ssh_host_keys: tuple[str, ...] = Field(
+        (), description="SHA256 fingerprints of the pod's SSH host keys: the controller pins them"
+    )
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 

@@ -149,8 +149,9 @@ class CheckpointStore:
         workers: int = 4,
         credential_envs: tuple[str, str] | None = None,
         create: bool = True,
+        require_delete: bool = True,
     ) -> CheckpointStore:
-        return cls(open_backend(url, credential_envs, create), run, workers)
+        return cls(open_backend(url, credential_envs, create, require_delete), run, workers)
 
     # -- small documents -------------------------------------------------------------------
 
@@ -235,14 +236,17 @@ class CheckpointStore:
     # -- fencing ---------------------------------------------------------------------------
 
     def current_generation(self) -> int:
-        """The newest generation anyone has claimed: the ledger's launch, pointer, heartbeat.
+        """The generation that owns the run: the controller's (its ledger claims each launch
+        before it happens). Pointer and heartbeat are written by pods, so they count only
+        where there is no ledger (a store used without a controller): otherwise one forged
+        `generation: 1000000000` would fence every future pod.
 
         An unreadable pointer or heartbeat claims nothing (the pod rewrites both); an
         unreadable ledger is an error, since it is the controller's record of launches."""
         gens = [0]
         ledger = self.read_json(self.keys.ledger)
         if ledger and isinstance(ledger.get("generation"), int):
-            gens.append(int(ledger["generation"]))  # type: ignore[arg-type]
+            return int(ledger["generation"])  # type: ignore[arg-type]
         for key in (self.keys.latest, self.keys.heartbeat):
             try:
                 doc = self.read_json(key)

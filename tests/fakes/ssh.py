@@ -33,6 +33,18 @@ class _Iface(paramiko.ServerInterface):
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         text = command.decode()
         self.fake.commands.append(text)
+        if any(text.startswith(p) for p in self.fake.stream_forever):
+
+            def flood() -> None:
+                chunk = b"y" * 4096
+                try:
+                    while not self.fake.stopped.is_set():
+                        channel.sendall(chunk)
+                except (OSError, EOFError):
+                    return
+
+            threading.Thread(target=flood, daemon=True).start()
+            return True
         rc, out = next(
             (
                 (rc, out)
@@ -55,9 +67,19 @@ class _Iface(paramiko.ServerInterface):
 class FakeSSH:
     host_key = paramiko.RSAKey.generate(2048)
 
-    def __init__(self, authorized: paramiko.PKey, replies: dict[str, tuple[int, str]]) -> None:
+    def __init__(
+        self,
+        authorized: paramiko.PKey,
+        replies: dict[str, tuple[int, str]],
+        host_key: paramiko.PKey | None = None,
+        stream_forever: tuple[str, ...] = (),
+    ) -> None:
         self.authorized = authorized
         self.replies = replies
+        if host_key is not None:
+            self.host_key = host_key
+        self.stream_forever = stream_forever  # commands answered with an endless stream
+        self.stopped = threading.Event()
         self.commands: list[str] = []
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,7 +102,12 @@ class FakeSSH:
             transport.start_server(server=_Iface(self))
             self._transports.append(transport)
 
+    @property
+    def fingerprint(self) -> str:
+        return str(self.host_key.fingerprint)
+
     def stop(self) -> None:
+        self.stopped.set()
         self._stop.set()
         for t in self._transports:
             t.close()

@@ -1,0 +1,133 @@
+"""The controller's own documents in the store, authenticated (HMAC-SHA256).
+
+Pods hold a key that can write their run's prefix, so whatever is in the store may have been
+written by a pod. The ledger is the controller's memory — halts, launch history (the
+crash-loop and budget breakers), the current generation — so with `store.ledger_secret_env`
+set, the controller signs it with a secret no pod has and refuses one that does not verify:
+the run is `unknown` (alert, nothing destructive) until a person looks. A forged ledger can
+neither clear a halt nor erase the launch history; the halt order (`control/halt.json`) is
+signed the same way. With a verified ledger, generations that only pod-written documents
+claim (pointer, heartbeat) are ignored: a forged `generation: 1000000000` stalls nothing.
+
+What a signature cannot stop: replaying an older ledger this controller signed itself, or
+hiding the ledger (B2 `hide_file` needs only writeFiles). Both are visible: the generation
+goes backwards or vanishes while instances and heartbeats of a newer one exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from respawn.store.backend import Backend, Progress, StoreConfigError, StoreError
+
+MAC_FIELD = "mac"
+#: Set to 1 for one tick to adopt (sign as it is) a ledger written before `ledger_secret_env`
+#: was configured.
+ADOPT_UNSIGNED_ENV = "RESPAWN_ADOPT_UNSIGNED_LEDGER"
+MIN_SECRET_BYTES = 16
+
+
+def _is_sealed(key: str) -> bool:
+    """The controller's own documents: the ledger and the halt order."""
+    return key.endswith(("/ledger.json", "/control/halt.json"))
+
+
+def _mac(doc: dict[str, Any], secret: bytes) -> str:
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def seal(data: bytes, secret: bytes) -> bytes:
+    doc = json.loads(data)
+    doc.pop(MAC_FIELD, None)
+    doc[MAC_FIELD] = _mac(doc, secret)
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def verify(key: str, data: bytes, secret: bytes, adopt_unsigned: bool = False) -> bytes:
+    """The document, or StoreError when this controller did not write it."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{key} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise StoreError(f"{key} is not a JSON object")
+    mac = doc.pop(MAC_FIELD, None)
+    if mac is None and adopt_unsigned:
+        return data
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(doc, secret)):
+        what = "carries no controller signature" if mac is None else "has a wrong signature"
+        raise StoreError(
+            f"{key} {what}: it was not written by this controller (edited, or forged with a "
+            f"pod's key?). Nothing is done to the run until a person checks it; to adopt a "
+            f"ledger from before store.ledger_secret_env was set, run once with "
+            f"{ADOPT_UNSIGNED_ENV}=1"
+        )
+    return data
+
+
+class SealedBackend:
+    """A backend whose ledgers are signed on write and verified on read; everything else
+    passes through unchanged."""
+
+    def __init__(self, inner: Backend, secret: bytes, adopt_unsigned: bool = False) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._secret = secret
+        self._adopt = adopt_unsigned
+
+    def raw(self) -> Backend:
+        """The backend without verification: for `respawn ledger repair`, which keeps a
+        ledger that does not verify beside the rebuilt one."""
+        return self.inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        raw = self.inner.read_bytes(key)
+        if raw is None or not _is_sealed(key):
+            return raw
+        doc = verify(key, raw, self._secret, self._adopt)
+        if self._adopt and b'"mac"' not in raw:
+            # Adopted: signed as it is, so later ticks (without the variable) accept it.
+            self.inner.write_bytes(key, seal(raw, self._secret))
+        return doc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.inner.write_bytes(key, seal(data, self._secret) if _is_sealed(key) else data)
+
+    def upload(self, key: str, src: Path, size: int, progress: Progress | None = None) -> Any:
+        return self.inner.upload(key, src, size, progress)
+
+    def download(self, key: str, dst: Path, progress: Progress | None = None) -> Any:
+        return self.inner.download(key, dst, progress)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self.inner.copy(src_key, dst_key)
+
+    def list(self, prefix: str) -> Any:
+        return self.inner.list(prefix)
+
+    def delete(self, keys: list[str]) -> None:
+        self.inner.delete(keys)
+
+
+def sealed(backend: Backend, secret_env: str | None, environ: dict[str, str] | None = None) -> Any:
+    """The backend the controller uses: sealed when the config names a ledger secret."""
+    if secret_env is None:
+        return backend
+    env = os.environ if environ is None else environ
+    secret = env.get(secret_env, "")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise StoreConfigError(
+            f"store.ledger_secret_env names {secret_env}, which is "
+            + ("not set" if not secret else f"shorter than {MIN_SECRET_BYTES} bytes")
+            + " on the controller (a random secret only the controller holds; docs/keys.md)"
+        )
+    return SealedBackend(backend, secret.encode(), env.get(ADOPT_UNSIGNED_ENV) == "1")
