@@ -85,3 +85,12 @@ def wait_for(cond: Callable[[], bool], timeout: float = 15) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def no_vast_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vast's documented rate limits pace real calls (search: one per 6 s); a loopback fake
+    has none, and waiting for them would only slow the suite. The pacing test sets its own."""
+    from respawn.provisioning import vast
+
+    monkeypatch.setattr(vast, "PACE_SECONDS", {})
