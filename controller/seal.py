@@ -77,7 +77,7 @@ def verify(key: str, data: bytes, secret: bytes, adopt_unsigned: bool = False) -
     """The document, or StoreError when this controller did not write it."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise SealError(f"{key} is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
         raise SealError(f"{key} is not a JSON object")

@@ -9,14 +9,21 @@ each only if small.
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+
 from respawn.controller.model import StoreRepairs
-from respawn.store.schema import RepairEvent
+from respawn.store.schema import RepairEvent, utcnow
 from respawn.store.store import CheckpointStore, StoreError
 
 #: Records read per tick at most; the rest are counted, not read (a flood costs one listing).
 MAX_READ = 5
 #: A record larger than this is not read (the store writes a few hundred bytes).
 MAX_RECORD_BYTES = 16 * 1024
+#: How the store names a record (`CheckpointStore._record_repair`): its time, then a token.
+_RECORD = re.compile(r"^(?P<at>\d{8}T\d{12})-[0-9a-f]{8}\.json$")
+#: A record "from the future" by more than this is not one the store wrote.
+SKEW = timedelta(hours=1)
 
 
 def _name(key: str) -> str:
@@ -34,10 +41,26 @@ def quarantined_steps(store: CheckpointStore) -> tuple[int, ...]:
     return tuple(sorted(steps))
 
 
-def read_store_repairs(store: CheckpointStore, seen: str | None) -> StoreRepairs:
+def _plausible(name: str, latest: datetime) -> bool:
+    """Named as the store names records, and not after `latest`: the mark is the newest name
+    noted, so one record named `99991231T...` or `~` would hide every later one."""
+    m = _RECORD.match(name)
+    if m is None:
+        return False
+    try:
+        at = datetime.strptime(m.group("at"), "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return at <= latest
+
+
+def read_store_repairs(
+    store: CheckpointStore, seen: str | None, now: datetime | None = None
+) -> StoreRepairs:
     """Raises StoreError when a listing fails (a record that cannot be read is skipped)."""
+    latest = (now or utcnow()) + SKEW
     listed = sorted(
-        (o for o in store.backend.list(store.keys.repairs) if o.key.endswith(".json")),
+        (o for o in store.backend.list(store.keys.repairs) if _plausible(_name(o.key), latest)),
         key=lambda o: _name(o.key),
     )
     fresh = [o for o in listed if seen is None or _name(o.key) > seen]

@@ -68,9 +68,7 @@ def test_a_replayed_older_ledger_is_refused(tmp_path: Path, clouds: tuple) -> No
     assert (tmp_path / LEDGER).read_bytes() == before_halt  # left for a person
 
 
-def test_a_hidden_ledger_is_noticed_not_taken_for_a_new_run(
-    tmp_path: Path, clouds: tuple
-) -> None:
+def test_a_hidden_ledger_is_noticed_not_taken_for_a_new_run(tmp_path: Path, clouds: tuple) -> None:
     vast, runpod = clouds
     fleet = load_config(_fleet(tmp_path, vast, runpod))
     tick(fleet)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def test_pod_written_repair_text_is_redacted_and_inert(tmp_path: Path, clouds: t
         generation=1,
         writer="w|`x`",
     )
-    key = f"{store.keys.repairs}20260101T000000000000-evil.json"
+    key = f"{store.keys.repairs}{utcnow():%Y%m%dT%H%M%S%f}-0e0e0e0e.json"
     store.write_json(key, evil.model_dump(mode="json"))
     report = tick(fleet, mode=Mode.OBSERVE)[0]
     redact = Redactor.from_fleet(fleet, {"VAST_API_KEY": vast.api_key})
@@ -147,9 +148,10 @@ def test_only_new_repair_records_are_read_and_at_most_a_few(tmp_path: Path, clou
     tick(fleet)  # records the repairs as seen
     pod = _pod_store(tmp_path)
     # A hostile (or looping) pod floods the repairs folder.
+    soon = utcnow() + timedelta(seconds=2)  # after every record already noted
     for i in range(40):
         ev = RepairEvent(kind="pointer-rebuilt", step=i, at=utcnow(), generation=1, writer="w")
-        key = f"{pod.keys.repairs}20990101T0000000000{i:02d}-x.json"
+        key = f"{pod.keys.repairs}{soon:%Y%m%dT%H%M%S}{i:06d}-f100d{i:03x}.json"
         pod.write_json(key, ev.model_dump(mode="json"))
     counting = CountingBackend(pod.backend)
     store = CheckpointStore(counting, "job")  # type: ignore[arg-type]
@@ -158,7 +160,7 @@ def test_only_new_repair_records_are_read_and_at_most_a_few(tmp_path: Path, clou
     obs = observe(fleet.run("job"), store, {}, wandb=None)
     repair_reads = [k for k in counting.reads if "/repairs/" in k or "/quarantine/" in k]
     assert len(repair_reads) <= 5, repair_reads
-    assert all("2099" in k for k in repair_reads)  # none of those already seen
+    assert all("-f100d" in k for k in repair_reads)  # none of those already seen
     assert obs.store_repairs.unread == 40 - len(obs.store_repairs.new)
     assert obs.store_repairs.quarantined_steps == (1200,)
     assert ledger.repairs_seen is not None
