@@ -340,7 +340,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from respawn.provisioning.registry import grace_warnings
+    from respawn.controller.advice import run_warnings
 
     fleet = _load(args)
     if args.env:
@@ -355,7 +355,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             return EXIT_FAILED
     print(f"{args.config}: ok ({len(fleet.runs)} run(s): {', '.join(r.name for r in fleet.runs)})")
     for r in fleet.runs:
-        for w in grace_warnings(r.providers, r.pod.term_grace.total_seconds()):
+        for w in run_warnings(r):
             print(f"warning: run {r.name}: {w}", file=sys.stderr)
     return EXIT_OK
 

@@ -37,6 +37,7 @@ from respawn.controller.model import (
     Terminate,
     Verdict,
     describe,
+    repair_line,
 )
 from respawn.controller.notify import notification
 from respawn.controller.wandb_health import primary_run_id, rollback_target, rollbacks_in_window
@@ -303,11 +304,42 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         # carries it unchanged and act does not write it (nor can it remember a notification).
         return Plan(verdict=verdict, actions=tuple(actions), ledger=obs.ledger)
     told, ledger = _notify(run, obs, verdict, actions, ledger)
+    ledger = _with_event(ledger, verdict, actions, now)
     return Plan(
         verdict=verdict,
         actions=tuple(actions),
-        ledger=_with_event(ledger, verdict, actions, now),
+        ledger=_with_repairs(ledger, obs, verdict, now),
         notify=told,
+    )
+
+
+def _with_repairs(ledger: Ledger, obs: Observation, verdict: Verdict, now: datetime) -> Ledger:
+    """A store repair a pod recorded (a quarantined step, a rebuilt pointer) becomes a ledger
+    event once: the ledger remembers the newest record it noted."""
+    seen = obs.store_repairs
+    if seen.newest == ledger.repairs_seen:
+        return ledger
+    events = [
+        LedgerEvent(
+            at=now,
+            health=verdict.health,
+            reason="store repair: " + repair_line(e.kind, e.step, e.generation, e.writer, e.detail),
+        )
+        for e in seen.new
+    ]
+    if seen.unread:
+        events.append(
+            LedgerEvent(
+                at=now,
+                health=verdict.health,
+                reason=f"store repair: {seen.unread} more repair records not read",
+            )
+        )
+    return ledger.model_copy(
+        update={
+            "events": (*ledger.events, *events)[-MAX_LEDGER_EVENTS:],
+            "repairs_seen": seen.newest,
+        }
     )
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from respawn.controller.advice import run_warnings
 from respawn.controller.config import FleetConfig
 from respawn.controller.providers import open_providers
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.base import ProviderError
-from respawn.provisioning.registry import grace_warnings
 
 
 def run_doctor(
@@ -32,10 +32,7 @@ def run_doctor(
             ok = False
             lines.append(f"store: {name} ({what}, docs/keys.md) is not set")
     for run in fleet.runs:
-        lines += [
-            f"warning: run {run.name}: {w}"
-            for w in grace_warnings(run.providers, run.pod.term_grace.total_seconds())
-        ]
+        lines += [f"warning: run {run.name}: {w}" for w in run_warnings(run)]
         if run.wandb is not None and not env.get(run.wandb.api_key_env):
             ok = False
             lines.append(f"run {run.name}: {run.wandb.api_key_env} (W&B key) is not set")

@@ -9,10 +9,16 @@ check (`write_ledger`) and the single winner rule for instances (`winner_order`)
 guards behind it. The holder checks the lease again before every change it makes
 (`Lease.check`), and releases it when done; a holder that died leaves a lease that expires
 after `TTL`.
+
+A pod's key can write this document too. So a lease is only taken for another tick's when it
+could be one: signed by this controller where `store.ledger_secret_env` is set
+(`controller/seal.py`), and expiring no later than a lease written now would. A forged
+lease that "expires" in the year 2999 holds nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -22,13 +28,17 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from respawn.controller.seal import SealError
 from respawn.store.store import CheckpointStore, StoreError
 
 TTL = timedelta(minutes=5)
+#: A real lease expires at most TTL after it was written; this much clock skew is allowed.
+SKEW = timedelta(minutes=1)
 SETTLE_SECONDS = 2.0  # a remote store: a write can take a round trip or two
 LOCAL_SETTLE_SECONDS = 0.2  # file://: a write is a local rename
 
 Clock = Callable[[], datetime]
+log = logging.getLogger("respawn.controller")
 
 
 class LeaseLostError(StoreError):
@@ -60,13 +70,21 @@ class Lease:
         self.held = False
 
     def _read(self) -> LeaseDoc | None:
-        doc = self.store.read_json(self.key)
+        try:
+            doc = self.store.read_json(self.key)
+        except SealError as e:
+            log.warning("%s: ignoring a tick lease this controller did not write: %s", self.key, e)
+            return None
         if doc is None:
             return None
         try:
-            return LeaseDoc.model_validate(doc)
+            lease = LeaseDoc.model_validate(doc)
         except ValidationError:
             return None  # a torn or foreign document holds nothing
+        if lease.expires_at > self.clock() + TTL + SKEW:
+            log.warning("%s: ignoring a tick lease that expires too late to be real", self.key)
+            return None
+        return lease
 
     def _write(self) -> None:
         doc = LeaseDoc(token=self.token, holder=_holder(), expires_at=self.clock() + TTL)

@@ -136,5 +136,5 @@ def _raw_version(store: CheckpointStore) -> int:
         doc = json.loads(_unverified(store).read_bytes(store.keys.ledger) or b"{}")
         version = doc.get("version", 0) if isinstance(doc, dict) else 0
         return version if isinstance(version, int) else 0
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return 0

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from respawn.provisioning.base import Instance
-from respawn.store.schema import Heartbeat, LatestPointer
+from respawn.store.schema import Heartbeat, LatestPointer, RepairEvent
 
 
 class _Frozen(BaseModel):
@@ -110,6 +110,9 @@ class Ledger(_Frozen):
     rollbacks: tuple[RollbackRecord, ...] = ()
     wandb_run_id: str | None = None
     notified: Health | None = Field(None, description="the state a person was last told of")
+    repairs_seen: str | None = Field(
+        None, description="the newest store repair record already made a ledger event"
+    )
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -149,6 +152,19 @@ class WandbRunSignal(_Frozen):
     error: str | None = None
 
 
+class StoreRepairs(_Frozen):
+    """What the store healed on its own (issue 8.5): pod-written, so shown as untrusted text."""
+
+    quarantined_steps: tuple[int, ...] = Field(
+        (), description="steps with a quarantined manifest, from the listing alone"
+    )
+    new: tuple[RepairEvent, ...] = Field(
+        (), description="repair records newer than the ledger's `repairs_seen`, oldest first"
+    )
+    unread: int = Field(0, description="newer records not read this tick (too many at once)")
+    newest: str | None = Field(None, description="the newest record's name: the next mark")
+
+
 class Observation(_Frozen):
     """Everything one tick learned about a run. `errors` non-empty means it is incomplete."""
 
@@ -176,6 +192,7 @@ class Observation(_Frozen):
         None, description="manifested steps, read only when a rollback may be needed"
     )
     warnings: tuple[str, ...] = ()
+    store_repairs: StoreRepairs = StoreRepairs()
 
 
 class Verdict(_Frozen):
@@ -306,3 +323,11 @@ def describe(action: Action) -> str:
         case Notify():
             return f"notify ({action.level}): {action.message}"
     raise AssertionError(action)
+
+
+def repair_line(kind: str, step: int | None, generation: int, writer: str, detail: str) -> str:
+    """One store repair in words (pod-written: the caller redacts and cleans it)."""
+    what = f"step {step} quarantined" if kind == "quarantined" else kind
+    if kind != "quarantined" and step is not None:
+        what += f" at step {step}"
+    return f"{what} by g{generation} ({writer})" + (f": {detail}" if detail else "")

@@ -10,9 +10,10 @@ from concurrent.futures import Future
 from respawn.controller.classify import current_instances, merge_rows
 from respawn.controller.config import RunConfig
 from respawn.controller.ledger import find_ledger, read_halt
-from respawn.controller.model import HaltOrder, Ledger, LedgerState, Observation
+from respawn.controller.model import HaltOrder, Ledger, LedgerState, Observation, StoreRepairs
 from respawn.controller.providers import MissingKeyError
 from respawn.controller.seal import SealedBackend
+from respawn.controller.store_repairs import read_store_repairs
 from respawn.controller.wandb_health import degenerate, rolled_back_through, watched_run_ids
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider, can_restart
@@ -68,6 +69,8 @@ def observe(
     ledger, pointer, heartbeat = Ledger(run=run.name), None, None
     ledger_state: LedgerState = "unreadable"
     halt: HaltOrder | None = None
+    repairs = StoreRepairs()
+    warnings: list[str] = []
     if isinstance(store, Exception):
         errors.append(f"checkpoint store: {store}")
     else:
@@ -93,8 +96,11 @@ def observe(
             heartbeat = store.read_heartbeat()
         except StoreError as e:
             errors.append(f"heartbeat.json: {e}")
+        try:  # shown, never judged: a failure here is a warning, not an unknown run
+            repairs = read_store_repairs(store, ledger.repairs_seen)
+        except StoreError as e:
+            warnings.append(f"store repairs not read: {e}")
     instances: list[Instance] = []
-    warnings: list[str] = []
     for name in run.providers:
         provider = providers.get(name)
         if isinstance(provider, MissingKeyError) and name != run.providers[0]:
@@ -122,6 +128,7 @@ def observe(
         halt=halt,
         errors=tuple(errors),
         warnings=tuple(warnings),
+        store_repairs=repairs,
     )
     if wandb is not None and run.wandb is not None:
         ids = watched_run_ids(run, pointer, ledger)

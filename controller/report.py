@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from respawn.controller.classify import ago
-from respawn.controller.model import Alert, Health, Notify, RunReport, describe
+from respawn.controller.model import Alert, Health, Notify, RunReport, describe, repair_line
 from respawn.controller.notify import annotation
 from respawn.controller.redact import NO_REDACTION, Redactor, code_span, one_line
 
@@ -26,6 +26,23 @@ def tick_lag(r: RunReport) -> str:
     if r.previous_tick is None or r.now is None:
         return "no earlier tick recorded"
     return f"previous tick {ago(r.now - r.previous_tick)} ago ({when(r.previous_tick)})"
+
+
+def store_notes(r: RunReport) -> list[str]:
+    """The store's own repairs as warnings: each quarantined step (until a person deletes it)
+    and each repair record new since the last tick. Pod-written text: redact and clean it."""
+    seen = r.observation.store_repairs
+    notes = [
+        f"step {s} quarantined: it failed verification and is kept for inspection "
+        f"(respawn ckpt ls --run {r.run})"
+        for s in seen.quarantined_steps
+    ]
+    notes += [
+        "repair: " + repair_line(e.kind, e.step, e.generation, e.writer, e.detail) for e in seen.new
+    ]
+    if seen.unread:
+        notes.append(f"repair: {seen.unread} more repair records not read")
+    return notes
 
 
 def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[str, Any]:
@@ -76,6 +93,11 @@ def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[s
                 if told is None
                 else {**told.action.model_dump(mode="json"), "ok": told.ok, "detail": told.detail},
                 "warnings": list(r.observation.warnings),
+                "quarantined_steps": list(r.observation.store_repairs.quarantined_steps),
+                "repairs": [
+                    e.model_dump(mode="json", exclude={"schema_"})
+                    for e in r.observation.store_repairs.new
+                ],
                 "wandb": [
                     s.model_dump(mode="json", include={"run_id", "url", "state", "step", "error"})
                     for s in r.observation.wandb
@@ -126,7 +148,7 @@ def to_text(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
             lines.append(
                 f"  instance {safe(f'{i.provider}:{i.id} {i.name}')} {i.state.value}{market}"
             )
-        lines += [f"  warning: {safe(w)}" for w in r.observation.warnings]
+        lines += [f"  warning: {safe(w)}" for w in [*r.observation.warnings, *store_notes(r)]]
         for w in r.observation.wandb:
             seen = w.error or f"{w.state}, step {'-' if w.step is None else w.step}"
             lines.append(f"  W&B {safe(w.url)} ({safe(seen)})")
@@ -168,7 +190,9 @@ def to_markdown(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> st
             f"| {r.run} | {v.health.value} | {v.step if v.step is not None else '—'} "
             f"| {reason} | {acts} | {tick_lag(r)} |"
         )
-    return "## respawn\n\n" + "\n".join(rows) + "\n"
+    warnings = [f"- ⚠️ {r.run}: {safe(note)}" for r in reports for note in store_notes(r)]
+    tail = "\n\n" + "\n".join(warnings) if warnings else ""
+    return "## respawn\n\n" + "\n".join(rows) + tail + "\n"
 
 
 def _mark(ok: bool, action: object) -> str:

@@ -9,9 +9,16 @@ neither clear a halt nor erase the launch history; the halt order (`control/halt
 signed the same way. With a verified ledger, generations that only pod-written documents
 claim (pointer, heartbeat) are ignored: a forged `generation: 1000000000` stalls nothing.
 
-What a signature cannot stop: replaying an older ledger this controller signed itself, or
-hiding the ledger (B2 `hide_file` needs only writeFiles). Both are visible: the generation
-goes backwards or vanishes while instances and heartbeats of a newer one exist.
+The tick lease (`control/lease.json`) is signed too: a lease this controller did not write
+holds nothing (a pod cannot lock the controller out with a lease that never expires).
+
+A signature alone cannot stop a pod putting back an older document this controller signed
+(a ledger from before a breaker halted the run, a `resume` from before a `terminate`), or
+hiding one (B2 `hide_file` needs only writeFiles). So the ledger and the halt order carry a
+signed sequence number, and the controller keeps the last one it wrote beside them
+(`control/ledger.seq.json`, `control/halt.seq.json`, signed): a document older than its
+counter, or missing while its counter says it was written, is refused like a forgery. What
+remains (docs/keys.md): a pod that puts back a document *and* its counter together.
 """
 
 from __future__ import annotations
@@ -26,15 +33,30 @@ from typing import Any
 from respawn.store.backend import Backend, Progress, StoreConfigError, StoreError
 
 MAC_FIELD = "mac"
+SEQ_FIELD = "seq"
 #: Set to 1 for one tick to adopt (sign as it is) a ledger written before `ledger_secret_env`
 #: was configured.
 ADOPT_UNSIGNED_ENV = "RESPAWN_ADOPT_UNSIGNED_LEDGER"
 MIN_SECRET_BYTES = 16
 
 
+class SealError(StoreError):
+    """A controller document this controller did not write (as it is, or any more)."""
+
+
 def _is_sealed(key: str) -> bool:
-    """The controller's own documents: the ledger and the halt order."""
-    return key.endswith(("/ledger.json", "/control/halt.json"))
+    """The controller's own documents: the ledger, the halt order, the tick lease."""
+    return key.endswith(("/ledger.json", "/control/halt.json", "/control/lease.json"))
+
+
+def counter_key(key: str) -> str | None:
+    """Where the last sequence number written to `key` is kept (None: not counted; the
+    lease is rewritten several times a tick and expires on its own)."""
+    if key.endswith("/ledger.json"):
+        return key.removesuffix("ledger.json") + "control/ledger.seq.json"
+    if key.endswith("/control/halt.json"):
+        return key.removesuffix("halt.json") + "halt.seq.json"
+    return None
 
 
 def _mac(doc: dict[str, Any], secret: bytes) -> str:
@@ -42,9 +64,11 @@ def _mac(doc: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def seal(data: bytes, secret: bytes) -> bytes:
+def seal(data: bytes, secret: bytes, seq: int | None = None) -> bytes:
     doc = json.loads(data)
     doc.pop(MAC_FIELD, None)
+    if seq is not None:
+        doc[SEQ_FIELD] = seq
     doc[MAC_FIELD] = _mac(doc, secret)
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
@@ -53,16 +77,16 @@ def verify(key: str, data: bytes, secret: bytes, adopt_unsigned: bool = False) -
     """The document, or StoreError when this controller did not write it."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"{key} is not valid JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SealError(f"{key} is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
-        raise StoreError(f"{key} is not a JSON object")
+        raise SealError(f"{key} is not a JSON object")
     mac = doc.pop(MAC_FIELD, None)
     if mac is None and adopt_unsigned:
         return data
     if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(doc, secret)):
         what = "carries no controller signature" if mac is None else "has a wrong signature"
-        raise StoreError(
+        raise SealError(
             f"{key} {what}: it was not written by this controller (edited, or forged with a "
             f"pod's key?). Nothing is done to the run until a person checks it; to adopt a "
             f"ledger from before store.ledger_secret_env was set, run once with "
@@ -89,18 +113,61 @@ class SealedBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def _last_seq(self, key: str) -> int:
+        """The sequence number this controller last wrote to `key` (0: never counted)."""
+        where = counter_key(key)
+        raw = self.inner.read_bytes(where) if where is not None else None
+        if where is None or raw is None:
+            return 0
+        doc = json.loads(verify(where, raw, self._secret))
+        seq = doc.get(SEQ_FIELD)
+        if not isinstance(seq, int) or doc.get("key") != key:
+            raise SealError(f"{where} does not count {key}")
+        return seq
+
     def read_bytes(self, key: str) -> bytes | None:
         raw = self.inner.read_bytes(key)
-        if raw is None or not _is_sealed(key):
+        if not _is_sealed(key):
             return raw
-        doc = verify(key, raw, self._secret, self._adopt)
+        last = self._last_seq(key)
+        if raw is None:
+            if last > 0:
+                raise SealError(
+                    f"{key} is missing, but this controller wrote it ({counter_key(key)} is "
+                    f"at {last}): hidden or deleted with a pod's key? Nothing is done to the "
+                    "run until a person checks (`respawn ledger repair` rebuilds a ledger)"
+                )
+            return None
+        data = verify(key, raw, self._secret, self._adopt)
+        seq = json.loads(data).get(SEQ_FIELD, 0)
+        if not isinstance(seq, int) or seq < last:
+            raise SealError(
+                f"{key} is an older copy (sequence {seq}) than the one this controller last "
+                f"wrote (sequence {last}): put back with a pod's key? Nothing is done to the "
+                "run until a person checks"
+            )
         if self._adopt and b'"mac"' not in raw:
             # Adopted: signed as it is, so later ticks (without the variable) accept it.
-            self.inner.write_bytes(key, seal(raw, self._secret))
-        return doc
+            self.write_bytes(key, raw)
+        return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.inner.write_bytes(key, seal(data, self._secret) if _is_sealed(key) else data)
+        if not _is_sealed(key):
+            self.inner.write_bytes(key, data)
+            return
+        where = counter_key(key)
+        if where is None:
+            self.inner.write_bytes(key, seal(data, self._secret))
+            return
+        # The document first, then its counter: a crash between leaves a document newer than
+        # its counter, which reads fine.
+        try:
+            seq = self._last_seq(key) + 1
+        except SealError:
+            seq = 1  # a forged counter: this controller's write starts it afresh
+        self.inner.write_bytes(key, seal(data, self._secret, seq))
+        counter = json.dumps({"key": key, SEQ_FIELD: seq}).encode()
+        self.inner.write_bytes(where, seal(counter, self._secret))
 
     def upload(self, key: str, src: Path, size: int, progress: Progress | None = None) -> Any:
         return self.inner.upload(key, src, size, progress)

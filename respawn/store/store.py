@@ -161,7 +161,9 @@ class CheckpointStore:
             return None
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        # RecursionError: deeply nested JSON from whoever holds a store key must be a corrupt
+        # document, not an exception that ends the caller (a whole tick, a pod's sync loop).
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise CorruptError(f"{key} is not valid JSON: {e}") from e
         if not isinstance(doc, dict):
             raise CorruptError(f"{key} is not a JSON object")
