@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from respawn.controller.report import when
 from respawn.store.backend import StoreConfigError
 from respawn.store.disk import LocalFile, complete_steps
 from respawn.store.progress import TransferProgress, human_bytes
+from respawn.store.schema import Heartbeat
 from respawn.store.store import CheckpointStore, StoreError
 
 
@@ -142,20 +144,37 @@ def run_ckpt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
-    pointer, pointer_error = store.pointer_or_error()
+def _heartbeat(store: CheckpointStore) -> tuple[Heartbeat | None, str | None]:
     try:
-        heartbeat = store.read_heartbeat()
+        return store.read_heartbeat(), None
     except StoreError as e:
-        heartbeat, heartbeat_error = None, str(e)
-    else:
-        heartbeat_error = None
-    quarantined = store.quarantined()
-    refs = store.manifest_refs()
+        return None, str(e)
+
+
+def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
+    # Each read is a round trip to a bucket: the independent ones go at once, then every
+    # step's manifest at once (bounded), so a long history costs a few round trips.
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        pointer_f = pool.submit(store.pointer_or_error)
+        heartbeat_f = pool.submit(_heartbeat, store)
+        quarantined_f = pool.submit(store.quarantined)
+        refs_f = pool.submit(store.manifest_refs)
+        repairs_f = pool.submit(store.repairs)
+    pointer, pointer_error = pointer_f.result()
+    heartbeat, heartbeat_error = heartbeat_f.result()
+    quarantined = quarantined_f.result()
+    refs = refs_f.result()
+    chosen = {
+        step: pointer.manifest
+        if pointer is not None and pointer.step == step
+        else refs[step][0].key
+        for step in refs
+    }
+    manifests = store.read_manifests(list(chosen.values()))
     rows: list[dict[str, Any]] = []
     for step in sorted(refs):
         keys = [r.key for r in refs[step]]
-        key = pointer.manifest if pointer is not None and pointer.step == step else keys[0]
+        key = chosen[step]
         row: dict[str, Any] = {
             "step": step,
             "manifest": key,
@@ -163,10 +182,9 @@ def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
             "quarantined": key in quarantined,
             "copies": len(keys),
         }
-        try:
-            m = store.read_manifest_key(key)
-        except StoreError as e:
-            m, row["error"] = None, str(e)
+        m = manifests[key]
+        if isinstance(m, StoreError):
+            m, row["error"] = None, str(m)
         if m is not None:
             row |= {"files": len(m.files), "bytes": m.total_bytes}
             row["created_at"] = m.created_at.isoformat()
@@ -177,7 +195,7 @@ def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
             if why:
                 row["why"] = why
         rows.append(row)
-    repairs = [r.model_dump(mode="json", by_alias=True) for r in store.repairs()]
+    repairs = [r.model_dump(mode="json", by_alias=True) for r in repairs_f.result()]
     failed = verify and any(not r["verified"] for r in rows if not r["quarantined"])
     if as_json:
         doc = {

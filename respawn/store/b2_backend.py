@@ -42,6 +42,7 @@ from respawn.store.backend import (
     StoreConfigError,
     StoreError,
 )
+from respawn.store.many import each
 
 NEEDED_CAPABILITIES = ("listBuckets", "listFiles", "readFiles", "writeFiles", "deleteFiles")
 #: What a pod's key needs (docs/keys.md): retention is the controller's job, so no delete, and
@@ -316,15 +317,19 @@ class B2Backend:
         return sorted(self._call(f"listing {prefix}", ls), key=lambda o: o.key)
 
     def delete(self, keys: list[str]) -> None:
-        for key in keys:
+        def purge(key: str) -> None:
             name = self._name(key)
 
-            def purge(name: str = name) -> None:
+            def versions() -> None:
                 for version in list(self.bucket.list_file_versions(name)):
                     with contextlib.suppress(b2exc.FileNotPresent):
                         self.bucket.delete_file_version(version.id_, name)
 
-            self._call(f"deleting {key}", purge)
+            # Each key's own retry: a transient failure repeats only that key's calls.
+            self._call(f"deleting {key}", versions)
+
+        # Every key (and on B2 every version) is its own round trip: many at once.
+        each(purge, keys)
 
 
 LARGE_FILE_SHA1 = "large_file_sha1"

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from respawn.store.backend import (
     StoreError,
 )
 from respawn.store.disk import LocalFile
+from respawn.store.many import each, each_outcome, retried
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import (
     Heartbeat,
@@ -293,27 +294,29 @@ class CheckpointStore:
 
     def quarantined(self) -> dict[str, Quarantine]:
         """Quarantined manifests by key (records that cannot be read are skipped)."""
+        keys = [o.key for o in self.backend.list(self.keys.quarantine)]
         out: dict[str, Quarantine] = {}
-        for obj in self.backend.list(self.keys.quarantine):
-            try:
-                q = self._parse(obj.key, Quarantine)
-            except StoreError:
-                continue
-            if q is not None:
+        for q in each_outcome(lambda k: self._parse(k, Quarantine), keys):
+            if isinstance(q, Quarantine):
                 out[q.manifest] = q
         return out
+
+    def read_manifests(self, keys: Sequence[str]) -> dict[str, Manifest | StoreError | None]:
+        """Many manifests at once (bounded, each retried): by key, the manifest, None when
+        missing, or why it could not be read."""
+        return dict(zip(keys, each_outcome(retried(self.read_manifest_key), keys), strict=True))
 
     def exists(self) -> bool:
         """Whether the store holds anything of this run."""
         return bool(self.backend.list(f"{self.run}/"))
 
     def repairs(self) -> list[RepairEvent]:
-        out = []
-        for obj in self.backend.list(self.keys.repairs):
-            with contextlib.suppress(StoreError):
-                ev = self._parse(obj.key, RepairEvent)
-                if ev is not None:
-                    out.append(ev)
+        keys = [o.key for o in self.backend.list(self.keys.repairs)]
+        out = [
+            ev
+            for ev in each_outcome(lambda k: self._parse(k, RepairEvent), keys)
+            if isinstance(ev, RepairEvent)
+        ]
         return sorted(out, key=lambda e: e.at)
 
     def _record_repair(
@@ -567,25 +570,36 @@ class CheckpointStore:
             pointer, pointer_error = None, str(e)
         if pointer is None and pointer_error is None:
             return None
-        listing = self.backend.list(self.keys.checkpoints)
-        refs = self.manifest_refs(listing)
-        quarantined = set(self.quarantined())
         rejected: list[tuple[int, str]] = []
-        candidates: list[tuple[int, str]] = []
+        first: list[tuple[int, str]] = []
         if pointer is not None:
             parsed = self.keys.parse_manifest_key(pointer.manifest)
             if parsed is None or parsed[0] != pointer.step:
                 pointer_error = f"pointer names {pointer.manifest!r}, not a manifest of its step"
                 rejected.append((pointer.step, pointer_error))
             else:
-                candidates.append((pointer.step, pointer.manifest))
-        top = pointer.step if pointer is not None else None
-        for step in sorted(refs, reverse=True):
-            if top is not None and step >= top:
-                continue  # newer: a publish in flight; same step: only the pointer's manifest
-            candidates += [(step, r.key) for r in refs[step] if r.key not in quarantined]
+                first.append((pointer.step, pointer.manifest))
+        history: list[dict[int, list[ManifestRef]]] = []
+
+        def refs() -> dict[int, list[ManifestRef]]:
+            # The run's whole listing: only when the pointer's step fails (or one of its
+            # files needs another copy), never on the way to a step that verifies.
+            if not history:
+                history.append(self.manifest_refs())
+            return history[0]
+
+        def candidates() -> Iterator[tuple[int, str]]:
+            yield from first
+            older = refs()
+            quarantined = set(self.quarantined())
+            top = pointer.step if pointer is not None else None
+            for step in sorted(older, reverse=True):
+                if top is not None and step >= top:
+                    continue  # newer: a publish in flight; same step: only the pointer's
+                yield from ((step, r.key) for r in older[step] if r.key not in quarantined)
+
         alternates = _Alternates(self, refs)
-        for step, key in candidates:
+        for step, key in candidates():
             staging = dest / f".respawn-staging-{step}"
             _clear(staging)
             try:
@@ -748,23 +762,44 @@ class CheckpointStore:
         if keep_last < 2:
             raise ValueError("keep_last must be at least 2: the pointer's step and its fallback")
         now = time.time() if now is None else now
-        self._collect_leftovers(now, leftover_age_s)
-        pointer = self.read_pointer()
+
+        def heartbeat() -> Heartbeat | None:
+            try:
+                return self.read_heartbeat()
+            except StoreError:
+                return None
+
+        # Every read that decides what to keep at once: each is a round trip to a bucket.
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            leftovers = pool.submit(self._collect_leftovers, now, leftover_age_s)
+            pointer_f = pool.submit(self.read_pointer)
+            listing_f = pool.submit(self.backend.list, self.keys.checkpoints)
+            quarantined_f = pool.submit(self.quarantined)
+            hb_f = pool.submit(heartbeat)
+        leftovers.result()
+        pointer = pointer_f.result()
         if pointer is None:
             return []
-        listing = self.backend.list(self.keys.checkpoints)
+        listing = listing_f.result()
         by_step = self._objects_by_step(listing)
         refs = self.manifest_refs(listing)
-        quarantined = set(self.quarantined())
+        quarantined = set(quarantined_f.result())
         manifests: dict[int, list[str]] = {}  # step -> manifest keys known to exist
-        for step, objs in by_step.items():
+        unlisted: list[int] = []
+        for step in by_step:
             if step >= pointer.step:
                 continue
-            keys = {r.key for r in refs.get(step, [])}
-            if not keys:
-                # The listing may have dropped the manifest: look for it by name.
-                keys = {k for k in self._manifest_names(step, objs) if self.backend.read_bytes(k)}
-            manifests[step] = sorted(keys)
+            manifests[step] = sorted({r.key for r in refs.get(step, [])})
+            if not manifests[step]:
+                unlisted.append(step)
+
+        def by_name(step: int) -> list[str]:
+            # The listing may have dropped the manifest: look for it by name.
+            names = self._manifest_names(step, by_step[step])
+            return sorted(k for k in names if retried(self.backend.read_bytes)(k))
+
+        for step, found in zip(unlisted, each(by_name, unlisted), strict=True):
+            manifests[step] = found
         good = sorted(s for s, keys in manifests.items() if any(k not in quarantined for k in keys))
         keep = {pointer.step, *protect, *good[-(keep_last - 1) :]}
         # A quarantined manifest is kept (with its step) for inspection until a person
@@ -772,10 +807,7 @@ class CheckpointStore:
         keep |= {s for s, keys in manifests.items() if any(k in quarantined for k in keys)}
         if keep_every:
             keep |= {s for s in by_step if s % keep_every == 0}
-        try:
-            hb = self.read_heartbeat()
-        except StoreError:
-            hb = None
+        hb = hb_f.result()
         if hb is not None and hb.restoring_step is not None:
             keep.add(hb.restoring_step)
         doomed: list[int] = []
@@ -790,11 +822,18 @@ class CheckpointStore:
                 if not good or step > min(s for s in keep if s in good):
                     continue
             doomed.append(step)
-        for step in doomed:
-            # Manifests go first, so a half-deleted step is never mistaken for a whole one.
-            names = set(manifests[step]) | set(self._manifest_names(step, by_step[step]))
-            self.backend.delete(sorted(names))
-            self.backend.delete([o.key for o in by_step[step] if o.key not in names])
+        names = {
+            step: sorted(set(manifests[step]) | set(self._manifest_names(step, by_step[step])))
+            for step in doomed
+        }
+        delete = retried(self.backend.delete)
+        # Every doomed manifest goes before any doomed object, so a half-deleted step is
+        # never mistaken for a whole one; within each phase, steps go concurrently.
+        each(lambda step: delete(names[step]), doomed)
+        each(
+            lambda step: delete([o.key for o in by_step[step] if o.key not in names[step]]),
+            doomed,
+        )
         return doomed
 
     def _manifest_names(self, step: int, objs: list[ObjectInfo]) -> list[str]:
@@ -838,7 +877,9 @@ class _Alternates:
     """Other stored copies of a file, by (sha1, size), from every manifest of the run: the
     bytes are proven by the hash, whichever step they were uploaded for."""
 
-    def __init__(self, store: CheckpointStore, refs: dict[int, list[ManifestRef]]) -> None:
+    def __init__(
+        self, store: CheckpointStore, refs: Callable[[], dict[int, list[ManifestRef]]]
+    ) -> None:
         self.store = store
         self.refs = refs
         self._index: dict[tuple[str, int], list[str]] | None = None
@@ -848,15 +889,13 @@ class _Alternates:
         with self._lock:
             if self._index is None:
                 index: dict[tuple[str, int], list[str]] = {}
-                for step in sorted(self.refs, reverse=True):
-                    for ref in self.refs[step]:
-                        try:
-                            m = self.store.read_manifest_key(ref.key)
-                        except StoreError:
-                            continue
-                        for f in m.files if m else ():
+                refs = self.refs()
+                keys = [r.key for step in sorted(refs, reverse=True) for r in refs[step]]
+                for m in self.store.read_manifests(keys).values():
+                    if isinstance(m, Manifest):
+                        for f in m.files:
                             index.setdefault((f.sha1, f.size), []).append(
-                                self.store.keys.object_key(m, f.path)  # type: ignore[union-attr]
+                                self.store.keys.object_key(m, f.path)
                             )
                 self._index = index
             return list(self._index.get((mf.sha1, mf.size), []))
