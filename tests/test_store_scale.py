@@ -3,6 +3,7 @@ its own, and a pull whose pointer verifies never lists the history (issue 15).""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from respawn.controller.ckpt_cli import _ls
 from respawn.store import many
 from respawn.store.backend import Backend, ObjectInfo
+from respawn.store.disk import LocalFile
 from respawn.store.store import CheckpointStore, StoreError
 from tests.conftest import make_step
 
@@ -139,3 +141,64 @@ def test_ls_reads_the_history_at_once(
     assert all(f"step {s:>8}" in out for s in range(1, 7))
     assert "latest.json → step 6" in out
     assert spy.most_in_flight > 1
+
+
+def _hash_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every separate hashing pass the store makes over a local file before sending it."""
+    from respawn.store import store as store_module
+
+    seen: list[str] = []
+    real = store_module.sha1_file
+
+    def counted(path: Path) -> str:
+        seen.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(store_module, "sha1_file", counted)
+    return seen
+
+
+def test_push_where_every_file_changed_reads_each_file_once(
+    store: CheckpointStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _history(store, tmp_path, 2)  # step 2 changed every file of step 1 (same sizes)
+    passes = _hash_passes(monkeypatch)
+    res = store.publish(3, make_step(tmp_path, 3, _files(3)), generation=1, writer="t")
+    assert passes == []  # hashed only while sending
+    assert res.bytes_copied == 0
+    pulled = store.pull(tmp_path / "dest", quiet=True)
+    assert pulled is not None and pulled.step == 3
+    for rel, data in _files(3).items():
+        assert (tmp_path / "dest" / rel).read_bytes() == data
+
+
+def test_unchanged_file_known_by_inode_is_copied_without_reading(
+    store: CheckpointStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_step(tmp_path, 1, {"ckpt/step_1/frozen.bin": b"F" * 4096})
+    store.publish(1, first, generation=1, writer="t")
+    # The trainer hard-links the unchanged shard into the next step: same inode, size, mtime.
+    second = tmp_path / "src_2/ckpt/step_2/frozen.bin"
+    second.parent.mkdir(parents=True)
+    os.link(first[0].abs, second)
+    passes = _hash_passes(monkeypatch)
+    res = store.publish(2, [LocalFile("ckpt/step_2/frozen.bin", second, 4096)], 1, "t")
+    assert passes == [] and res.bytes_copied == 4096 and res.bytes_sent == 0
+
+
+def test_unchanged_file_over_a_rotten_stored_copy_is_sent_again(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    first = make_step(tmp_path, 1, {"ckpt/step_1/frozen.bin": b"F" * 4096})
+    store.publish(1, first, generation=1, writer="t")
+    m1 = store.read_manifest(1)
+    assert m1 is not None
+    store.backend.write_bytes(store.keys.object_key(m1, "ckpt/step_1/frozen.bin"), b"R" * 4096)
+    second = tmp_path / "src_2/ckpt/step_2/frozen.bin"
+    second.parent.mkdir(parents=True)
+    os.link(first[0].abs, second)
+    res = store.publish(2, [LocalFile("ckpt/step_2/frozen.bin", second, 4096)], 1, "t")
+    assert res.bytes_sent == 4096 and res.bytes_copied == 0
+    pulled = store.pull(tmp_path / "dest", quiet=True)
+    assert pulled is not None and pulled.step == 2
+    assert (tmp_path / "dest/ckpt/step_2/frozen.bin").read_bytes() == b"F" * 4096

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -90,6 +91,11 @@ def sha1_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _role(rel: str, step: int) -> str:
+    """A file's path with its step number taken out: the same file of another step."""
+    return re.sub(rf"(?<!\d)0*{step}(?!\d)", "{step}", rel)
+
+
 def owned_by_sources(sources: Sequence[CheckpointSource], rel: str, step: int) -> bool:
     """Whether `rel` lies inside one of the sources' directories of exactly this step."""
     parts = rel.split("/")
@@ -141,6 +147,14 @@ class CheckpointStore:
         self.run = run
         self.keys = Keys(run)
         self.workers = workers
+        # What the previous publish of this store learnt, to read each file once in the next:
+        # sha1 by (device, inode, size, mtime) of every file it sent or copied (a
+        # file that has not changed on disk need not be read to know its hash), and which
+        # files (by their path with the step number taken out) had changed since the step
+        # before (those are uploaded, hashing on the way, without a first pass to look for
+        # an unchanged copy).
+        self._hashes: dict[tuple[int, ...], str] = {}
+        self._changed: set[str] = set()
 
     @classmethod
     def open(
@@ -406,26 +420,39 @@ class CheckpointStore:
         token = uuid.uuid4().hex[:16]
         prefix = self.keys.upload_dir(generation, token)
 
-        def send(f: LocalFile) -> tuple[ManifestFile, int, int]:
+        known, changed_before = dict(self._hashes), set(self._changed)
+
+        def send(f: LocalFile) -> tuple[ManifestFile, int, int, tuple[int, ...], bool]:
             key = self.keys.step_prefix(step) + prefix + f.rel
-            candidates = prev_by_size.get(f.size)
-            digest: str | None = None
-            if candidates and previous is not None:
-                # Hash first only when a same-size file exists to copy: one pass otherwise.
+            st = os.stat(f.abs)
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            candidates = prev_by_size.get(f.size) if previous is not None else None
+            digest = known.get(ident)
+            if candidates and digest is None and _role(f.rel, step) not in changed_before:
+                # A same-size file of the previous step may be this one: hash first, since
+                # a copy in the store saves the upload. A file that changed last time is
+                # taken to change again: uploaded in one pass that also hashes it.
                 digest = sha1_file(f.abs)
+            if digest is not None and candidates and previous is not None:
                 for pf in candidates:
+                    # The stored object is proven by the backend (it hashes or checks its
+                    # recorded sha1), never taken on the manifest's word.
                     if pf.sha1 == digest and self.backend.copy(
                         self.keys.object_key(previous, pf.path), key, digest, f.size
                     ):
                         if progress:
                             progress(f.size)
-                        return ManifestFile(path=f.rel, size=f.size, sha1=digest), 0, f.size
+                        entry = ManifestFile(path=f.rel, size=f.size, sha1=digest)
+                        return entry, 0, f.size, ident, False
             sent = self.backend.upload(key, f.abs, f.size, progress, sha1=digest)
-            digest = sent if sent is not None else sha1_file(f.abs)
-            return ManifestFile(path=f.rel, size=f.size, sha1=digest), f.size, 0
+            digest = sent if sent is not None else digest or sha1_file(f.abs)
+            changed = bool(candidates) and not any(pf.sha1 == digest for pf in candidates or ())
+            return ManifestFile(path=f.rel, size=f.size, sha1=digest), f.size, 0, ident, changed
 
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             results = list(pool.map(send, files))
+        self._hashes = {r[3]: r[0].sha1 for r in results}
+        self._changed = {_role(r[0].path, step) for r in results if r[4]}
         entries = tuple(sorted((r[0] for r in results), key=lambda m: m.path))
         manifest = Manifest(
             step=step,
