@@ -92,8 +92,10 @@ def sha1_file(path: Path) -> str:
 
 
 def _role(rel: str, step: int) -> str:
-    """A file's path with its step number taken out: the same file of another step."""
-    return re.sub(rf"(?<!\d)0*{step}(?!\d)", "{step}", rel)
+    """A file's path with its step number taken out of its directories (not its name: a
+    `shard_3.bin` of step 3 is still shard 3): the same file of another step."""
+    head, _, name = rel.rpartition("/")
+    return re.sub(rf"(?<!\d)0*{step}(?!\d)", "{step}", head) + "/" + name
 
 
 def owned_by_sources(sources: Sequence[CheckpointSource], rel: str, step: int) -> bool:
