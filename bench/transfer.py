@@ -87,10 +87,12 @@ def main() -> None:
     print(f"first push                   : {min(first):6.2f} / {med(first):.2f} s")
     print(f"push, every file changed     : {min(steady):6.2f} / {med(steady):.2f} s")
     print(
-        f"ratio first push / cp        : {min(first) / min(cp):6.2f}x (min) {med(first) / med(cp):.2f}x (median)"
+        f"ratio first push / cp        : {min(first) / min(cp):6.2f}x (min), "
+        f"{med(first) / med(cp):.2f}x (median)"
     )
     print(
-        f"ratio all-changed / first    : {min(steady) / min(first):6.2f}x (min) {med(steady) / med(first):.2f}x (median)"
+        f"ratio all-changed / first    : {min(steady) / min(first):6.2f}x (min), "
+        f"{med(steady) / med(first):.2f}x (median)"
     )
 
 
