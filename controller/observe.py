@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from respawn.controller.classify import current_instances, merge_rows
 from respawn.controller.config import RunConfig
@@ -74,26 +74,32 @@ def observe(
     if isinstance(store, Exception):
         errors.append(f"checkpoint store: {store}")
     else:
+        # A run's documents are independent reads (each a round trip to a bucket): at once.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            ledger_f = pool.submit(find_ledger, store)
+            halt_f = pool.submit(read_halt, store)
+            pointer_f = pool.submit(store.read_pointer)
+            heartbeat_f = pool.submit(store.read_heartbeat)
         try:
-            found = find_ledger(store)
+            found = ledger_f.result()
             ledger, ledger_state = found or ledger, "ok" if found is not None else "missing"
         except StoreError as e:
             errors.append(f"ledger: {e} (nothing is overwritten; `respawn ledger repair`)")
         try:
-            halt = read_halt(store)
+            halt = halt_f.result()
         except StoreError as e:
             errors.append(f"halt order: {e}")
         # Verified by this controller's signature (`controller/seal.py`): pod-written
         # generations above it are ignored, not taken for a lost ledger.
         signed = ledger_state == "ok" and isinstance(store.backend, SealedBackend)
         try:
-            raw_pointer = store.read_pointer()
+            raw_pointer = pointer_f.result()
             pointer_generation = raw_pointer.generation if raw_pointer is not None else None
             pointer = trusted_pointer(store, raw_pointer, ledger, signed)
         except StoreError as e:
             errors.append(f"latest.json: {e}")
         try:
-            heartbeat = store.read_heartbeat()
+            heartbeat = heartbeat_f.result()
         except StoreError as e:
             errors.append(f"heartbeat.json: {e}")
         try:  # shown, never judged: a failure here is a warning, not an unknown run
