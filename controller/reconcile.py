@@ -88,10 +88,13 @@ def tick_run(
     skipped = lease.why if isinstance(lease, NoLease) else None
     if isinstance(lease, NoLease):
         mode = Mode.OBSERVE
-    previous = _previous_tick(store)
     notified: ActionResult | None = None
     try:
-        obs = observe(run, store, providers, listings, wandb)
+        # The last tick's record is one more independent read: alongside observe's.
+        with ThreadPoolExecutor(max_workers=1) as side:
+            previous_f = side.submit(_previous_tick, store)
+            obs = observe(run, store, providers, listings, wandb)
+        previous = previous_f.result()
         plan = decide(run, obs, now)
         results: tuple[ActionResult, ...] = ()
         if mode is Mode.ACT:
