@@ -202,3 +202,43 @@ def test_unchanged_file_over_a_rotten_stored_copy_is_sent_again(
     pulled = store.pull(tmp_path / "dest", quiet=True)
     assert pulled is not None and pulled.step == 2
     assert (tmp_path / "dest/ckpt/step_2/frozen.bin").read_bytes() == b"F" * 4096
+
+
+def test_b2_deletes_keys_at_once_each_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from respawn.store import b2_backend
+    from respawn.store.b2_backend import B2Backend
+    from tests.conftest import b2_simulator
+
+    monkeypatch.setattr(b2_backend, "BACKOFF_SECONDS", 0)
+    api, sim = b2_simulator()
+    backend = B2Backend(api, "respawn-test", "p")
+    keys = [f"run/checkpoints/step_000001/g000001-t/f{i}.bin" for i in range(8)]
+    for k in keys:
+        backend.write_bytes(k, b"old")
+        backend.write_bytes(k, b"new")  # two versions: both must go
+    real = sim.delete_file_version
+    state = {"in_flight": 0, "most": 0, "failed": False}
+    lock = threading.Lock()
+
+    def delete_version(*a: object, **kw: object) -> object:
+        with lock:
+            state["in_flight"] += 1
+            state["most"] = max(state["most"], state["in_flight"])
+            fail = not state["failed"]
+            state["failed"] = True
+        try:
+            time.sleep(0.01)
+            if fail:  # one transient failure: only that key is asked again
+                from b2sdk.v2.exception import ServiceError
+
+                raise ServiceError("503 injected")
+            return real(*a, **kw)
+        finally:
+            with lock:
+                state["in_flight"] -= 1
+
+    monkeypatch.setattr(sim, "delete_file_version", delete_version)
+    backend.delete(keys)
+    assert backend.list("run/") == []
+    assert not list(api.get_bucket_by_name("respawn-test").list_file_versions(f"p/{keys[0]}"))
+    assert state["most"] > 1
