@@ -42,11 +42,37 @@ def make_step(root: Path, step: int, total: int, files: int) -> list[LocalFile]:
                 f.write(os.urandom(n))  # incompressible, different every step
                 left -= n
         out.append(LocalFile(f"step_{step}/{p.name}", p, p.stat().st_size))
-    for lf in out:  # page-cached: the measure is the store, not the disk's read speed
+    return out
+
+
+def evict(root: Path) -> None:
+    """Drop this bench's own earlier files from the page cache (after a sync, so they are
+    clean): otherwise the measure that runs while they fill memory pays for reclaiming it."""
+    os.sync()
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def settle(base: Path, step: list[LocalFile]) -> None:
+    """The same start for every measure: nothing dirty, nothing of this bench cached but the
+    step about to be moved."""
+    evict(base)
+    warm(step)
+
+
+def warm(files: list[LocalFile]) -> None:
+    """Page-cache the step (the measure is the store, not the disk's read speed), with
+    nothing dirty left to flush."""
+    for lf in files:
         with open(lf.abs, "rb") as f:
             while f.read(8 << 20):
                 pass
-    return out
+    os.sync()
 
 
 def main() -> None:
@@ -69,20 +95,20 @@ def main() -> None:
             store = CheckpointStore(FileBackend.from_url(f"file://{store_dir}"), "bench")
             store.publish(1, steps[1], 1, "bench")
             store.publish(2, steps[2], 1, "bench")  # every file changed: learnt
-            os.sync()  # every measure starts with nothing dirty in the page cache
+            settle(base, steps[3])
             t = time.perf_counter()
             store.publish(3, steps[3], 1, "bench")
             steady.append(time.perf_counter() - t)
             shutil.rmtree(store_dir)
             fresh_dir = base / f"fresh{r}"
             fresh = CheckpointStore(FileBackend.from_url(f"file://{fresh_dir}"), "bench")
-            os.sync()
+            settle(base, steps[3])
             t = time.perf_counter()
             fresh.publish(3, steps[3], 1, "bench")
             first.append(time.perf_counter() - t)
             shutil.rmtree(fresh_dir)
             dst = base / f"cp{r}"
-            os.sync()
+            settle(base, steps[3])
             t = time.perf_counter()
             subprocess.run(["sh", "-c", f"cp -r {src / 'step_3'} {dst} && sync"], check=True)
             cp.append(time.perf_counter() - t)

@@ -104,13 +104,19 @@ class FileBackend:
         """Copy src to a temporary file beside dst, fsync, rename; return the sha1 of the bytes."""
         tmp = self._tmp_for(dst)
         digest = hashlib.sha1()
+        # One buffer for the whole file: a fresh 8 MiB bytes per read is a new mapping,
+        # faulted in page by page, which costs as much as the hashing.
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
         try:
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(_CHUNK):
+            with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
+                while n := fin.readinto(buf):
+                    chunk = view[:n]
                     digest.update(chunk)
-                    fout.write(chunk)
+                    while chunk:
+                        chunk = chunk[fout.write(chunk) :]
                     if progress:
-                        progress(len(chunk))
+                        progress(n)
                 fout.flush()
                 os.fsync(fout.fileno())
             self._commit(tmp, dst)
@@ -232,7 +238,9 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
 
 def _sha1_of(path: Path) -> str:
     digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+    buf = bytearray(_CHUNK)  # reused: see FileBackend._copy_hashing
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
     return digest.hexdigest()

@@ -85,9 +85,11 @@ class NothingVerifiesError(StoreError):
 
 def sha1_file(path: Path) -> str:
     digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
+    buf = bytearray(_HASH_CHUNK)  # reused: see FileBackend._copy_hashing
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 
