@@ -110,11 +110,16 @@ class FileBackend:
         view = memoryview(buf)
         try:
             with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
+                done = 0
                 while n := fin.readinto(buf):
                     chunk = view[:n]
                     digest.update(chunk)
                     while chunk:
                         chunk = chunk[fout.write(chunk) :]
+                    # Start writing this chunk to disk now, while the next is hashed: the
+                    # fsync below then waits for the tail only, not the whole file.
+                    _start_writeback(fout.fileno(), done, n)
+                    done += n
                     if progress:
                         progress(n)
                 fout.flush()
@@ -224,6 +229,12 @@ class FileBackend:
                 except OSError:
                     break
                 d = d.parent
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    # Linux starts (without waiting for) writeback of dirty pages asked to be dropped.
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _reflink(src_fd: int, dst_fd: int) -> bool:
