@@ -103,6 +103,7 @@ class Supervisor:
         self._sync_asked = 0
         self._synced = 0
         self._writer_done = False
+        self._publishes_since_gc = 0
 
     # -- heartbeat -----------------------------------------------------------------------
 
@@ -293,8 +294,12 @@ class Supervisor:
         self._clean_disk()
         if not getattr(self.ctx.store.backend, "can_delete", True):
             return  # a pod key without delete: the controller applies retention
+        policy = pod.checkpoints
+        self._publishes_since_gc += 1
+        if self._publishes_since_gc < policy.pod_retention_every:
+            return  # the controller applies retention every tick; this is the safety net
+        self._publishes_since_gc = 0
         try:
-            policy = pod.checkpoints
             gone = self.ctx.store.gc(policy.keep_last, keep_every=policy.keep_every)
             if gone:
                 log.info("retention removed steps %s from the store", gone)

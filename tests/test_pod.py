@@ -29,7 +29,7 @@ def pod_spec(command: str, **kw: object) -> PodSpec:
     return PodSpec.model_validate(
         {
             "command": command,
-            "checkpoints": {"sources": SOURCES, "keep_last": 2},
+            "checkpoints": {"sources": SOURCES, "keep_last": 2, "pod_retention_every": 1},
             "sync_interval": "0.1s",
             "heartbeat_interval": "0.2s",
             "term_grace": "5s",
@@ -283,3 +283,25 @@ def test_onstart_script_delivers_sigterm_to_the_bootstrap(
     hb = store.read_heartbeat()
     assert hb is not None and hb.phase == "exiting"
     assert store.read_pointer().step == hb.published_step  # type: ignore[union-attr]
+
+
+def test_pod_applies_retention_only_every_n_publishes(
+    tmp_path: Path, store: CheckpointStore
+) -> None:
+    """The controller applies retention every tick; the pod's own pass is a safety net, not a
+    store-wide listing after every publish."""
+    spec = pod_spec(TOY % (30, "0.02")).model_copy(
+        update={
+            "checkpoints": pod_spec(TOY % (30, "0.02")).checkpoints.model_copy(
+                update={"pod_retention_every": 4}
+            )
+        }
+    )
+    proc = start_pod(tmp_path, spec, generation=1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    published = [line for line in out.splitlines() if "published step" in line]
+    passes = [line for line in out.splitlines() if "retention removed" in line]
+    assert len(published) >= 4, out
+    assert len(passes) <= len(published) // 4, "retention ran more often than every 4 publishes"
+    assert len(store.manifested_steps()) <= 2 + 3  # keep_last, plus up to 3 publishes since

@@ -71,6 +71,12 @@ class CheckpointPolicy(_Strict):
     keep_every: int | None = Field(
         None, ge=1, description="also keep milestone steps divisible by this, forever"
     )
+    pod_retention_every: int = Field(
+        10,
+        ge=1,
+        description="the controller applies retention every tick; a pod whose key may delete "
+        "also applies it every this many publishes, in case ticks stop",
+    )
 
 
 class DispatchSpec(_Strict):
