@@ -4,15 +4,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from respawn.store.disk import LocalFile
 from respawn.store.file_backend import FileBackend
 from respawn.store.store import CheckpointStore
+
+if TYPE_CHECKING:
+    from tests.fakes.runpod import FakeRunPod
+    from tests.fakes.vast import FakeVast
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,3 +98,29 @@ def no_vast_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
     from respawn.provisioning import vast
 
     monkeypatch.setattr(vast, "PACE_SECONDS", {})
+
+
+@pytest.fixture(autouse=True)
+def no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries still happen, without the exponential wait between them (tests of the waits
+    themselves replace `calls.sleep`)."""
+    from respawn.provisioning import calls
+    from respawn.store import b2_backend
+
+    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(b2_backend, "BACKOFF_SECONDS", 0.0)
+
+
+@pytest.fixture
+def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
+    """The Vast REST and RunPod GraphQL fakes on loopback, with the controller's keys set."""
+    from tests.fakes.runpod import FakeRunPod
+    from tests.fakes.vast import FakeVast
+
+    vast, runpod = FakeVast(), FakeRunPod()
+    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
+    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
+    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+    yield vast, runpod
+    vast.stop()
+    runpod.stop()

@@ -20,11 +20,6 @@ from tests.conftest import b2_simulator, make_step
 URL = "b2://respawn-test/fleet"
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(b2_backend, "BACKOFF_SECONDS", 0.0)
-
-
 def new_key(api: object, capabilities: list[str]) -> tuple[str, str]:
     key = api.create_key(capabilities=capabilities, key_name="respawn-test-key")  # type: ignore[attr-defined]
     return key.id_, key.application_key

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
-from respawn.provisioning import vast as vast_adapter
 from respawn.store.schema import utcnow
 from tests.conftest import ROOT, run_cli
 from tests.fakes.http import Fault
@@ -29,23 +27,6 @@ from tests.fakes.ssh import FakeSSH
 from tests.fakes.vast import FakeVast
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
-
-
-@pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
 
 
 def write_fleet(

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from respawn.controller.providers import open_providers
 from respawn.controller.reconcile import tick
 from respawn.controller.report import exit_code
 from respawn.controller.stores import open_run_store
-from respawn.provisioning import calls
 from respawn.provisioning.local import LocalProvider
 from respawn.store.schema import Heartbeat, LatestPointer, utcnow
 from respawn.store.store import CheckpointStore
@@ -40,22 +38,13 @@ from tests.fakes.vast import DEFAULT_OFFERS, FakeVast
 from tests.test_reconcile import write_fleet as write_local_fleet
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-
-
 @pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+def clouds(
+    clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeVast, FakeRunPod]:
     # Enough capacity for every launch of a long test.
-    runpod.types["NVIDIA GeForce RTX 4090"].stock.update(COMMUNITY=10**6, SECURE=10**6)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
+    clouds[1].types["NVIDIA GeForce RTX 4090"].stock.update(COMMUNITY=10**6, SECURE=10**6)
+    return clouds
 
 
 def cloud_fleet(tmp: Path, clouds: tuple[FakeVast, FakeRunPod], providers: list[str]) -> Path:

@@ -7,16 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from respawn.provisioning import calls
 from respawn.provisioning.base import LaunchSpec, ProviderError
 from tests import test_runpod, test_vast
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from respawn.provisioning import calls
 from respawn.provisioning.base import (
     InstanceState,
     InvalidCredentialsError,
@@ -32,11 +31,6 @@ RES = Resources(
     max_price_per_hour=3.0,
     market="on_demand",
 )
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
 
 
 @pytest.fixture

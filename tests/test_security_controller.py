@@ -4,7 +4,6 @@ prefix of the store; these are the forgeries that worked with such a key before 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from respawn.controller.model import HaltOrder
 from respawn.controller.reconcile import tick
 from respawn.controller.seal import ADOPT_UNSIGNED_ENV
 from respawn.controller.stores import open_run_store
-from respawn.provisioning import calls
 from respawn.store.schema import Heartbeat, LatestPointer, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import make_step
@@ -27,21 +25,12 @@ from tests.test_clouds import write_fleet
 SECRET = "controller-only-secret-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-
-
 @pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+def clouds(
+    clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeVast, FakeRunPod]:
     monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
+    return clouds
 
 
 def _fleet(tmp: Path, vast: FakeVast, runpod: FakeRunPod, **run: object) -> Path:

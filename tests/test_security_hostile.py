@@ -4,7 +4,6 @@ cheap attacks the other security tests did not cover."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import yaml
 from respawn.controller.config import load_config
 from respawn.controller.observe import observe
 from respawn.controller.reconcile import tick
-from respawn.provisioning import calls
 from respawn.store.schema import RepairEvent, utcnow
 from respawn.store.store import CheckpointStore
 from tests.fakes.runpod import FakeRunPod
@@ -25,21 +23,12 @@ from tests.test_security_controller import SECRET, _fleet
 DEEP = b"[" * 200_000  # valid JSON's grammar, a recursion bomb for json.loads
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-
-
 @pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+def clouds(
+    clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeVast, FakeRunPod]:
     monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
+    return clouds
 
 
 def _two_runs(tmp: Path, vast: FakeVast, runpod: FakeRunPod) -> Path:

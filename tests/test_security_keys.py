@@ -12,18 +12,12 @@ from b2sdk.v2.exception import Unauthorized
 
 from respawn.controller.act import retention
 from respawn.controller.config import parse_config
-from respawn.store import b2_backend
 from respawn.store.b2_backend import B2Backend
 from respawn.store.store import CheckpointStore, StoreError
 from tests.conftest import b2_simulator, make_step
 from tests.test_config import GOOD
 
 URL = "b2://respawn-test/fleet"
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(b2_backend, "BACKOFF_SECONDS", 0.0)
 
 
 def _strict(sim: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -15,30 +14,10 @@ import yaml
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.redact import Redactor, code_span, one_line
-from respawn.provisioning import calls
 from respawn.store.schema import Heartbeat, utcnow
 from tests.conftest import run_cli
 from tests.fakes.http import Fault
-from tests.fakes.runpod import FakeRunPod
-from tests.fakes.vast import FakeVast
 from tests.test_clouds import write_fleet
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-
-
-@pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
-
 
 PEM = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\n"

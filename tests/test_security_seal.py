@@ -5,7 +5,6 @@ expires. Each is either refused or made visible; nothing is destroyed or launche
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from respawn.controller.ledger import read_ledger, repair_ledger, write_halt, wr
 from respawn.controller.model import HaltOrder
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
-from respawn.provisioning import calls
 from respawn.store.schema import utcnow
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
@@ -24,21 +22,12 @@ from tests.test_clouds import write_fleet
 from tests.test_security_controller import SECRET, _fleet
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-
-
 @pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
+def clouds(
+    clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeVast, FakeRunPod]:
     monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
+    return clouds
 
 
 LEDGER = "store/job/ledger.json"

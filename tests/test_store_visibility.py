@@ -5,12 +5,9 @@ new) and shown as the untrusted pod-written text they are."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from respawn.controller.config import load_config
 from respawn.controller.ledger import read_ledger
@@ -19,29 +16,10 @@ from respawn.controller.reconcile import Mode, tick
 from respawn.controller.redact import Redactor
 from respawn.controller.report import dumps, to_markdown, to_text
 from respawn.controller.stores import open_run_store
-from respawn.provisioning import calls
 from respawn.store.schema import RepairEvent, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import make_step
-from tests.fakes.runpod import FakeRunPod
-from tests.fakes.vast import FakeVast
 from tests.test_clouds import write_fleet
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-
-
-@pytest.fixture
-def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
-    monkeypatch.setenv("VAST_API_KEY", vast.api_key)
-    monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
-    yield vast, runpod
-    vast.stop()
-    runpod.stop()
 
 
 def _pod_store(tmp: Path) -> CheckpointStore:

@@ -29,12 +29,6 @@ RES = Resources(
 )
 
 
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
-    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", {})
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeVast]:
     f = FakeVast()
