@@ -26,8 +26,9 @@ from respawn.contract.pod import (
     PodEnvError,
     PodSpec,
 )
+from respawn.pod.context import PodContext
 from respawn.pod.hostkeys import host_key_fingerprints
-from respawn.pod.supervisor import PodContext, Supervisor
+from respawn.pod.supervisor import Supervisor
 from respawn.store.backend import CorruptError
 from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
 

@@ -2,8 +2,9 @@
 
 - The trainer runs in its own process group, so stopping it also stops whatever it spawned
   (an inference server, dataloader workers).
-- A sync thread publishes the newest complete step every `sync_interval` (files → manifest →
-  pointer), beside the main loop, so a long upload never delays the reaction to a signal.
+- A sync thread (`respawn.pod.sync`) publishes the newest complete step every `sync_interval`
+  (files → manifest → pointer), beside the main loop, so a long upload never delays the
+  reaction to a signal.
 - A heartbeat thread writes `heartbeat.json` every `heartbeat_interval`, even while a long
   upload runs, and checks fencing: once a newer generation appears, this pod stops writing,
   stops the trainer and exits.
@@ -20,13 +21,11 @@ import contextlib
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from respawn.contract.pod import (
@@ -36,42 +35,15 @@ from respawn.contract.pod import (
     PodSpec,
     render_command,
 )
+from respawn.pod.context import PodContext
 from respawn.pod.dispatch import TickRequester
 from respawn.pod.gpu_watch import GpuWatch
 from respawn.pod.gpu_watch import query as gpu_query
-from respawn.pod.hostkeys import host_key_fingerprints
-from respawn.store.disk import complete_steps, step_dirs
-from respawn.store.progress import TransferProgress
-from respawn.store.schema import Heartbeat, Phase, utcnow
-from respawn.store.store import BackwardsError, CheckpointStore, FencedError, StoreError
+from respawn.pod.sync import StepSync
+from respawn.store.schema import Phase, utcnow
+from respawn.store.store import FencedError, StoreError
 
 log = logging.getLogger("respawn.pod")
-
-
-@dataclass(frozen=True)
-class PodContext:
-    store: CheckpointStore
-    run: str
-    generation: int
-    writer: str
-    workdir: Path
-    pod: PodSpec
-    wandb_run_id: str | None = None
-    ssh_host_keys: tuple[str, ...] = ()
-
-    def heartbeat(self, phase: Phase, **fields: object) -> Heartbeat:
-        return Heartbeat.model_validate(
-            {
-                "run": self.run,
-                "generation": self.generation,
-                "writer": self.writer,
-                "at": utcnow(),
-                "phase": phase,
-                # sshd may generate its host keys after the pod started: look again until found.
-                "ssh_host_keys": self.ssh_host_keys or host_key_fingerprints(),
-                **fields,
-            }
-        )
 
 
 class Supervisor:
@@ -84,8 +56,6 @@ class Supervisor:
         idle = ctx.pod.gpu_idle_after
         self.gpu_watch = GpuWatch(idle.total_seconds() if idle else None)
         self._gpu_trip: str | None = None
-        self.published = resume_step
-        self.disk_step = resume_step
         self.phase: Phase = "training"
         self.message = ""
         self.will_repeat = False
@@ -97,13 +67,7 @@ class Supervisor:
         self._fenced = threading.Event()
         self._done = threading.Event()  # the main loop has returned
         self._proc: subprocess.Popen[bytes] | None = None
-        self._step_seen_at = time.monotonic()
-        # Sync requests: the main loop asks, the sync thread publishes; `_synced` counts rounds.
-        self._sync_cond = threading.Condition()
-        self._sync_asked = 0
-        self._synced = 0
-        self._writer_done = False
-        self._publishes_since_gc = 0
+        self.steps = StepSync(ctx, resume_step, self._lock, self._stop, self._fenced, self._done)
 
     # -- heartbeat -----------------------------------------------------------------------
 
@@ -121,8 +85,8 @@ class Supervisor:
             with self._lock:
                 hb = self.ctx.heartbeat(
                     self.phase,
-                    step=self.disk_step,
-                    published_step=self.published,
+                    step=self.steps.disk_step,
+                    published_step=self.steps.published,
                     message=self.message,
                     will_repeat=self.will_repeat,
                 )
@@ -177,20 +141,20 @@ class Supervisor:
             self.ctx.run,
             self.ctx.generation,
             self.ctx.workdir,
-            self.published,
+            self.steps.published,
             sys.executable,
         )
-        log.info("starting trainer (resume step %s): %s", self.published, command)
+        log.info("starting trainer (resume step %s): %s", self.steps.published, command)
         with self._lock:
             self.gpu_watch.reset()
             self._gpu_trip = None
         self._proc = subprocess.Popen(
             shlex.split(command),
             cwd=self.ctx.workdir,
-            env={**self.env, ENV_RESUME_STEP: str(self.published or 0)},
+            env={**self.env, ENV_RESUME_STEP: str(self.steps.published or 0)},
             process_group=0,
         )
-        self._step_seen_at = time.monotonic()
+        self.steps.step_seen_at = time.monotonic()
 
     def _stop_trainer(self, grace: float) -> int | None:
         proc = self._proc
@@ -205,116 +169,6 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait()
-
-    # -- sync ----------------------------------------------------------------------------
-
-    def _sync_loop(self) -> None:
-        interval = self.ctx.pod.sync_interval.total_seconds()
-        while True:
-            with self._sync_cond:
-                self._sync_cond.wait_for(
-                    lambda: self._sync_asked > self._synced or self._done.is_set(), interval
-                )
-                if self._done.is_set() or self._fenced.is_set():
-                    return
-                asked, writer_done = self._sync_asked, self._writer_done
-            self.sync(writer_done)
-            with self._sync_cond:
-                self._synced = max(self._synced, asked)
-                self._sync_cond.notify_all()
-
-    def _sync_and_wait(self, writer_done: bool = False, deadline: float | None = None) -> bool:
-        """Ask the sync thread for a round (after any in flight) and wait for it, at most until
-        `deadline` (monotonic) and, without one, only while no SIGTERM arrives."""
-        with self._sync_cond:
-            self._sync_asked += 1
-            self._writer_done = self._writer_done or writer_done
-            ticket = self._sync_asked
-            self._sync_cond.notify_all()
-            while self._synced < ticket:
-                if deadline is None and self._stop.is_set():
-                    return False
-                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
-                if left <= 0:
-                    return False
-                self._sync_cond.wait(left)
-            return True
-
-    def sync(self, writer_done: bool = False) -> None:
-        """Publish the newest complete step. `writer_done`: the trainer exited cleanly, so a
-        quiet period is no longer needed to know its files are whole."""
-        try:
-            self._sync(writer_done)
-        except OSError as e:
-            # The trainer may delete its own old checkpoints while we look at them.
-            log.warning("sync round failed (will retry): %s", e)
-
-    def _sync(self, writer_done: bool) -> None:
-        pod, workdir = self.ctx.pod, self.ctx.workdir
-        on_disk = step_dirs(workdir, pod.checkpoints.sources)
-        newest_dir = max(on_disk, default=None)
-        if newest_dir is not None and (self.disk_step is None or newest_dir > self.disk_step):
-            with self._lock:
-                self.disk_step = newest_dir
-            self._step_seen_at = time.monotonic()
-        now = float("inf") if writer_done else time.time()
-        done = complete_steps(workdir, pod.checkpoints.sources, now)
-        if not done or (self.published is not None and done[-1].step <= self.published):
-            return
-        step = done[-1]
-        bar = TransferProgress(f"push step {step.step}", step.total_bytes, stream=sys.stdout)
-        try:
-            result = self.ctx.store.publish(
-                step.step,
-                step.files,
-                self.ctx.generation,
-                self.ctx.writer,
-                self.ctx.wandb_run_id,
-                progress=bar,
-            )
-        except FencedError as e:
-            log.warning("%s; stopping", e)
-            self._fenced.set()
-            return
-        except BackwardsError as e:
-            log.warning("not publishing: %s", e)
-            return
-        except StoreError as e:
-            log.warning("publishing step %d failed, will retry: %s", step.step, e)
-            return
-        bar.finish()
-        log.info(
-            "published step %d (%d B sent, %d B unchanged)",
-            step.step,
-            result.bytes_sent,
-            result.bytes_copied,
-        )
-        with self._lock:
-            self.published = step.step
-        self._clean_disk()
-        if not getattr(self.ctx.store.backend, "can_delete", True):
-            return  # a pod key without delete: the controller applies retention
-        policy = pod.checkpoints
-        self._publishes_since_gc += 1
-        if self._publishes_since_gc < policy.pod_retention_every:
-            return  # the controller applies retention every tick; this is the safety net
-        self._publishes_since_gc = 0
-        try:
-            gone = self.ctx.store.gc(policy.keep_last, keep_every=policy.keep_every)
-            if gone:
-                log.info("retention removed steps %s from the store", gone)
-        except StoreError as e:
-            log.warning("retention failed (will retry): %s", e)
-
-    def _clean_disk(self) -> None:
-        """Keep the newest `keep_local` published steps; never touch anything newer."""
-        if self.published is None:
-            return
-        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
-        older = sorted((s for s in on_disk if s <= self.published), reverse=True)
-        for s in older[self.ctx.pod.checkpoints.keep_local :]:
-            for d in on_disk[s]:
-                shutil.rmtree(d, ignore_errors=True)
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -342,7 +196,7 @@ class Supervisor:
             return 0
         beater = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beater.start()
-        syncer = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
+        syncer = threading.Thread(target=self.steps.loop, name="sync", daemon=True)
         syncer.start()
         if pod.watch_gpus:
             threading.Thread(target=self._gpu_loop, name="gpu-watch", daemon=True).start()
@@ -356,8 +210,7 @@ class Supervisor:
             return self._give_up("supervisor failed; see the pod log")
         finally:
             self._done.set()
-            with self._sync_cond:
-                self._sync_cond.notify_all()
+            self.steps.wake()
             beater.join(timeout=5)
             if pidfile is not None:
                 pidfile.unlink(missing_ok=True)
@@ -379,13 +232,15 @@ class Supervisor:
                 return 0
             if self._stop.is_set():
                 return self._on_sigterm(grace)
-            hung = hang_after is not None and time.monotonic() - self._step_seen_at > hang_after
+            hung = (
+                hang_after is not None and time.monotonic() - self.steps.step_seen_at > hang_after
+            )
             gpu_trip = self._take_gpu_trip()
             if self._restart.is_set() or hung or gpu_trip:
                 requested = self._restart.is_set()
                 self._restart.clear()
                 self._stop_trainer(grace)
-                if not self._sync_and_wait():
+                if not self.steps.sync_and_wait():
                     continue  # SIGTERM arrived meanwhile: handled at the top of the loop
                 if hung or gpu_trip:
                     # A trainer that hangs again and again needs a new machine, not a loop.
@@ -398,24 +253,27 @@ class Supervisor:
                     if requested
                     else gpu_trip or f"no new step for {hang_after:.0f}s"
                 )
-                log.warning("%s: restarting the trainer from step %s", why, self.published)
+                log.warning("%s: restarting the trainer from step %s", why, self.steps.published)
                 self._start_trainer()
                 continue
             assert self._proc is not None
             rc = self._proc.poll()
             if rc is not None:
-                if not self._sync_and_wait(writer_done=rc == 0):
+                if not self.steps.sync_and_wait(writer_done=rc == 0):
                     continue
                 if rc == 0:
                     self._set_phase("finished")
                     self.beat()
-                    log.info("trainer finished; last published step %s", self.published)
+                    log.info("trainer finished; last published step %s", self.steps.published)
                     return 0
                 self.restarts += 1
                 if self.restarts > pod.max_trainer_restarts:
                     return self._give_up(f"trainer exited {rc}, {self.restarts - 1} restarts")
                 log.warning(
-                    "trainer exited %d; restart %d from step %s", rc, self.restarts, self.published
+                    "trainer exited %d; restart %d from step %s",
+                    rc,
+                    self.restarts,
+                    self.steps.published,
                 )
                 self._start_trainer()
                 continue
@@ -431,7 +289,7 @@ class Supervisor:
             asking = self.requester.request_soon("SIGTERM: the instance is going away")
         self._set_phase("exiting", "SIGTERM")
         rc = self._stop_trainer(grace)
-        if not self._sync_and_wait(writer_done=rc == 0, deadline=deadline):
+        if not self.steps.sync_and_wait(writer_done=rc == 0, deadline=deadline):
             log.warning("SIGTERM: the final publish did not finish within term_grace")
         self.beat()
         if asking is not None:

@@ -1,0 +1,158 @@
+"""Publishing from the pod: the newest complete step, from a thread of its own.
+
+The supervisor asks for a round and waits (`sync_and_wait`), never longer than a deadline and,
+without one, only until SIGTERM: a long upload never delays the reaction to a signal. Files →
+manifest → pointer is the store's protocol (`CheckpointStore.publish`); this module decides
+what to publish and when, cleans the pod's disk, and runs the retention safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import threading
+import time
+
+from respawn.pod.context import PodContext
+from respawn.store.disk import complete_steps, step_dirs
+from respawn.store.progress import TransferProgress
+from respawn.store.store import BackwardsError, FencedError, StoreError
+
+log = logging.getLogger("respawn.pod")
+
+
+class StepSync:
+    def __init__(
+        self,
+        ctx: PodContext,
+        resume_step: int | None,
+        lock: threading.Lock,
+        stop: threading.Event,
+        fenced: threading.Event,
+        done: threading.Event,
+    ) -> None:
+        self.ctx = ctx
+        self.published = resume_step  # newest step in the store (under `lock`)
+        self.disk_step = resume_step  # newest step directory seen on disk (under `lock`)
+        self.step_seen_at = time.monotonic()  # when a new step directory last appeared
+        self._lock = lock
+        self.stop, self.fenced, self.done = stop, fenced, done
+        # Requests: the supervisor asks, the sync thread publishes; `_synced` counts rounds.
+        self._cond = threading.Condition()
+        self._asked = 0
+        self._synced = 0
+        self._writer_done = False
+        self._publishes_since_gc = 0
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def loop(self) -> None:
+        interval = self.ctx.pod.sync_interval.total_seconds()
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._asked > self._synced or self.done.is_set(), interval
+                )
+                if self.done.is_set() or self.fenced.is_set():
+                    return
+                asked, writer_done = self._asked, self._writer_done
+            self.sync(writer_done)
+            with self._cond:
+                self._synced = max(self._synced, asked)
+                self._cond.notify_all()
+
+    def sync_and_wait(self, writer_done: bool = False, deadline: float | None = None) -> bool:
+        """Ask the sync thread for a round (after any in flight) and wait for it, at most until
+        `deadline` (monotonic) and, without one, only while no SIGTERM arrives."""
+        with self._cond:
+            self._asked += 1
+            self._writer_done = self._writer_done or writer_done
+            ticket = self._asked
+            self._cond.notify_all()
+            while self._synced < ticket:
+                if deadline is None and self.stop.is_set():
+                    return False
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def sync(self, writer_done: bool = False) -> None:
+        """Publish the newest complete step. `writer_done`: the trainer exited cleanly, so a
+        quiet period is no longer needed to know its files are whole."""
+        try:
+            self._sync(writer_done)
+        except OSError as e:
+            # The trainer may delete its own old checkpoints while we look at them.
+            log.warning("sync round failed (will retry): %s", e)
+
+    def _sync(self, writer_done: bool) -> None:
+        pod, workdir = self.ctx.pod, self.ctx.workdir
+        on_disk = step_dirs(workdir, pod.checkpoints.sources)
+        newest_dir = max(on_disk, default=None)
+        if newest_dir is not None and (self.disk_step is None or newest_dir > self.disk_step):
+            with self._lock:
+                self.disk_step = newest_dir
+            self.step_seen_at = time.monotonic()
+        now = float("inf") if writer_done else time.time()
+        done = complete_steps(workdir, pod.checkpoints.sources, now)
+        if not done or (self.published is not None and done[-1].step <= self.published):
+            return
+        step = done[-1]
+        bar = TransferProgress(f"push step {step.step}", step.total_bytes, stream=sys.stdout)
+        try:
+            result = self.ctx.store.publish(
+                step.step,
+                step.files,
+                self.ctx.generation,
+                self.ctx.writer,
+                self.ctx.wandb_run_id,
+                progress=bar,
+            )
+        except FencedError as e:
+            log.warning("%s; stopping", e)
+            self.fenced.set()
+            return
+        except BackwardsError as e:
+            log.warning("not publishing: %s", e)
+            return
+        except StoreError as e:
+            log.warning("publishing step %d failed, will retry: %s", step.step, e)
+            return
+        bar.finish()
+        log.info(
+            "published step %d (%d B sent, %d B unchanged)",
+            step.step,
+            result.bytes_sent,
+            result.bytes_copied,
+        )
+        with self._lock:
+            self.published = step.step
+        self.clean_disk()
+        if not getattr(self.ctx.store.backend, "can_delete", True):
+            return  # a pod key without delete: the controller applies retention
+        policy = pod.checkpoints
+        self._publishes_since_gc += 1
+        if self._publishes_since_gc < policy.pod_retention_every:
+            return  # the controller applies retention every tick; this is the safety net
+        self._publishes_since_gc = 0
+        try:
+            gone = self.ctx.store.gc(policy.keep_last, keep_every=policy.keep_every)
+            if gone:
+                log.info("retention removed steps %s from the store", gone)
+        except StoreError as e:
+            log.warning("retention failed (will retry): %s", e)
+
+    def clean_disk(self) -> None:
+        """Keep the newest `keep_local` published steps; never touch anything newer."""
+        if self.published is None:
+            return
+        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+        older = sorted((s for s in on_disk if s <= self.published), reverse=True)
+        for s in older[self.ctx.pod.checkpoints.keep_local :]:
+            for d in on_disk[s]:
+                shutil.rmtree(d, ignore_errors=True)
