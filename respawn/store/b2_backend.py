@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import re
@@ -42,6 +41,7 @@ from respawn.store.backend import (
     StoreConfigError,
     StoreError,
 )
+from respawn.store.hashing import sha1_file
 from respawn.store.many import each
 
 NEEDED_CAPABILITIES = ("listBuckets", "listFiles", "readFiles", "writeFiles", "deleteFiles")
@@ -243,7 +243,7 @@ class B2Backend:
     ) -> str | None:
         # Hand b2sdk the sha1: B2 verifies it for a small file and records it in the file
         # info of a large one, where a later server-side copy checks it.
-        sha1 = sha1 or _sha1_file(src)
+        sha1 = sha1 or sha1_file(src)
         version = self._call(
             f"uploading {key}",
             self.bucket.upload_local_file,
@@ -333,14 +333,6 @@ class B2Backend:
 
 
 LARGE_FILE_SHA1 = "large_file_sha1"
-
-
-def _sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def recorded_sha1(version: Any) -> str | None:

@@ -27,6 +27,7 @@ from respawn.store.backend import (
     StoreError,
     StoreMissingError,
 )
+from respawn.store.hashing import sha1_file
 
 _TMP_PREFIX = ".respawn-tmp-"
 _CHUNK = 8 << 20
@@ -167,7 +168,7 @@ class FileBackend:
                 tmp.unlink(missing_ok=True)
                 return False
             # Prove the copy (and so the source) before it becomes an object of a new step.
-            if tmp.stat().st_size != size or _sha1_of(tmp) != sha1:
+            if tmp.stat().st_size != size or sha1_file(tmp) != sha1:
                 tmp.unlink(missing_ok=True)
                 return False
             self._commit(tmp, dst)
@@ -245,13 +246,3 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
             return False
         raise
     return True
-
-
-def _sha1_of(path: Path) -> str:
-    digest = hashlib.sha1()
-    buf = bytearray(_CHUNK)  # reused: see FileBackend._copy_hashing
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()

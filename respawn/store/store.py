@@ -14,7 +14,6 @@ launch stops writing.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from respawn.store.backend import (
     StoreError,
 )
 from respawn.store.disk import LocalFile
+from respawn.store.hashing import sha1_file
 from respawn.store.many import each, each_outcome, retried
 from respawn.store.progress import TransferProgress
 from respawn.store.schema import (
@@ -61,7 +61,6 @@ from respawn.store.schema import (
 
 log = logging.getLogger("respawn.store")
 _Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest, Quarantine, RepairEvent, TickRecord)
-_HASH_CHUNK = 8 << 20
 #: Crash-left temporaries younger than this may belong to a writer still at work.
 LEFTOVER_AGE_S = 6 * 3600.0
 
@@ -81,16 +80,6 @@ class BackwardsError(StoreError):
 
 class NothingVerifiesError(StoreError):
     """The pointer exists but no step at or below it verifies."""
-
-
-def sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    buf = bytearray(_HASH_CHUNK)  # reused: see FileBackend._copy_hashing
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def _role(rel: str, step: int) -> str:
