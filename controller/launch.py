@@ -59,8 +59,8 @@ def provision(
     spec_doc = run.pod.canonical_json()
     store.write_pod_spec(generation, spec_doc)
     wandb_id = wandb_run_id or (run.wandb.run_id if run.wandb else None)
-    secrets: list[str] = []
     fleet_secrets = Redactor.from_fleet(fleet, environ)
+    redact = fleet_secrets  # plus the launch's own secrets once a spec is built
 
     def spec_for(provider: str, offer: Offer) -> LaunchSpec:
         pod_env = PodEnv(
@@ -81,7 +81,8 @@ def provision(
                     "(pod.registry_auth_env) is not set on the controller"
                 )
             values = [*values, auth, *auth.split(":", 1)]
-        secrets[:] = values
+        nonlocal redact
+        redact = fleet_secrets.plus(values)
         return LaunchSpec(
             run=run.name,
             generation=generation,
@@ -99,5 +100,5 @@ def provision(
         providers,
         run.resources,
         spec_for,
-        lambda t: Redactor(secrets)(fleet_secrets(t)),
+        lambda text: redact(text),
     )
