@@ -1,7 +1,7 @@
 """The provider interface: offers, launch, list a run's instances, terminate. One screen.
 
 Clouds hold the truth: instances are found again by name on every call
-(`respawn-<run>-g<generation>`), so the controller keeps no memory of them but the ledger.
+(`respawn-<fleet>-<run>-g<generation>`), so the controller keeps no memory of them but the ledger.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ breaks the mutation), and it has no timeout and no retry. So this adapter speaks
 itself: `requests`, variables for every value, typed errors and bounded retries from
 `provisioning.calls`.
 
-Pods have no labels: they are found by `name` (`respawn-<run>-g<N>`), matched exactly.
+Pods have no labels: they are found by `name` (`respawn-<fleet>-<run>-g<N>`), matched exactly.
 """
 
 from __future__ import annotations

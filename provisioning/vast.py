@@ -7,7 +7,7 @@
   too-low or pending bid with an error that still created a stopped contract (dstack PR
   4036): any contract id in a reply is destroyed, and after every create the instance is read
   back and destroyed unless it is in the market, at the price, and not stopped.
-- Instances are matched by label `respawn-<run>-g<N>`, exactly. Every state that still bills
+- Instances are matched by label `respawn-<fleet>-<run>-g<N>`, exactly. Every state that still bills
   (loading, created, running, exited, outbid-paused) is listed.
 - Raw pages and rows are read without the SDK's post-processing, which crashes on a row whose
   `start_date` is null; each page of a listing is retried on its own.
