@@ -385,7 +385,7 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("respawn")
+        return version("respawn-gpu")
     except PackageNotFoundError:  # a source tree that was never installed
         return "0.0.0+unknown"
 

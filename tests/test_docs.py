@@ -63,3 +63,23 @@ def test_worked_config_is_valid(block: str) -> None:
     fleet = parse_config(HEADER + block, "protect-your-run.md")
     (run,) = fleet.runs
     assert "{resume_step}" in run.pod.command and run.pod.checkpoints.sources
+
+
+# `respawn` on PyPI is an unrelated package (issue 20.8): an instruction that installs the bare
+# name installs someone else's code.
+BARE_INSTALL = re.compile(r"pip install\s+(?:-\S+\s+)*['\"]?respawn(?:\[|['\"\s`]|$)", re.M)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [*PAGES, ROOT / "pod_image" / "Dockerfile", ROOT / ".github/workflows/tick.yml"],
+    ids=lambda p: p.name,
+)
+def test_no_instruction_installs_the_unrelated_pypi_package(page: Path) -> None:
+    found = BARE_INSTALL.findall(page.read_text())
+    assert not found, f"{page.name}: {found} would install PyPI's unrelated `respawn`"
+
+
+def test_the_distribution_name_is_not_the_taken_one() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^name = "respawn-gpu"$', text, re.M)
