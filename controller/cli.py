@@ -380,6 +380,13 @@ def cmd_ckpt(args: argparse.Namespace) -> int:
     return run_ckpt(args)
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from respawn.controller.history_cli import cmd_history as show
+
+    fleet = _load(args)
+    return show(args, fleet, args.redact)
+
+
 def _version() -> str:
     # Not `respawn.__version__`: the controller imports only the parts the layout allows.
     from importlib.metadata import PackageNotFoundError, version
@@ -443,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", required=True, help="the run whose resources are matched")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_offers)
+
+    sp = command(sub, "history", "every generation of a run: instance, price, why it ended, cost")
+    with_config(sp)
+    sp.add_argument("--run", required=True, help="the run to show")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sp.add_argument("--plot", type=Path, metavar="FILE", help="also draw the run's timeline (SVG)")
+    sp.set_defaults(func=cmd_history)
 
     sp = command(sub, "terminate", "kill switch: halt the run and destroy its instances")
     with_config(sp)

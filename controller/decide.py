@@ -15,11 +15,13 @@ from respawn.controller.classify import (
     fencing_generation,
 )
 from respawn.controller.config import Budget, RunConfig
+from respawn.controller.cost import spend_in_window
 from respawn.controller.model import (
     MAX_LEDGER_EVENTS,
     MAX_LEDGER_LAUNCHES,
     Action,
     Alert,
+    EndReason,
     Halt,
     Health,
     LaunchRecord,
@@ -62,17 +64,8 @@ def _billing(obs: Observation) -> list[Instance]:
 
 
 def estimated_spend(ledger: Ledger, now: datetime) -> float:
-    """$ in the last 24 h, assuming each launch billed until the next one (or now)."""
-    total = 0.0
-    launches = sorted(ledger.launches, key=lambda lr: lr.at)
-    for lr, nxt in zip(launches, [*launches[1:], None], strict=False):
-        if lr.instance_id is None:
-            continue
-        start = max(lr.at, now - DAY)
-        end = nxt.at if nxt is not None else now
-        if end > start:
-            total += lr.price_per_hour * (end - start).total_seconds() / 3600
-    return total
+    """$ in the last 24 h: the same figure `respawn status` and `history` show (cost.py)."""
+    return spend_in_window(ledger.launches, now, DAY)
 
 
 def budget_trip(
@@ -165,6 +158,11 @@ def _replace(
             "generation": gen,
             "launches": launches[-MAX_LEDGER_LAUNCHES:],
             "wandb_run_id": wandb_id,
+            # Progress is judged from the step the new generation resumes at: the steps the
+            # old one reached past its last checkpoint are recomputed, and that is progress
+            # (kept as the high-water mark, a resumed trainer looked stalled until it passed
+            # the old step, however many steps were lost).
+            "progress": ProgressMark(step=resume, at=now) if resume is not None else None,
         }
     )
 
@@ -299,6 +297,8 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 actions, ledger = _replace(run, obs, ledger, now, why)
         case Health.DEGENERATE:
             actions, ledger = _rollback(run, obs, ledger, verdict, now)
+    if verdict.health is not Health.UNKNOWN:
+        ledger = _track_generation(ledger, obs, verdict, actions, now)
     if not verdict.ledger_trusted:
         # Never overwrite a ledger that could not be read or lost its memory: the plan
         # carries it unchanged and act does not write it (nor can it remember a notification).
@@ -310,6 +310,60 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         actions=tuple(actions),
         ledger=_with_repairs(ledger, obs, verdict, now),
         notify=told,
+    )
+
+
+def _end_reason(obs: Observation, verdict: Verdict) -> EndReason:
+    match verdict.health:
+        case Health.DEGENERATE:
+            return "rolled back"
+        case Health.STALLED:
+            return "stalled"
+        case Health.FINISHED:
+            return "finished"
+        case Health.STOPPED:
+            return "stopped"
+        case Health.DEAD if verdict.fatal:
+            return "halted"
+        case Health.DEAD:
+            # The cloud took it (gone from the listing, or stopped: Vast's outbid) rather
+            # than the pod falling silent or failing on a machine that still runs.
+            gen = obs.ledger.generation
+            listed_live = any(i.generation == gen and i.live for i in obs.instances)
+            return "dead" if listed_live else "preempted"
+    return "replaced"
+
+
+def _track_generation(
+    ledger: Ledger, obs: Observation, verdict: Verdict, actions: list[Action], now: datetime
+) -> Ledger:
+    """Keep the observed generation's record current for `respawn history`: the newest step
+    it reached and when, and, once this plan ends it, when and why."""
+    gen = obs.ledger.generation
+    launch = ledger.launch_of(gen)
+    if launch is None or launch.ended_at is not None:
+        return ledger
+    update: dict[str, object] = {}
+    step = verdict.step
+    if step is not None and (launch.last_step is None or step > launch.last_step):
+        update |= {"last_step": step, "last_progress_at": now}
+        if launch.first_progress_at is None and step > (launch.resume_step or -1):
+            update["first_progress_at"] = now
+    ends = any(isinstance(a, Provision | Halt) for a in actions) or verdict.health in (
+        Health.FINISHED,
+        Health.STOPPED,
+    )
+    if ends:
+        update |= {
+            "ended_at": now,
+            "end_reason": _end_reason(obs, verdict),
+            "end_detail": verdict.reason[:300],
+        }
+    if not update:
+        return ledger
+    changed = launch.model_copy(update=update)
+    return ledger.model_copy(
+        update={"launches": tuple(changed if lr is launch else lr for lr in ledger.launches)}
     )
 
 

@@ -31,6 +31,11 @@ class Health(StrEnum):
 
 # -- the ledger: the controller's only memory between stateless ticks ----------------------
 
+#: Why a generation ended, in the words `respawn history` shows.
+EndReason = Literal[
+    "preempted", "dead", "stalled", "rolled back", "finished", "stopped", "halted", "replaced"
+]
+
 
 class LaunchRecord(_Frozen):
     generation: int
@@ -41,6 +46,15 @@ class LaunchRecord(_Frozen):
     market: str | None = None  # interruptible | on_demand
     resume_step: int | None = None
     error: str | None = None
+    # What became of the generation (`respawn history`): written by decide, never by a pod.
+    ended_at: datetime | None = None
+    end_reason: EndReason | None = None
+    end_detail: str | None = None
+    first_progress_at: datetime | None = Field(
+        None, description="when the controller first saw this generation pass its resume step"
+    )
+    last_step: int | None = Field(None, description="the newest step seen while it was current")
+    last_progress_at: datetime | None = None
 
 
 class RestartRecord(_Frozen):
