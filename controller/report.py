@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from respawn.controller.classify import ago
+from respawn.controller.cost import generation_costs, spend_in_window
 from respawn.controller.model import Alert, Health, Notify, RunReport, describe, repair_line
 from respawn.controller.notify import annotation
 from respawn.controller.redact import NO_REDACTION, Redactor, code_span, one_line
@@ -67,6 +68,7 @@ def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[s
                 "reason": v.reason,
                 "step": v.step,
                 "generation": r.plan.ledger.generation,
+                "cost": _cost(r),
                 "previous_tick_at": r.previous_tick.isoformat() if r.previous_tick else None,
                 "tick_lag_s": (
                     round((r.now - r.previous_tick).total_seconds())
@@ -107,6 +109,32 @@ def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[s
     return {"runs": redact.deep(runs)}
 
 
+def _cost(r: RunReport) -> dict[str, Any]:
+    """Spend by generation and in total (`controller/cost.py`: the budget breaker's figure)."""
+    now = r.now
+    if now is None:
+        return {"total": 0.0, "last_24h": 0.0, "generations": []}
+    costs = generation_costs(r.plan.ledger.launches, now)
+    return {
+        "total": round(sum(c.dollars for c in costs), 4),
+        "last_24h": round(spend_in_window(r.plan.ledger.launches, now), 4),
+        "generations": [
+            {
+                "generation": c.generation,
+                "price_per_hour": c.price_per_hour,
+                "hours": round(c.hours, 4),
+                "dollars": round(c.dollars, 4),
+            }
+            for c in costs
+        ],
+    }
+
+
+def spent(r: RunReport) -> str:
+    cost = _cost(r)
+    return f"${cost['total']:.2f} (24h ${cost['last_24h']:.2f})"
+
+
 def _needs_human(r: RunReport) -> bool:
     health = r.plan.verdict.health
     if health is Health.HALTED:
@@ -137,12 +165,12 @@ def to_text(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> str:
     def safe(text: str) -> str:
         return one_line(redact(text))
 
-    lines = []
+    lines = [f"{'RUN':<20} {'HEALTH':<10} {'STEP':<13} REASON"] if reports else []
     for r in reports:
         v = r.plan.verdict
         step = "-" if v.step is None else str(v.step)
         lines.append(f"{r.run:<20} {v.health.value:<10} step {step:<8} {safe(v.reason)}")
-        lines.append(f"  {tick_lag(r)}")
+        lines.append(f"  {tick_lag(r)}; spent {spent(r)}")
         for i in r.observation.instances:
             market = {True: " spot", False: " on-demand"}.get(i.interruptible, "")  # type: ignore[arg-type]
             lines.append(
@@ -171,8 +199,8 @@ def to_markdown(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> st
         return code_span(redact(text))
 
     rows = [
-        "| run | health | step | reason | actions | tick lag |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | health | step | reason | actions | spent | tick lag |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in reports:
         v = r.plan.verdict
@@ -188,7 +216,7 @@ def to_markdown(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> st
         reason = safe(v.reason)
         rows.append(
             f"| {r.run} | {v.health.value} | {v.step if v.step is not None else '—'} "
-            f"| {reason} | {acts} | {tick_lag(r)} |"
+            f"| {reason} | {acts} | {spent(r)} | {tick_lag(r)} |"
         )
     warnings = [f"- ⚠️ {r.run}: {safe(note)}" for r in reports for note in store_notes(r)]
     tail = "\n\n" + "\n".join(warnings) if warnings else ""

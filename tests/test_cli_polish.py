@@ -24,8 +24,9 @@ def fleet_path(tmp_path: Path) -> Path:
 def test_fresh_run_is_new_not_dead_and_prints_no_python_none(fleet_path: Path) -> None:
     proc = run_cli("status", "-c", str(fleet_path))
     assert proc.returncode == 0, proc.stderr
-    first = proc.stdout.splitlines()[0].split()
-    assert first[:2] == ["toy", "new"], proc.stdout
+    header, row = proc.stdout.splitlines()[:2]
+    assert header.split()[:4] == ["RUN", "HEALTH", "STEP", "REASON"], proc.stdout
+    assert row.split()[:2] == ["toy", "new"], proc.stdout
     assert "None" not in proc.stdout
     assert "fresh start" in proc.stdout
 

@@ -4,6 +4,7 @@ from the ledger the ticks wrote; `respawn history` (text, --json, --plot) on a f
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -204,3 +205,19 @@ def test_a_resumed_generation_recomputing_lost_steps_is_progressing_not_stalled(
         ledger, later, heartbeat=beat, instances=(inst(2),), pointer=pointer(280, gen=2)
     )
     assert health is Health.HEALTHY and kinds == []
+
+
+def test_status_shows_the_spend_per_generation_and_in_total(tmp_path: Path) -> None:
+    cfg, store = _fleet(tmp_path)
+    ledger, _ = preempted_then_resumed()
+    write_ledger(store, ledger, 0)
+    out = run_cli("status", "-c", str(cfg), "--json")
+    cost = json.loads(out.stdout)["runs"][0]["cost"]
+    by_gen = {g["generation"]: g for g in cost["generations"]}
+    assert by_gen[1]["dollars"] == pytest.approx(8.0)  # g1: 4 h at $2/h, then it ended
+    assert cost["total"] >= 11.0  # g2 bills on, until the controller sees it end
+    text = run_cli("status", "-c", str(cfg))
+    shown = re.search(r"spent \$(\d+\.\d\d) \(24h \$(\d+\.\d\d)\)", text.stdout)
+    assert shown is not None, text.stdout
+    # The same figure (g2 bills on between the two commands: a cent or so).
+    assert float(shown.group(1)) == pytest.approx(cost["total"], abs=0.5)
