@@ -114,31 +114,96 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from respawn.provisioning.base import Offer
+    from respawn.controller.preview import (
+        MARKET_PROVIDERS,
+        OFFER_HEADER,
+        gather_offers,
+        offer_line,
+        open_market_providers,
+    )
+    from respawn.provisioning.base import Resources
 
-    fleet = _load(args)
-    run = fleet.run(args.run)
-    offers: list[Offer] = []
-    ok = _per_provider(fleet, run, lambda _name, p: offers.extend(p.offers(run.resources)))
-    offers.sort(key=lambda o: o.price_per_hour)
+    if args.config is not None:
+        if not args.run:
+            raise UsageError("offers -c FLEET needs --run NAME (whose resources to match)")
+        from respawn.controller.providers import open_providers
+
+        fleet = _load(args)
+        run = fleet.run(args.run)
+        res, names = run.resources, list(run.providers)
+        providers = open_providers(fleet, set(names))
+    else:
+        try:
+            res = Resources(
+                gpus=tuple(args.gpu or ()),
+                gpu_count=args.count,
+                min_vram_gb=args.min_vram,
+                disk_gb=args.disk,
+                max_price_per_hour=args.max_price,
+                market=args.market,
+            )
+        except ValueError as e:
+            raise UsageError(f"offers: {e}") from None
+        names = list(args.provider or MARKET_PROVIDERS)
+        global _redact
+        from respawn.controller.redact import Redactor
+
+        # No config names the secrets: mask the clouds' usual key variables.
+        _redact = Redactor(
+            os.environ[v] for v in ("VAST_API_KEY", "RUNPOD_API_KEY") if os.environ.get(v)
+        )
+        urls = dict(u.split("=", 1) for u in args.api_url or () if "=" in u)
+        if len(urls) != len(args.api_url or ()):
+            raise UsageError("offers: --api-url takes NAME=URL (e.g. vast=https://...)")
+        providers = open_market_providers(names, os.environ, urls)
+    offers, errors = gather_offers(providers, res)
+    for name in names:
+        if name in errors:
+            _say(f"skipped {errors[name]}", err=True)
     if args.json:
         print(json.dumps([o.model_dump(mode="json") for o in offers], indent=2))
     else:
         from respawn.provisioning.offers import matching_names
 
-        for line in matching_names(run.resources, run.providers):
+        for line in matching_names(res, names):
             print(line)
-        print(
-            f"{'provider':<8} {'offer':<14} {'gpu':<14} {'n':>2} {'vram':>6} {'$/h':>8} "
-            f"{'market':<13} location"
-        )
+        print(OFFER_HEADER)
         for o in offers:
-            _say(
-                args,
-                f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
-                f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}",
+            print(_redact(offer_line(o)))  # the cloud's words are cleaned in offer_line
+        if not offers:
+            print(
+                "no offer fits" + (" (every provider failed)" if len(errors) == len(names) else "")
             )
-    return EXIT_OK if ok or offers else EXIT_FAILED
+    return EXIT_FAILED if errors and len(errors) == len(names) else EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from respawn.controller.preview import preview_launch, preview_lines
+    from respawn.controller.providers import open_providers
+    from respawn.controller.reconcile import Mode, tick
+
+    fleet = _load(args)
+    reports = tick(fleet, only=args.run, mode=Mode.DRY_RUN)
+    runs = {r.name: r for r in fleet.runs}
+    wanted = {p for r in reports for p in runs[r.run].providers}
+    providers = open_providers(fleet, wanted)
+    previews = [preview_launch(runs[r.run], r, providers) for r in reports]
+    if args.json:
+        doc = [
+            {"run": r.run, "health": r.plan.verdict.health.value, "launch": None}
+            if pv is None
+            else {
+                "run": r.run,
+                "health": r.plan.verdict.health.value,
+                "launch": pv.model_dump(mode="json"),
+            }
+            for r, pv in zip(reports, previews, strict=True)
+        ]
+        print(args.redact(json.dumps({"runs": doc}, indent=2)))
+    else:
+        for line in preview_lines(previews, reports):  # each untrusted piece already cleaned
+            print(args.redact(line))
+    return EXIT_OK
 
 
 def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -> str | None:
@@ -445,11 +510,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_status)
 
-    sp = command(sub, "offers", "ranked offers across the run's providers")
-    with_config(sp)
-    sp.add_argument("--run", required=True, help="the run whose resources are matched")
+    sp = command(
+        sub,
+        "offers",
+        "ranked offers across providers: a run's (-c FLEET --run NAME), or any GPU (--gpu ...)",
+    )
+    sp.add_argument("-c", "--config", type=Path, help="fleet config: match a run's resources")
+    sp.add_argument("--run", help="with -c: the run whose resources are matched")
+    sp.add_argument("--gpu", action="append", help="without -c: a GPU name (repeatable), e.g. H100")
+    sp.add_argument("--count", type=int, default=1, help="without -c: GPUs per instance")
+    sp.add_argument("--min-vram", type=float, default=0, help="without -c: GB per GPU")
+    sp.add_argument("--disk", type=float, default=50, help="without -c: disk GB")
+    sp.add_argument(
+        "--max-price", type=float, default=1000.0, help="without -c: $/h cap for the instance"
+    )
+    sp.add_argument(
+        "--market",
+        choices=["interruptible", "on_demand", "interruptible_then_on_demand"],
+        default="interruptible_then_on_demand",
+        help="without -c: which market (default: both)",
+    )
+    sp.add_argument(
+        "--provider", action="append", help="without -c: only these clouds (default vast, runpod)"
+    )
+    sp.add_argument(
+        "--api-url",
+        action="append",
+        metavar="NAME=URL",
+        help="without -c: another API base URL for a cloud (a proxy, a test server)",
+    )
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_offers)
+
+    sp = command(sub, "plan", "what the next tick would launch, on which offer, at what price")
+    with_config(sp)
+    sp.add_argument("--run", help="only this run")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sp.set_defaults(func=cmd_plan)
 
     sp = command(sub, "history", "every generation of a run: instance, price, why it ended, cost")
     with_config(sp)
