@@ -1,0 +1,78 @@
+"""The trainer's recent output, for `respawn logs` after the instance is gone.
+
+The trainer's stdout and stderr pass through the pod unchanged (to the pod's own output,
+which `onstart.sh` keeps in `pod.log`); the last `LIMIT` bytes are also kept here, and the
+heartbeat thread uploads them, when they changed, to `RUN/logs/gNNNNNN.log` — one object per
+generation, overwritten, never larger than `LIMIT`. Every secret value the pod holds is masked
+before a byte leaves the machine. The controller deletes the logs of old generations.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import BinaryIO
+
+#: Bytes of output kept and uploaded per generation.
+LIMIT = 64 * 1024
+#: Shorter values are not masked (they would mask ordinary words); `respawn validate` warns.
+MIN_SECRET = 6
+MASK = b"***"
+
+
+class LogTail:
+    def __init__(self, secrets: Iterable[str] = (), limit: int = LIMIT) -> None:
+        self.limit = limit
+        self._secrets = sorted(
+            {s.encode() for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True
+        )
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._version = 0
+        self._shipped = 0
+
+    def pump(self, stream: BinaryIO, out: BinaryIO | None) -> None:
+        """Copy `stream` to `out` until EOF, keeping its tail. Runs in its own thread: the
+        trainer must never block on a full pipe, so this only ever reads and appends."""
+        fd = stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if out is not None:
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except (OSError, ValueError):
+                    out = None  # the pod's own output went away: keep the tail regardless
+            self.add(chunk)
+
+    def add(self, chunk: bytes) -> None:
+        with self._lock:
+            self._buf += chunk
+            # Keep a margin beyond the limit, so a secret cut at the window's start is still
+            # whole when masked.
+            keep = self.limit + 4096
+            if len(self._buf) > keep:
+                del self._buf[: len(self._buf) - keep]
+            self._version += 1
+
+    def changed(self) -> bytes | None:
+        """The masked tail if it changed since the last call, else None."""
+        with self._lock:
+            if self._version == self._shipped:
+                return None
+            self._shipped = self._version
+            data = bytes(self._buf)
+        for secret in self._secrets:
+            data = data.replace(secret, MASK)
+        return data[-self.limit :]
+
+
+def pod_secrets(environ: Mapping[str, str], names: Iterable[str]) -> list[str]:
+    """The values of the named variables that are set: what the tail must never carry."""
+    return [environ[n] for n in names if environ.get(n)]
