@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from respawn.controller.config import FleetConfig, RunConfig
+    from respawn.controller.model import RunReport
     from respawn.provisioning.base import Provider
 
 from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
@@ -89,7 +90,30 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         for line in annotations(reports):
             print(args.redact(line))
     write_step_summary(reports, args.redact)
+    _draw_timelines(reports, os.environ.get(ENV_PLOT_DIR))
     return exit_code(reports)
+
+
+#: Set by the tick workflow: each run's timeline is drawn here and uploaded as an artifact.
+ENV_PLOT_DIR = "RESPAWN_PLOT_DIR"
+
+
+def _draw_timelines(reports: list[RunReport], where: str | None) -> None:
+    """The picture of each run (`respawn history --plot`), from the ledger this tick wrote;
+    a failure to draw is a warning, never the tick's failure."""
+    if not where:
+        return
+    from respawn.controller.history import history
+    from respawn.controller.plot import write_plot
+
+    Path(where).mkdir(parents=True, exist_ok=True)
+    for r in reports:
+        if r.now is None or not r.plan.ledger.launches:
+            continue
+        try:
+            write_plot(history(r.plan.ledger, r.now), r.now, Path(where) / f"{r.run}.svg")
+        except Exception as e:  # a picture is a nicety
+            logging.getLogger("respawn.controller").warning("%s: no timeline: %s", r.run, e)
 
 
 def _preflight(fleet: FleetConfig) -> None:

@@ -4,7 +4,10 @@ from the ledger the ticks wrote; `respawn history` (text, --json, --plot) on a f
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -221,3 +224,21 @@ def test_status_shows_the_spend_per_generation_and_in_total(tmp_path: Path) -> N
     assert shown is not None, text.stdout
     # The same figure (g2 bills on between the two commands: a cent or so).
     assert float(shown.group(1)) == pytest.approx(cost["total"], abs=0.5)
+
+
+def test_a_tick_draws_each_runs_timeline_where_the_workflow_asks(tmp_path: Path) -> None:
+    cfg, store = _fleet(tmp_path)
+    ledger, _ = preempted_then_resumed()
+    write_ledger(store, ledger, 0)
+    plots = tmp_path / "plots"
+    env = {**os.environ, "RESPAWN_PLOT_DIR": str(plots)}
+    out = subprocess.run(
+        [sys.executable, "-m", "respawn", "reconcile", "--dry-run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode in (0, 1), out.stderr
+    svg = (plots / "r.svg").read_bytes()
+    assert ET.fromstring(svg).tag.endswith("svg") and b"g2 local" in svg

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
-from tests.fakes.vast import FakeVast
 from tests.test_clouds import write_fleet
 
 
