@@ -8,8 +8,13 @@ wandb 0.31 sends every public-API call through its Go sidecar (wandb-core), whic
 `#graphql`-prefixed Run query, so operations are recognised by the query text.
 
 Answered: Viewer (sent once per `Api()`), Run (RunFragment: `api.run`, `run.load`),
-RunSampledHistory (`sampledHistory(specs)`, honouring `minStep`/`maxStep` in a spec as the W&B
-server does), historyKeys. Anything else, e.g. the telemetry probe, gets 404.
+RunHistoryKeys (`historyKeys.lastStep`), and what wandb-core sends for `Run.scan_history(keys=)`
+(wandb/core/internal/runhistoryreader): RunParquetHistory (`parquetHistory(liveKeys:
+["_step"])` → `parquetUrls` of the exported history and `liveData`, the rows not exported yet:
+here nothing is exported, every row is live), then one SampledHistoryPage per page of steps
+(`sampledHistory(specs: [$spec])`, the spec `{"keys", "minStep", "maxStep", "samples"}` with
+`maxStep` exclusive, as the W&B server honours it). Anything else, e.g. the telemetry probe,
+gets 404.
 """
 
 from __future__ import annotations
@@ -83,8 +88,10 @@ class LocalWandb:
     def operation(query: str) -> str:
         if "viewer" in query:
             return "Viewer"
+        if "parquetHistory" in query:
+            return "RunParquetHistory"
         if "sampledHistory" in query:
-            return "RunSampledHistory"
+            return "SampledHistoryPage"
         if "RunFragment" in query:
             return "Run"
         if "historyKeys" in query:
@@ -103,8 +110,10 @@ class LocalWandb:
                     "teams": {"edges": []},
                 }
             }
+        # wandb-core's own queries name the run `$run` / `$runName`; the Python ones `$name`.
+        name = v.get("name", v.get("run", v.get("runName", "")))
         with self.lock:
-            found = self.runs.get((v.get("project", ""), v.get("name", "")))
+            found = self.runs.get((v.get("project", ""), name))
             run = None if found is None else json.loads(json.dumps(found.__dict__))
         if run is None or v.get("entity") != self.entity:
             return {"project": {"run": None}}
@@ -117,9 +126,13 @@ class LocalWandb:
                 for k in sorted({k for r in hist for k in r})
             },
         }
-        if op == "RunSampledHistory":
+        if op == "RunParquetHistory":
+            live = [{k: r[k] for k in v.get("liveKeys", []) if k in r} for r in hist]
+            return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": live}}}}
+        if op == "SampledHistoryPage":
             out = []
-            for raw in v.get("specs", []):
+            specs = v["specs"] if "specs" in v else [v["spec"]]
+            for raw in specs:
                 spec = json.loads(raw)
                 wanted, n = spec["keys"], int(spec.get("samples", 500))
                 lo, hi = spec.get("minStep", -math.inf), spec.get("maxStep", math.inf)
@@ -139,8 +152,8 @@ class LocalWandb:
                     "run": {
                         "projectId": "1",
                         "id": "UnVuOjE=",
-                        "name": v["name"],
-                        "displayName": v["name"],
+                        "name": name,
+                        "displayName": name,
                         "tags": [],
                         "sweepName": None,
                         "state": run["state"],
