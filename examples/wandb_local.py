@@ -12,9 +12,11 @@ RunHistoryKeys (`historyKeys.lastStep`), and what wandb-core sends for `Run.scan
 (wandb/core/internal/runhistoryreader): RunParquetHistory (`parquetHistory(liveKeys:
 ["_step"])` → `parquetUrls` of the exported history and `liveData`, the rows not exported yet:
 here nothing is exported, every row is live), then one SampledHistoryPage per page of steps
-(`sampledHistory(specs: [$spec])`, the spec `{"keys", "minStep", "maxStep", "samples"}` with
-`maxStep` exclusive, as the W&B server honours it). Anything else, e.g. the telemetry probe,
-gets 404.
+(`sampledHistory(specs: [$spec])`, the spec `{"keys", "minStep", "maxStep", "samples"}`);
+RunSampledHistory (`sampledHistory(specs: $specs)`, what `Run.history(keys=, samples=)`
+sends). As the W&B server does (wandb PR 12010), a spec's `maxStep` is inclusive, only rows
+holding every key are returned, and more rows than `samples` are sampled down evenly.
+Anything else, e.g. the telemetry probe, gets 404.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class LocalWandb:
         self.queries: list[str] = []  # the operation of every request, in order
         self.fail_mode: str | None = None  # None | "http500" | "http401" | "gql_error"
         self.delay = 0.0  # seconds before each answer
+        self.slow: dict[str, float] = {}  # operation → extra seconds before its answer
+        self.specs: list[dict[str, Any]] = []  # every history spec asked for, in order
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -90,8 +94,10 @@ class LocalWandb:
             return "Viewer"
         if "parquetHistory" in query:
             return "RunParquetHistory"
-        if "sampledHistory" in query:
+        if "query SampledHistoryPage" in query:
             return "SampledHistoryPage"
+        if "sampledHistory" in query:
+            return "RunSampledHistory"
         if "RunFragment" in query:
             return "Run"
         if "historyKeys" in query:
@@ -129,17 +135,19 @@ class LocalWandb:
         if op == "RunParquetHistory":
             live = [{k: r[k] for k in v.get("liveKeys", []) if k in r} for r in hist]
             return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": live}}}}
-        if op == "SampledHistoryPage":
+        if op in ("SampledHistoryPage", "RunSampledHistory"):
             out = []
             specs = v["specs"] if "specs" in v else [v["spec"]]
             for raw in specs:
                 spec = json.loads(raw)
+                with self.lock:
+                    self.specs.append(spec)
                 wanted, n = spec["keys"], int(spec.get("samples", 500))
                 lo, hi = spec.get("minStep", -math.inf), spec.get("maxStep", math.inf)
                 rows = [
                     {k: r[k] for k in wanted if k in r}
                     for r in hist
-                    if all(k in r for k in wanted) and lo <= r["_step"] < hi
+                    if all(k in r for k in wanted) and lo <= r["_step"] <= hi
                 ]
                 if len(rows) > n:  # the server samples evenly, keeping both ends
                     stride = len(rows) / n
@@ -212,7 +220,7 @@ class LocalWandb:
                 op = fake.operation(req.get("query", ""))
                 with fake.lock:
                     fake.queries.append(op)
-                time.sleep(fake.delay)
+                time.sleep(fake.delay + fake.slow.get(op, 0.0))
                 if fake.fail_mode == "http500":
                     return self._send(500, {"errors": [{"message": "boom"}]})
                 if fake.fail_mode == "http401" or self.headers.get("Authorization") != expected:
