@@ -365,7 +365,7 @@ class VastProvider(ShellAccess, Provider):
         send_again = retry(
             retry=retry_if_exception_type(RateLimitedError),
             stop=stop_after_attempt(calls.ATTEMPTS),
-            wait=lambda state: _retry_after(state.outcome),
+            wait=lambda state: _create_wait(state.outcome),
             sleep=lambda seconds: calls.sleep(seconds),
             reraise=True,
         )(self._limited("create", create, what))
@@ -527,7 +527,8 @@ def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
     )
 
 
-def _retry_after(outcome: Any) -> float:
+def _create_wait(outcome: Any) -> float:
+    """A throttled create waits what Vast said, else its interval (a sooner one restarts it)."""
     exc = outcome.exception() if outcome is not None else None
     after = getattr(exc, "retry_after", None) or LIMIT_SECONDS["create"]
     return min(float(after), calls.MAX_WAIT_SECONDS)
