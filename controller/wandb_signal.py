@@ -5,11 +5,17 @@ One `wandb.Api` per tick per (server, key), shared by every run; a job's W&B run
 concurrently. Every read has a timeout (`Api(timeout=)`: wandb-core retries a failing request
 with backoff inside it and cancels at the deadline, so that is the bounded retry). A failure
 becomes `WandbRunSignal.error`: the signal is unknown this tick, and the other signals judge.
+
+The metric tail is `Run.scan_history(keys=[metric], min_step=, max_step=)`: only the steps
+after the last rollback and at most the last `max(4 x streak, 100)`, in pages of `PAGE_STEPS`
+(wandb-core asks `parquetHistory` for the exported files and the live steps, then
+`sampledHistory` per page with an inclusive `maxStep` and as many samples as steps, so nothing
+is downsampled). wandb sends a scan's requests without a deadline and wandb-core retries a
+hung one for minutes, so the scan runs under the reader's own timeout.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -26,17 +32,8 @@ CLOUD_API = "https://api.wandb.ai"
 # Rows of the metric read per tick, in W&B steps: enough to see a streak start.
 MIN_TAIL_STEPS = 100
 
-# `run.history()` samples over the whole run (a 10k-step run's last 50 steps would be ~2 rows),
-# so the tail is read with the same sampledHistory query bounded by the server's minStep.
-_TAIL_QUERY = """
-query RunSampledHistory(
-    $project: String!, $entity: String!, $name: String!, $specs: [JSONString!]!
-) {
-    project(name: $project, entityName: $entity) {
-        run(name: $name) { sampledHistory(specs: $specs) }
-    }
-}
-"""
+# Rows of the tail read per history request (scan_history's page, in W&B steps).
+PAGE_STEPS = 1000
 
 ApiFactory = Callable[[WandbRef, str, float], Any]
 
@@ -142,7 +139,7 @@ class WandbReader:
             tail: tuple[tuple[int, float], ...] = ()
             rule = run.health.degenerate
             if rule is not None and step is not None:
-                tail = _read_tail(wb, rule.metric, step, rule.steps, tail_after)
+                tail = _read_tail(wb, rule.metric, step, rule.steps, tail_after, self.timeout)
             return WandbRunSignal(
                 run_id=run_id,
                 url=url,
@@ -171,15 +168,49 @@ def _read_tail(
     step: int,
     streak: int,
     after: int | None,
+    timeout: float,
 ) -> tuple[tuple[int, float], ...]:
     span = max(4 * streak, MIN_TAIL_STEPS)
     lo = max(step - span + 1, 0 if after is None else after + 1)
-    spec = {"keys": ["_step", metric], "samples": span + 1, "minStep": lo}
-    reply = wb._exec(_TAIL_QUERY, specs=[json.dumps(spec)])
-    rows = reply["project"]["run"]["sampledHistory"][0]
+    if lo > step:
+        return ()
+
+    def scan() -> list[dict[str, Any]]:
+        rows = wb.scan_history(
+            keys=[metric],
+            min_step=lo,
+            max_step=step + 1,  # exclusive
+            page_size=min(step + 1 - lo, PAGE_STEPS),
+            use_cache=False,  # a tick's runner is fresh: a cache only costs disk
+        )
+        return list(rows)
+
     out = []
-    for row in rows:
+    for row in _within(timeout, scan, f"W&B history of {metric!r}"):
         s, v = _as_int(row.get("_step")), as_number(row.get(metric))
         if s is not None and v is not None:
             out.append((s, v))
     return tuple(sorted(out))
+
+
+def _within(seconds: float, fn: Callable[[], Any], what: str) -> Any:
+    """fn() or TimeoutError after `seconds`. The call cannot be cancelled: it is left to
+    finish in a daemon thread, which never holds up the controller's exit."""
+    done = threading.Event()
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller as it is
+            failure.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="wandb-history", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"{what}: no answer within {seconds:g}s")
+    if failure:
+        raise failure[0]
+    return result[0]

@@ -8,8 +8,15 @@ wandb 0.31 sends every public-API call through its Go sidecar (wandb-core), whic
 `#graphql`-prefixed Run query, so operations are recognised by the query text.
 
 Answered: Viewer (sent once per `Api()`), Run (RunFragment: `api.run`, `run.load`),
-RunSampledHistory (`sampledHistory(specs)`, honouring `minStep`/`maxStep` in a spec as the W&B
-server does), historyKeys. Anything else, e.g. the telemetry probe, gets 404.
+RunHistoryKeys (`historyKeys.lastStep`), and what wandb-core sends for `Run.scan_history(keys=)`
+(wandb/core/internal/runhistoryreader): RunParquetHistory (`parquetHistory(liveKeys:
+["_step"])` → `parquetUrls` of the exported history and `liveData`, the rows not exported yet:
+here nothing is exported, every row is live), then one SampledHistoryPage per page of steps
+(`sampledHistory(specs: [$spec])`, the spec `{"keys", "minStep", "maxStep", "samples"}`);
+RunSampledHistory (`sampledHistory(specs: $specs)`, what `Run.history(keys=, samples=)`
+sends). As the W&B server does (wandb PR 12010), a spec's `maxStep` is inclusive, only rows
+holding every key are returned, and more rows than `samples` are sampled down evenly.
+Anything else, e.g. the telemetry probe, gets 404.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class LocalWandb:
         self.queries: list[str] = []  # the operation of every request, in order
         self.fail_mode: str | None = None  # None | "http500" | "http401" | "gql_error"
         self.delay = 0.0  # seconds before each answer
+        self.slow: dict[str, float] = {}  # operation → extra seconds before its answer
+        self.specs: list[dict[str, Any]] = []  # every history spec asked for, in order
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -83,6 +92,10 @@ class LocalWandb:
     def operation(query: str) -> str:
         if "viewer" in query:
             return "Viewer"
+        if "parquetHistory" in query:
+            return "RunParquetHistory"
+        if "query SampledHistoryPage" in query:
+            return "SampledHistoryPage"
         if "sampledHistory" in query:
             return "RunSampledHistory"
         if "RunFragment" in query:
@@ -103,8 +116,10 @@ class LocalWandb:
                     "teams": {"edges": []},
                 }
             }
+        # wandb-core's own queries name the run `$run` / `$runName`; the Python ones `$name`.
+        name = v.get("name", v.get("run", v.get("runName", "")))
         with self.lock:
-            found = self.runs.get((v.get("project", ""), v.get("name", "")))
+            found = self.runs.get((v.get("project", ""), name))
             run = None if found is None else json.loads(json.dumps(found.__dict__))
         if run is None or v.get("entity") != self.entity:
             return {"project": {"run": None}}
@@ -117,16 +132,22 @@ class LocalWandb:
                 for k in sorted({k for r in hist for k in r})
             },
         }
-        if op == "RunSampledHistory":
+        if op == "RunParquetHistory":
+            live = [{k: r[k] for k in v.get("liveKeys", []) if k in r} for r in hist]
+            return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": live}}}}
+        if op in ("SampledHistoryPage", "RunSampledHistory"):
             out = []
-            for raw in v.get("specs", []):
+            specs = v["specs"] if "specs" in v else [v["spec"]]
+            for raw in specs:
                 spec = json.loads(raw)
+                with self.lock:
+                    self.specs.append(spec)
                 wanted, n = spec["keys"], int(spec.get("samples", 500))
                 lo, hi = spec.get("minStep", -math.inf), spec.get("maxStep", math.inf)
                 rows = [
                     {k: r[k] for k in wanted if k in r}
                     for r in hist
-                    if all(k in r for k in wanted) and lo <= r["_step"] < hi
+                    if all(k in r for k in wanted) and lo <= r["_step"] <= hi
                 ]
                 if len(rows) > n:  # the server samples evenly, keeping both ends
                     stride = len(rows) / n
@@ -139,8 +160,8 @@ class LocalWandb:
                     "run": {
                         "projectId": "1",
                         "id": "UnVuOjE=",
-                        "name": v["name"],
-                        "displayName": v["name"],
+                        "name": name,
+                        "displayName": name,
                         "tags": [],
                         "sweepName": None,
                         "state": run["state"],
@@ -199,7 +220,7 @@ class LocalWandb:
                 op = fake.operation(req.get("query", ""))
                 with fake.lock:
                     fake.queries.append(op)
-                time.sleep(fake.delay)
+                time.sleep(fake.delay + fake.slow.get(op, 0.0))
                 if fake.fail_mode == "http500":
                     return self._send(500, {"errors": [{"message": "boom"}]})
                 if fake.fail_mode == "http401" or self.headers.get("Authorization") != expected:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class InstanceState(StrEnum):
-    PENDING = "pending"  # created/loading: bills, not yet running the pod
+    PENDING = "pending"  # created/loading, or paused with GPU billing (Vast frozen): live
     RUNNING = "running"
     STOPPED = "stopped"  # exited/paused/outbid: may still bill storage, may resume by itself
     TERMINATED = "terminated"  # gone; listed only when a provider still reports it

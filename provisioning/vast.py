@@ -7,17 +7,24 @@
   too-low or pending bid with an error that still created a stopped contract (dstack PR
   4036): any contract id in a reply is destroyed, and after every create the instance is read
   back and destroyed unless it is in the market, at the price, and not stopped.
+- A create gets the SDK's own wait (120 s): Vast can take longer than a read to place a
+  contract, and only past that wait is the instance looked up by its name (adopted).
 - Instances are matched by label `respawn-<fleet>-<run>-g<N>`, exactly. Every state that still bills
-  (loading, created, running, exited, outbid-paused) is listed.
+  (loading, created, running, frozen, exited, outbid-paused) is listed; `frozen` (paused with
+  its memory kept, GPU charges apply) counts as live, like a running one.
 - Raw pages and rows are read without the SDK's post-processing, which crashes on a row whose
   `start_date` is null; each page of a listing is retried on its own.
 - Calls are paced to Vast's documented per-endpoint minimum intervals (search: 10/min), and
   the SDK's own retry loop is turned off (retry=1): `provisioning.calls` retries with typed
-  errors and a bounded budget instead; a spent daily search quota is never retried.
+  errors and a bounded budget instead. A 429 without Retry-After (Vast sends none) waits the
+  endpoint's interval; a create refused by the limiter was not handled, so it is sent again
+  after its interval. A spent daily search quota is never retried: Vast is out for the rest
+  of the tick (one provider object lives one tick).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -25,9 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from respawn.contract.pod import ENV_NAME
-from respawn.provisioning import fields
+from respawn.provisioning import calls, fields
 from respawn.provisioning.base import (
     Instance,
     InstanceState,
@@ -41,12 +49,14 @@ from respawn.provisioning.base import (
     Offer,
     Provider,
     ProviderError,
+    QuotaExceededError,
+    RateLimitedError,
     Resources,
     Secrets,
     markets_of,
     parse_instance_name,
 )
-from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once
+from respawn.provisioning.calls import TIMEOUT_SECONDS, call, once, translate
 from respawn.provisioning.offers import VRAM_TOLERANCE, bid_for, provider_gpu_names, select
 from respawn.provisioning.shell import ShellAccess
 
@@ -54,15 +64,20 @@ ONSTART = "bash /opt/respawn/onstart.sh"
 ENV_VALUE_MAX = 256  # Vast's create endpoint: `env max_length 256` (x-input-validation)
 HOURS_PER_MONTH = 720  # storage_cost is $/GB/month; Vast bills it per hour over 720 h
 
+# vastai's own wait for a response (`VastClient(timeout=)`, vastai/api/client.py:
+# "conservative enough for slow operations like ... instance creation").
+CREATE_TIMEOUT_SECONDS = 120.0
 # Vast enforces a minimum interval per endpoint and identity (x-rate-limit in its API
-# reference: bundles 10/min, create 4.5 s, show 2 s, destroy 3 s, v1 instances 1 s).
-PACE_SECONDS: dict[str, float] = {
+# reference: bundles 10/min, create 4.5 s, show 2 s, destroy 3 s, v1 instances 1 s; identity
+# is key + client IP, so other processes share it). Also how long a 429 waits.
+LIMIT_SECONDS: dict[str, float] = {
     "search": 6.0,
     "create": 4.5,
     "show": 2.0,
     "destroy": 3.0,
     "list": 1.0,
 }
+PACE_SECONDS: dict[str, float] = dict(LIMIT_SECONDS)
 _sleep = time.sleep
 _clock = time.monotonic
 
@@ -112,6 +127,11 @@ def vast_state(row: dict[str, Any]) -> InstanceState:
     msg = str(row.get("status_msg") or "").lower()
     if actual == "running" and intended == "running":
         return InstanceState.RUNNING
+    if actual == "frozen" or (intended == "frozen" and actual == "running"):
+        # Paused with its memory kept, GPU charges apply (Vast's `actual_status` table): it
+        # bills like a running instance, so the budget and the duplicate rules count it as
+        # live; its paused pod stops beating and is judged by the heartbeat like any other.
+        return InstanceState.PENDING
     if actual in ("", "created") and any(s in msg for s in _START_FAILED):
         return InstanceState.STOPPED  # the container will never start: fail now, not at grace
     if intended == "running" and actual in (
@@ -194,6 +214,8 @@ class VastProvider(ShellAccess, Provider):
 
         self.sdk = VastAI(api_key=api_key, server_url=server_url, retry=1, raw=True, quiet=True)
         self.sdk.client.timeout = TIMEOUT_SECONDS
+        self.create_timeout = CREATE_TIMEOUT_SECONDS
+        self._quota_spent: QuotaExceededError | None = None  # this tick's answer, kept
         self.key_env = key_env
         self.bid_margin = bid_margin
         self.remote = remote
@@ -201,12 +223,34 @@ class VastProvider(ShellAccess, Provider):
         self.pace = pace
 
     def _call(self, route: str, fn: Any, what: str) -> Any:
-        def paced() -> Any:
+        return call(self._limited(route, fn, f"vast: {what}"), f"vast: {what}", self.key_env)
+
+    def _limited(self, route: str, fn: Any, what: str) -> Any:
+        """`fn` paced, with a 429 that names no Retry-After waiting the endpoint's interval."""
+
+        def attempt() -> Any:
             if self.pace:
                 PACER.wait(route)
-            return fn()
+            try:
+                return fn()
+            except Exception as e:
+                err = translate(e, what, self.key_env)
+                if isinstance(err, RateLimitedError) and err.retry_after is None:
+                    err.retry_after = LIMIT_SECONDS.get(route)
+                raise err from e
 
-        return call(paced, f"vast: {what}", self.key_env)
+        return attempt
+
+    def _search(self, what: str, **kwargs: Any) -> Any:
+        if self._quota_spent is not None:
+            raise QuotaExceededError(str(self._quota_spent))
+        try:
+            return self._call("search", lambda: self.sdk.search_offers(**kwargs), what)
+        except QuotaExceededError as e:
+            self._quota_spent = QuotaExceededError(
+                f"{e}; no more Vast searches this tick (other providers are still tried)"
+            )
+            raise self._quota_spent from e
 
     # -- offers --------------------------------------------------------------------------
 
@@ -228,12 +272,13 @@ class VastProvider(ShellAccess, Provider):
         if resources.gpus:
             query["gpu_name"] = {"in": provider_gpu_names(resources.gpus, self.name)}
         kind = "bid" if market == "interruptible" else "on-demand"
-        rows = self._call(
-            "search",
-            lambda: self.sdk.search_offers(
-                query=query, type=kind, order="dph_total", limit=64, storage=resources.disk_gb
-            ),
+        rows = self._search(
             f"search {market} offers",
+            query=query,
+            type=kind,
+            order="dph_total",
+            limit=64,
+            storage=resources.disk_gb,
         )
         out = []
         for row in rows:
@@ -293,12 +338,16 @@ class VastProvider(ShellAccess, Provider):
         if offer.market == "interruptible" and offer.bid is None:
             raise NoCapacityError(f"vast: offer {offer.id} has no bid")  # never a blind on-demand
         login = _login(spec)
+        from vastai.api import instances as vast_instances
+
+        # The SDK's create, on a copy of its client that waits as long as the SDK would.
+        client = copy.copy(self.sdk.client)
+        client.timeout = self.create_timeout
 
         def create() -> Any:
-            if self.pace:
-                PACER.wait("create")
-            return self.sdk.create_instance(
-                id=int(offer.id),
+            return vast_instances.create_instance(
+                client,
+                int(offer.id),
                 image=spec.image,
                 disk=spec.disk_gb,
                 env=dict(spec.env),
@@ -310,9 +359,18 @@ class VastProvider(ShellAccess, Provider):
                 direct=True,
             )
 
-        # Not retried: a create whose answer was lost may still have made an instance.
+        # Retried only when the rate limiter refused it (it was not handled): a create whose
+        # answer was lost may still have made an instance, and is adopted by name instead.
+        what = f"vast: create on offer {offer.id}"
+        send_again = retry(
+            retry=retry_if_exception_type(RateLimitedError),
+            stop=stop_after_attempt(calls.ATTEMPTS),
+            wait=lambda state: _create_wait(state.outcome),
+            sleep=lambda seconds: calls.sleep(seconds),
+            reraise=True,
+        )(self._limited("create", create, what))
         try:
-            resp = once(create, f"vast: create on offer {offer.id}", self.key_env)
+            resp = once(send_again, what, self.key_env)
         except ProviderError as e:
             contract = _contract_in(getattr(e, "body", None))
             if contract is not None:
@@ -419,12 +477,12 @@ class VastProvider(ShellAccess, Provider):
     def check_live(self) -> list[str]:
         out: list[str] = []
         for kind in ("bid", "on-demand"):
-            rows = self._call(
-                "search",
-                lambda kind=kind: self.sdk.search_offers(
-                    query={"num_gpus": {"eq": 1}}, type=kind, order="dph_total", limit=3
-                ),
+            rows = self._search(
                 f"search {kind} offers",
+                query={"num_gpus": {"eq": 1}},
+                type=kind,
+                order="dph_total",
+                limit=3,
             )
             if not rows:
                 out.append(f"vast: search ({kind}) returned no offer to check")
@@ -467,6 +525,13 @@ def from_settings(settings: VastSettings, secrets: Secrets) -> VastProvider:
         markets=markets_of(settings.market),
         pace=settings.pace,
     )
+
+
+def _create_wait(outcome: Any) -> float:
+    """A throttled create waits what Vast said, else its interval (a sooner one restarts it)."""
+    exc = outcome.exception() if outcome is not None else None
+    after = getattr(exc, "retry_after", None) or LIMIT_SECONDS["create"]
+    return min(float(after), calls.MAX_WAIT_SECONDS)
 
 
 def _login(spec: LaunchSpec) -> str | None:

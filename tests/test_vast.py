@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +24,7 @@ from respawn.provisioning.base import (
 from respawn.provisioning.failover import launch_first_fit
 from respawn.provisioning.vast import VastProvider, vast_state
 from tests.fakes.http import Fault
-from tests.fakes.vast import FakeVast
+from tests.fakes.vast import RATE_LIMITS, FakeVast
 
 RES = Resources(
     gpus=("RTX_4090",), gpu_count=1, min_vram_gb=20, disk_gb=100, max_price_per_hour=0.30
@@ -203,6 +205,9 @@ def test_image_that_cannot_start_fails_at_once(fake: FakeVast) -> None:
         ("created", "running", 'OCI runtime create failed: exec: "x"', InstanceState.STOPPED),
         ("exited", "stopped", "outbid", InstanceState.STOPPED),
         ("offline", "running", None, InstanceState.STOPPED),
+        ("frozen", "frozen", None, InstanceState.PENDING),  # paused, GPU still billed
+        ("running", "frozen", None, InstanceState.PENDING),  # being frozen
+        ("frozen", "running", None, InstanceState.PENDING),  # being unfrozen
     ],
 )
 def test_vast_states(actual: str | None, intended: str, msg: str | None, state: str) -> None:
@@ -407,3 +412,198 @@ def test_the_fake_answers_every_documented_search_operator(
         timeout=5,
     )
     assert r.status_code == 200 and [o["id"] for o in r.json()["offers"]] == ids
+
+
+# -- a create waits as long as the SDK's own create ------------------------------------------
+
+
+def test_a_create_gets_the_sdks_own_wait_and_other_calls_keep_theirs(fake: FakeVast) -> None:
+    from vastai.api.client import VastClient
+
+    p = provider(fake)
+    sdk_wait = inspect.signature(VastClient.__init__).parameters["timeout"].default
+    assert p.create_timeout == sdk_wait == 120
+    assert p.sdk.client.timeout == calls.TIMEOUT_SECONDS
+
+
+def test_a_slow_create_is_waited_for_instead_of_adopted_too_early(fake: FakeVast) -> None:
+    """Vast can take longer than a read's timeout to place a contract. Giving up early made the
+    adapter look for the instance by name before it existed, find none, and move on to the
+    next offer while the first contract was still being made: two instances, one unknown."""
+    p = provider(fake)
+    p.sdk.client.timeout = 0.3  # every other call's timeout (30 s), scaled down
+    p.create_timeout = 3.0  # the SDK's create wait (120 s), scaled down
+    fake.create_seconds = 1.0
+    inst, offer = launch_first_fit(["vast"], {"vast": p}, RES, lambda _n, _o: spec())
+    assert offer.id == "102" and list(fake.instances) == [int(inst.id)]
+    assert fake.count("create") == 1
+
+
+def test_a_create_past_the_sdks_wait_is_adopted_by_name(fake: FakeVast) -> None:
+    p = provider(fake)
+    p.create_timeout = 0.3
+    fake.fail("create", Fault(lost_answer=True, delay=1.0))  # made, but the answer is late
+    inst = p.launch(p.offers(RES)[0], spec())
+    assert list(fake.instances) == [int(inst.id)] and inst.name == "respawn-job-g1"
+
+
+# -- frozen still bills -----------------------------------------------------------------------
+
+
+def test_a_frozen_instance_is_live_it_bills_like_a_running_one(fake: FakeVast) -> None:
+    """Vast documents `frozen` as paused with its memory kept, GPU charges applying."""
+    iid = fake.add_instance("respawn-job-g1")
+    fake.freeze(iid)
+    (inst,) = provider(fake).list_instances("job")
+    assert inst.live and inst.billing
+
+
+def test_a_frozen_instance_is_counted_by_the_budget_and_not_launched_over(
+    fake: FakeVast,
+) -> None:
+    """A tick died between its create and its ledger write; the instance it made is frozen.
+    The next tick records it (so the spend cap and crash-loop breaker count it) and keeps it
+    as the generation's instance instead of launching a second one beside it."""
+    from respawn.controller.classify import heartbeat_digest
+    from respawn.controller.config import parse_config
+    from respawn.controller.decide import decide
+    from respawn.controller.model import HeartbeatMark, LaunchRecord, Ledger, Observation
+    from respawn.store.schema import Heartbeat
+
+    now = datetime.now(UTC)
+    run = parse_config(
+        """
+store: {url: "file:///tmp/s"}
+providers: {vast: {}}
+runs:
+  - name: job
+    pod:
+      image: img:1
+      command: "train --resume {resume_step}"
+      checkpoints: {sources: [{path: "s_{step}", marker: OK}]}
+    resources: {max_price_per_hour: 5}
+    providers: [vast]
+    budget: {max_launches_per_day: 3, max_spend_per_day: 100}
+"""
+    ).runs[0]
+    iid = fake.add_instance("respawn-job-g1")
+    fake.freeze(iid)
+    hb = Heartbeat(run="job", generation=1, writer="w", at=now, phase="restoring")
+    seen = HeartbeatMark(generation=1, digest=heartbeat_digest(hb), at=now - timedelta(minutes=1))
+    ledger = Ledger(
+        run="job",
+        generation=1,
+        launches=(LaunchRecord(generation=1, at=now - timedelta(minutes=2)),),
+        heartbeat_seen=seen,
+    )
+    obs = Observation(
+        run="job", ledger=ledger, heartbeat=hb, instances=tuple(provider(fake).list_all())
+    )
+    plan = decide(run, obs, now)
+    assert [a.kind for a in plan.actions] == []
+    launch = plan.ledger.launch_of(1)
+    assert launch is not None and launch.instance_id == str(iid)
+    assert launch.price_per_hour > 0
+
+
+# -- Vast's documented throttle ---------------------------------------------------------------
+
+
+class Clock:
+    """Time for the fake's limits and every wait of the adapter: sleeping advances it."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.waits: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.t += seconds
+
+
+@pytest.fixture
+def clock(fake: FakeVast, monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    fake.throttle(c.now)
+    monkeypatch.setattr(calls, "sleep", c.sleep)
+    monkeypatch.setattr(vast_adapter, "_sleep", c.sleep)
+    monkeypatch.setattr(vast_adapter, "_clock", c.now)
+    monkeypatch.setattr(vast_adapter, "PACE_SECONDS", dict(RATE_LIMITS))
+    monkeypatch.setattr(vast_adapter, "PACER", vast_adapter._Pacer())
+    return c
+
+
+def test_the_fake_refuses_calls_closer_than_vasts_documented_interval(
+    fake: FakeVast, clock: Clock
+) -> None:
+    import requests
+
+    def search() -> requests.Response:
+        return requests.post(
+            f"{fake.url}/api/v0/bundles/",  # type: ignore[attr-defined]
+            json={"type": "bid"},
+            headers={"Authorization": f"Bearer {fake.api_key}"},
+            timeout=5,
+        )
+
+    assert search().status_code == 200
+    clock.t += 5.9
+    refused = search()
+    assert refused.status_code == 429 and "too frequent" in refused.json()["msg"]
+    assert "Retry-After" not in refused.headers
+    clock.t += 0.2
+    assert search().status_code == 200
+
+
+def test_a_search_refused_by_the_throttle_waits_vasts_interval_then_succeeds(
+    fake: FakeVast, clock: Clock
+) -> None:
+    """The pacer only knows this process's calls; another tick or the CLI on the same key and
+    IP can take the slot. Vast sends no Retry-After, so the adapter waits the endpoint's
+    documented interval, not a backoff of a second or two that is refused again."""
+    fake.called("search")  # someone else with this key just searched
+    offers = provider(fake).offers(RES)
+    assert [o.id for o in offers] == ["102", "101"]
+    assert clock.waits == [6.0] and fake.count("search") == 2
+
+
+def test_retry_after_is_honoured_when_vast_sends_one(fake: FakeVast, clock: Clock) -> None:
+    fake.retry_after_header = True
+    fake.called("search")
+    clock.t += 4.0
+    provider(fake).offers(RES)
+    assert clock.waits[0] == 2.0 and fake.count("search") == 2
+
+
+def test_a_create_refused_by_the_throttle_is_sent_again_after_the_penalty(
+    fake: FakeVast, clock: Clock
+) -> None:
+    """A 429 comes from the limiter before the create is handled: nothing was made, so the
+    create is safe to send again, after the full interval (one sent sooner restarts it)."""
+    p = provider(fake)
+    offer = p.offers(RES)[0]
+    fake.called("create")
+    inst = p.launch(offer, spec())
+    assert list(fake.instances) == [int(inst.id)]
+    assert fake.count("create") == 2 and 4.5 in clock.waits
+
+
+def test_a_spent_daily_search_quota_ends_vast_for_the_tick_with_a_clear_reason(
+    fake: FakeVast,
+) -> None:
+    fake.search_quota = 1
+    p = provider(fake)
+    p.offers(RES)
+    with pytest.raises(QuotaExceededError, match="daily search quota") as info:
+        p.offers(RES)
+    assert "UTC midnight" in str(info.value)
+    # The rest of the tick does not spend calls on a quota that resets at midnight.
+    with pytest.raises(QuotaExceededError, match="daily search quota"):
+        p.offers(RES.model_copy(update={"market": "on_demand"}))
+    assert fake.count("search") == 2
+    with pytest.raises(ProviderError, match="daily search quota"):
+        launch_first_fit(["vast"], {"vast": p}, RES, lambda _n, _o: spec())
+    assert fake.count("search") == 2

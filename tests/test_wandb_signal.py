@@ -73,10 +73,10 @@ def test_reads_state_heartbeat_step_and_the_metric_tail_with_minimal_queries(
     assert trainer.tail[-1] == (299, 0.0) and trainer.tail[0][0] == 200  # max(4*20, 100) steps
     assert orch.state == "crashed" and orch.step == 0
     assert trainer.url == f"{url_of(fake)}/ent/proj/runs/trainer"
-    # One login, one run query per W&B run, one history query per run with a metric tail.
-    assert sorted(fake.queries) == sorted(
-        ["Viewer", "Run", "Run", "RunSampledHistory", "RunSampledHistory"]
-    )
+    # One login, one run query per W&B run, and per run with a metric tail the public
+    # `Run.scan_history`: its last step, where the history lives, one page of the tail.
+    scan = ["RunHistoryKeys", "RunParquetHistory", "SampledHistoryPage"]
+    assert sorted(fake.queries) == sorted(["Viewer", "Run", "Run", *scan, *scan])
 
 
 def test_tail_skips_rows_of_a_streak_already_rolled_back(fake: FakeWandb) -> None:
@@ -86,6 +86,37 @@ def test_tail_skips_rows_of_a_streak_already_rolled_back(fake: FakeWandb) -> Non
     run = wandb_run(url_of(fake), rule="{metric: reward, condition: '== 0', steps: 5}")
     (sig,) = WandbReader(ENV).read(run, ["r"], tail_after=45)
     assert [s for s, _ in sig.tail] == [46, 47, 48, 49]
+
+
+def test_the_tail_is_one_bounded_page_of_the_public_scan_however_long_the_run(
+    fake: FakeWandb,
+) -> None:
+    """Only the steps after the last rollback, at most max(4 x streak, 100) of them, in one
+    sampledHistory page that asks for as many samples as steps (nothing is sampled away),
+    whether the run logged 300 steps or 5000."""
+    fake.add_run("proj", "r")
+    for _ in range(5000):
+        fake.log("proj", "r", {"reward": 1.0, "loss": 0.5})
+    run = wandb_run(url_of(fake), rule="{metric: reward, condition: '== 0', steps: 50}")
+    (sig,) = WandbReader(ENV).read(run, ["r"], tail_after=4850)
+    assert sig.error is None
+    assert [s for s, _ in sig.tail] == list(range(4851, 5000))
+    (spec,) = fake.specs
+    assert (spec["minStep"], spec["maxStep"], spec["samples"]) == (4851, 4999, 149)
+    assert sorted(spec["keys"])[-1] == "reward" and "loss" not in spec["keys"]
+    assert fake.count("SampledHistoryPage") == 1
+
+
+def test_a_hung_history_read_is_an_unknown_signal_within_the_timeout(fake: FakeWandb) -> None:
+    """wandb sends a scan without a deadline and wandb-core retries a hung page for minutes:
+    the reader's own timeout bounds it."""
+    fake.add_run("proj", "r")
+    fake.log("proj", "r", {"reward": 1.0})
+    fake.slow = {"SampledHistoryPage": 60.0, "RunSampledHistory": 60.0}
+    run = wandb_run(url_of(fake), rule="{metric: reward, condition: '== 0'}")
+    (sig,) = WandbReader(ENV, timeout=1.5).read(run, ["r"])
+    assert sig.error is not None and sig.tail == ()
+    assert API_KEY not in sig.error
 
 
 def test_nan_is_read_as_nan(fake: FakeWandb) -> None:

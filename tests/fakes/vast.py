@@ -21,7 +21,19 @@ and the vastai 1.9.1 SDK (see the research notes quoted in each place):
 - create validation: every env value at most 256 characters, price 0.001..128, disk >= 8;
 - instance pages are at most 25 rows, with opaque `next_token` cursors (a bad one is a 400);
 - new instances load for a few listings before running (or forever, with `stuck_loading`);
-  `outbid()` pauses an instance that `resume()` brings back, as Vast does on its own.
+  `outbid()` pauses an instance that `resume()` brings back, as Vast does on its own;
+  `freeze()` puts one in the documented `frozen` state (paused with its memory kept; GPU
+  charges apply: docs.vast.ai, `show instance`'s `actual_status` table);
+- a create can take `create_seconds` before the contract exists and the answer comes, while
+  every other call is answered meanwhile;
+- `throttle()` turns on Vast's documented rate limits (docs.vast.ai, "Rate Limits and
+  Errors"): a minimum interval per endpoint and identity (search 10/min, create 4.5 s, show
+  2 s, destroy 3 s, list 1 s, the x-rate-limit of each endpoint), refused with HTTP 429,
+  "API requests too frequent: endpoint threshold=..." (in the documented JSON error shape
+  with only `msg`; Vast often sends it as plain text) and no Retry-After header ("the API
+  does not currently set standard rate-limit headers"); a create
+  sent too soon restarts its own interval (the penalty); `search_quota` searches a day, then
+  429 `search_quota_exceeded` until UTC midnight. Time is `clock()`, injected by tests.
 """
 
 from __future__ import annotations
@@ -31,11 +43,21 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.fakes.http import FakeAPI, Reply
 
 HOURS_PER_MONTH = 720
+# Minimum seconds between two calls to one endpoint by one identity (x-rate-limit in Vast's
+# API reference; search is 10 per minute).
+RATE_LIMITS: dict[str, float] = {
+    "search": 6.0,
+    "create": 4.5,
+    "show": 2.0,
+    "destroy": 3.0,
+    "list": 1.0,
+}
 
 _OFFER_DEFAULTS = {
     "verified": True,
@@ -149,6 +171,12 @@ class FakeVast(FakeAPI):
         self.overcharge: dict[int, float] = {}  # $/h an instance bills above its offer
         self.created_status_msg = ""  # e.g. an image that cannot start: stays `created`
         self.search_quota_spent = False
+        self.search_quota: int | None = None  # searches left today; None: no daily quota
+        self.create_seconds = 0.0  # how long a create takes before the contract exists
+        self.limits: dict[str, float] = {}  # per-route minimum interval; see throttle()
+        self.retry_after_header = False  # Vast sends none today; a test may ask for one
+        self.clock: Callable[[], float] = time.monotonic
+        self._last: dict[str, float] = {}
         self.ssh_port = 22
         self.bodies: list[dict[str, Any]] = []
         self.searches: list[dict[str, Any]] = []
@@ -181,6 +209,20 @@ class FakeVast(FakeAPI):
 
     def outbid(self, iid: int) -> None:
         self.instances[iid].update(actual_status="exited", status_msg="outbid: paused")
+
+    def freeze(self, iid: int) -> None:
+        self.instances[iid].update(actual_status="frozen", intended_status="frozen")
+
+    def throttle(self, clock: Callable[[], float] | None = None) -> None:
+        """Enforce Vast's documented per-endpoint intervals from now on."""
+        self.limits = dict(RATE_LIMITS)
+        if clock is not None:
+            self.clock = clock
+
+    def called(self, route: str) -> None:
+        """A call by another client with the same key and IP (another tick, the CLI) just
+        used this endpoint's slot."""
+        self._last[route] = self.clock()
 
     def resume(self, iid: int) -> None:
         self.instances[iid].update(actual_status="running", status_msg="")
@@ -231,8 +273,33 @@ class FakeVast(FakeAPI):
 
     # -- routes --------------------------------------------------------------------------
 
+    def _throttled(self, route: str) -> Reply | None:
+        interval = self.limits.get(route)
+        if not interval:
+            return None
+        now, last = self.clock(), self._last.get(route)
+        if last is not None and now - last < interval:
+            if route == "create":
+                self._last[route] = now  # the penalty: too soon restarts the wait
+            wait = interval - (now - last) if route != "create" else interval
+            headers = {"Retry-After": f"{wait:g}"} if self.retry_after_header else {}
+            said = f"API requests too frequent: endpoint threshold={interval:g}"
+            return Reply(429, {"success": False, "msg": said}, headers)
+        self._last[route] = now
+        return None
+
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> Reply:
         route = self.route(method, path, body)
+        refused = self._throttled(route)
+        if refused is not None:
+            return refused
+        if route == "create" and self.create_seconds > 0:
+            # Vast is still placing the contract; other calls are answered meanwhile.
+            self.lock.release()
+            try:
+                time.sleep(self.create_seconds)
+            finally:
+                self.lock.acquire()
         if route == "gpu_names":
             return Reply(200, {"gpu_names": sorted({o["gpu_name"] for o in self.offers.values()})})
         if route == "user":
@@ -255,6 +322,9 @@ class FakeVast(FakeAPI):
         return Reply(200, {"instances": self._public(row) if row else None})
 
     def _search(self, q: dict[str, Any]) -> Reply:
+        if self.search_quota is not None:
+            self.search_quota_spent = self.search_quota <= 0
+            self.search_quota -= 1
         if self.search_quota_spent:
             return error(
                 429, "search_quota_exceeded", "Daily search quota exceeded; resets at UTC midnight"
