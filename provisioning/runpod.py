@@ -249,8 +249,10 @@ class RunPodProvider(ShellAccess, Provider):
         doc = self.api.get("/v2/pods", "list pods")
         pods = doc.get("pods") if isinstance(doc, dict) else None
         if not isinstance(pods, list):
-            # An answer without the list is not "no pods": that would launch duplicates.
-            raise ProviderError(f"runpod: list pods: the answer has no `pods` list ({doc!r:.80})")
+            # An answer without the list is not "no pods": that would launch duplicates. Its
+            # text is not quoted: pods carry their env, secrets included.
+            keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+            raise ProviderError(f"runpod: list pods: the answer has no `pods` list ({keys})")
         return [p for p in pods if isinstance(p, dict)]
 
     def list_all(self) -> list[Instance]:

@@ -46,21 +46,19 @@ def base_url(url: str) -> str:
 
 
 def problem_text(response: requests.Response) -> str:
-    """What an RFC 9457 problem body says: `detail` and the `errors` strings."""
+    """What an RFC 9457 problem body says: `detail` (else `title`) and the `errors` strings."""
     try:
         doc = response.json()
     except ValueError:
         return ""
     if not isinstance(doc, dict):
         return ""
-    parts = [str(doc[k]) for k in ("detail",) if doc.get(k)] or (
-        [str(doc["title"])] if doc.get("title") else []
-    )
+    parts = [str(doc.get("detail") or doc.get("title") or "")]
     errors = doc.get("errors")
     if isinstance(errors, list):
         parts += [str(e) for e in errors[:5]]
     # Not cut here: the controller redacts secrets first and shortens after.
-    return "; ".join(parts)
+    return "; ".join(p for p in parts if p)
 
 
 def refusal(status: int, text: str, what: str, key_env: str, creating: bool) -> ProviderError:

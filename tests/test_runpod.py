@@ -238,15 +238,15 @@ def test_402_no_balance_stops_at_the_first_runpod_offer(fake: FakeRunPod) -> Non
     assert fake.count("createPod") == 1
 
 
-def test_422_names_the_field_and_is_not_retried(fake: FakeRunPod) -> None:
+def test_422_quotes_runpods_errors_and_is_never_retried(fake: FakeRunPod) -> None:
     p = provider(fake)
     offer = p.offers(RES)[0]
-    bad = spec().model_copy(update={"disk_gb": 0.4})  # RunPod's minimum is 1 GB
-    p.launch(offer, bad)  # sent as 1: the adapter keeps to the documented minimum
     fake.echo_invalid_input = True
-    with pytest.raises(ProviderError, match="HTTP 422: Request validation failed") as e:
+    said = r"HTTP 422: Request validation failed\.; \$: got invalid"
+    with pytest.raises(ProviderError, match=said) as e:
         p.launch(offer, spec())
     assert e.value.retryable is False and not isinstance(e.value, NoCapacityError)
+    assert fake.count("createPod") == 1
 
 
 def test_lost_create_answer_adopts_the_pod_by_name(
@@ -325,9 +325,10 @@ def test_403_on_a_read_is_a_key_without_permission(fake: FakeRunPod) -> None:
 
 
 def test_an_answer_without_the_pod_list_is_not_an_empty_fleet(fake: FakeRunPod) -> None:
-    fake.fail("listPods", Fault(status=200, body=b'{"items": []}'))
-    with pytest.raises(ProviderError, match="no `pods` list"):
+    fake.fail("listPods", Fault(status=200, body=b'{"items": [{"env": {"K": "secret"}}]}'))
+    with pytest.raises(ProviderError, match=r"no `pods` list \(\['items'\]\)") as e:
         provider(fake).list_instances("job")
+    assert "secret" not in str(e.value)
 
 
 def test_5xx_retried_then_transient(fake: FakeRunPod) -> None:
