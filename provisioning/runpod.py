@@ -93,14 +93,20 @@ def _created(pod: dict[str, Any]) -> datetime | None:
         return None
 
 
+def _number(value: object) -> float:
+    """A reply's number, or 0 for anything else (a changed field never crashes a tick:
+    `doctor --live` names it)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
 def _ssh_address(pod: dict[str, Any]) -> tuple[str | None, int | None]:
     """`ssh.direct` (sshd over the published 22/tcp), else the runtime's 22 mapping."""
     direct = (pod.get("ssh") or {}).get("direct") or {}
-    if direct.get("host") and direct.get("port"):
-        return str(direct["host"]), int(direct["port"])
+    if direct.get("host") and isinstance(direct.get("port"), int):
+        return str(direct["host"]), direct["port"]
     for port in (pod.get("runtime") or {}).get("ports") or []:
-        if port.get("private") == 22 and port.get("public") and port.get("ip"):
-            return str(port["ip"]), int(port["public"])
+        if port.get("private") == 22 and isinstance(port.get("public"), int) and port.get("ip"):
+            return str(port["ip"]), port["public"]
     return None, None
 
 
@@ -143,11 +149,11 @@ class RunPodProvider(ShellAccess, Provider):
                 shown = g.get("name") or g["id"]
                 if wanted and not gpu_keys([g["id"], shown]) & wanted:
                     continue
-                per_gpu = (g.get("price") or {}).get(key)
+                per_gpu = _number((g.get("price") or {}).get(key))
                 if (
                     g.get(key) is not True
                     or g.get("availability") not in IN_STOCK
-                    or int((g.get("maxCount") or {}).get(key) or 0) < count
+                    or _number((g.get("maxCount") or {}).get(key)) < count
                     # Not documented: what a list price of a cloud without this GPU reads.
                     # Assumed 0 or absent, and never rented at that price.
                     or not per_gpu
@@ -161,8 +167,8 @@ class RunPodProvider(ShellAccess, Provider):
                         id=f"{key}:{g['id']}",
                         gpu_name=str(name),
                         gpu_count=resources.gpu_count,
-                        vram_gb=float(g.get("memory") or 0),
-                        price_per_hour=round(float(per_gpu) * count, 4),
+                        vram_gb=_number(g.get("memory")),
+                        price_per_hour=round(per_gpu * count, 4),
                         market="on_demand",
                         location=f"{key} cloud",
                     )
@@ -238,7 +244,8 @@ class RunPodProvider(ShellAccess, Provider):
             generation=parsed[1],
             state=runpod_state(pod),
             created_at=_created(pod),
-            price_per_hour=float(cost) if isinstance(cost, int | float) else None,
+            # Not 0 when unreadable: an unknown price must never look cheap.
+            price_per_hour=_number(cost) if isinstance(cost, int | float) else None,
             ssh_host=host,
             ssh_port=port,
             interruptible=False,  # v2 creates no interruptible pods

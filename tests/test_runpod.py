@@ -4,6 +4,7 @@ every request and reply against RunPod's published OpenAPI document
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import paramiko
@@ -360,3 +361,17 @@ def test_check_live_names_a_field_that_changed(fake: FakeRunPod) -> None:
     problems = provider(fake).check_live()
     assert "runpod gpu type X: field 'memory' is str, expected int or float" in problems
     assert "runpod gpu type X: field 'community' is missing" in problems
+
+
+def test_a_changed_catalog_field_is_no_offer_not_a_crash(fake: FakeRunPod) -> None:
+    row = {
+        "id": "NVIDIA H100 80GB HBM3",
+        "name": "H100 SXM",
+        "memory": "80",
+        "community": True,
+        "price": {"community": "1.99"},
+        "maxCount": {"community": "8"},
+        "availability": "HIGH",
+    }
+    fake.fail("listGpuTypes", Fault(status=200, body=json.dumps({"gpus": [row]}).encode()))
+    assert provider(fake, cloud="COMMUNITY").offers(RES) == []
