@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/startup.py [--runs 15]
 
-Prints the median of each and their ratio. Cloud SDKs (wandb, vastai, runpod, b2sdk) must not
+Prints the median of each and their ratio. Cloud SDKs (wandb, vastai, b2sdk) must not
 be imported for --help; the ratio shows what start-up costs beyond the interpreter itself.
 """
 
@@ -31,11 +31,11 @@ def main() -> None:
     base = median_seconds([sys.executable, "-c", "pass"], runs)
     helpt = median_seconds([sys.executable, "-m", "respawn", "--help"], runs)
     imp = median_seconds(
-        [sys.executable, "-c", "import wandb, vastai, runpod, b2sdk.v2"], max(3, runs // 3)
+        [sys.executable, "-c", "import wandb, vastai, b2sdk.v2"], max(3, runs // 3)
     )
     print(f"python -c pass                : {base * 1000:7.1f} ms  (baseline)")
     print(f"respawn --help                : {helpt * 1000:7.1f} ms  ratio {helpt / base:5.2f}x")
-    print(f"import wandb,vastai,runpod,b2 : {imp * 1000:7.1f} ms  ratio {imp / base:5.2f}x")
+    print(f"import wandb,vastai,b2sdk  : {imp * 1000:7.1f} ms  ratio {imp / base:5.2f}x")
     print("(the last line is what lazy imports keep out of --help and local-only ticks)")
 
 

@@ -113,12 +113,12 @@ def no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def clouds(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeVast, FakeRunPod]]:
-    """The Vast REST and RunPod GraphQL fakes on loopback, with the controller's keys set."""
+    """The Vast and RunPod (REST v2) fakes on loopback, with the controller's keys set."""
     from tests.fakes.runpod import FakeRunPod
     from tests.fakes.vast import FakeVast
 
     vast, runpod = FakeVast(), FakeRunPod()
-    vast.url, runpod.url = vast.start(), runpod.start() + "/graphql"  # type: ignore[attr-defined]
+    vast.url, runpod.url = vast.start(), runpod.start()  # type: ignore[attr-defined]
     monkeypatch.setenv("VAST_API_KEY", vast.api_key)
     monkeypatch.setenv("RUNPOD_API_KEY", runpod.api_key)
     yield vast, runpod

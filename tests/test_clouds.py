@@ -105,7 +105,7 @@ def test_failed_listing_is_unknown_and_launches_nothing(tmp_path: Path, clouds: 
     report = tick(fleet)[0]
     assert report.plan.verdict.health.value == "unknown"
     assert [a.kind for a in report.plan.actions] == ["alert"]
-    assert vast.count("create") == 0 and runpod.count("podFindAndDeployOnDemand") == 0
+    assert vast.count("create") == 0 and runpod.count("createPod") == 0
 
 
 def test_secrets_echoed_by_an_api_error_are_redacted(
@@ -201,15 +201,7 @@ def test_terminate_command_destroys_on_every_provider(tmp_path: Path, clouds: tu
     vast, runpod = clouds
     path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
     vast.add_instance("respawn-t-job-g1")
-    runpod.pods["podX"] = {
-        "id": "podX",
-        "name": "respawn-t-job-g2",
-        "desiredStatus": "EXITED",
-        "costPerHr": 0.3,
-        "runtime": None,
-        "polls": 0,
-        "env": {},
-    }
+    runpod.add_pod("respawn-t-job-g2", status="EXITED")
     proc = run_cli("terminate", "-c", str(path), "--run", "job")
     assert proc.returncode == 0, proc.stderr
     assert vast.instances == {} and runpod.pods == {}
@@ -285,7 +277,7 @@ def test_one_listing_per_provider_per_tick(tmp_path: Path, clouds: tuple) -> Non
     path.write_text(yaml.safe_dump(doc))
     vast.add_instance("respawn-t-job3-g1")
     reports = tick(load_config(path), mode=Mode.OBSERVE)
-    assert vast.count("list") == 1 and runpod.count("myself") == 1
+    assert vast.count("list") == 1 and runpod.count("listPods") == 1
     by_run = {r.run: [i.name for i in r.observation.instances] for r in reports}
     assert by_run == {"job": [], "job2": [], "job3": ["respawn-t-job3-g1"], "job4": []}
 

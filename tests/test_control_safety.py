@@ -333,6 +333,9 @@ def _launched(reports: list[RunReport]) -> int:
     return sum(1 for r in reports for res in r.results if res.action.kind == "provision" and res.ok)
 
 
+RUNPOD_LIVE = ("PROVISIONING", "STARTING", "RUNNING")  # REST v2 statuses of a pod that runs
+
+
 def _cloud_rounds(tmp_path: Path, clouds: tuple, provider: str, n_rounds: int) -> None:
     vast, runpod = clouds
     fleet = load_config(cloud_fleet(tmp_path, clouds, [provider]))
@@ -345,7 +348,7 @@ def _cloud_rounds(tmp_path: Path, clouds: tuple, provider: str, n_rounds: int) -
             live = [label for _, label in vast_live(vast)]
         else:
             with runpod.lock:
-                live = [p["name"] for p in runpod.pods.values() if p["desiredStatus"] == "RUNNING"]
+                live = [p["name"] for p in runpod.pods.values() if p["status"] in RUNPOD_LIVE]
         assert live == [f"respawn-t-job-g{n}"], f"round {n}: {live}"
         assert _launched(reports) == 1, f"round {n}"
         assert read_ledger(store).generation == n
@@ -356,7 +359,7 @@ def _cloud_rounds(tmp_path: Path, clouds: tuple, provider: str, n_rounds: int) -
                 vast.outbid(iid)
         else:
             with runpod.lock:
-                (pod_id,) = [k for k, p in runpod.pods.items() if p["desiredStatus"] == "RUNNING"]
+                (pod_id,) = [k for k, p in runpod.pods.items() if p["status"] in RUNPOD_LIVE]
                 runpod.preempt(pod_id)
 
 

@@ -24,7 +24,7 @@ def vast() -> Iterator[FakeVast]:
 @pytest.fixture
 def runpod() -> Iterator[FakeRunPod]:
     f = FakeRunPod()
-    f.url = f.start() + "/graphql"  # type: ignore[attr-defined]
+    f.url = f.start()  # type: ignore[attr-defined]
     yield f
     f.stop()
 
@@ -65,6 +65,6 @@ def test_runpod_rent_names_the_saved_registry_auth(runpod: FakeRunPod) -> None:
     p = test_runpod.provider(runpod)
     offer = p.offers(test_runpod.RES)[0]
     p._create(offer, spec("ghcr.io/me/pod:1", "clx123authid"))
-    assert runpod.deploy_inputs[-1]["containerRegistryAuthId"] == "clx123authid"
+    assert runpod.deploy_inputs[-1]["registry"] == "clx123authid"
     with pytest.raises(ProviderError, match="Container Registry Auth"):
         p._create(offer, spec("ghcr.io/me/pod:1", "me:tok"))
