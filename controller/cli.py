@@ -86,8 +86,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     # Workflow commands are read from stdout; --json keeps stdout one JSON document.
     in_actions = os.environ.get("GITHUB_ACTIONS") == "true"
     if fleet.notify.github_annotations and in_actions and not args.json:
-        for line in annotations(reports):
-            print(args.redact(line))
+        from respawn.controller.workflow_output import workflow_command
+
+        for line in annotations(reports, args.redact):
+            workflow_command(line)
     write_step_summary(reports, args.redact)
     return exit_code(reports)
 
@@ -550,6 +552,15 @@ def export_workflow_secrets(environ: dict[str, str] | os._Environ[str] = os.envi
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever a command prints reaches the GitHub runner, which reads workflow commands in it:
+    # a pod's text must never become one (workflow_output).
+    from respawn.controller.workflow_output import guarded_output
+
+    with guarded_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     export_workflow_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)

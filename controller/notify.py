@@ -6,13 +6,14 @@ annotations, once per change of a run's state — the ledger remembers what was 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import requests
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from respawn.controller.config import NotifySettings
 from respawn.controller.model import Health, Ledger, Notify, Verdict
+from respawn.controller.redact import one_line
 
 LEVEL: dict[Health, str] = {
     Health.HALTED: "error",
@@ -82,7 +83,10 @@ def post_webhook(settings: NotifySettings, action: Notify, environ: Mapping[str,
     return f"sent to the webhook in {name}"
 
 
-def annotation(action: Notify) -> str:
-    """A GitHub workflow command: the message becomes an annotation on the run's page."""
-    text = action.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+def annotation(action: Notify, redact: Callable[[str], str] = str) -> str:
+    """A GitHub workflow command: the message becomes an annotation on the run's page. The
+    message quotes pods and providers: redacted, one line, then escaped as the runner
+    documents (`%`, CR, LF), so nothing in it ends the command or starts another."""
+    text = one_line(redact(action.message), 2000)
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return f"::{action.level} title=respawn::{text}"

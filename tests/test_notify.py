@@ -75,8 +75,8 @@ def test_alerts_are_not_marked_as_successes_in_the_step_summary() -> None:
 
 
 def test_annotation_is_one_escaped_line() -> None:
-    line = annotation(Notify(level="error", message="r halted: 100%\nbroken"))
-    assert line == "::error title=respawn::r halted: 100%25%0Abroken"
+    line = annotation(Notify(level="error", message="r halted: 100%\r\nbroken"))
+    assert line == "::error title=respawn::r halted: 100%25 broken"
 
 
 @pytest.fixture
