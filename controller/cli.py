@@ -346,8 +346,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     if args.env:
-        import os
-
         from respawn.controller.preflight import check_env
 
         pre = check_env(fleet, os.environ)
@@ -359,6 +357,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for r in fleet.runs:
         for w in run_warnings(r):
             print(f"warning: run {r.name}: {w}", file=sys.stderr)
+    from respawn.controller.redact import MIN_SECRET, unmasked_secrets
+
+    for name in unmasked_secrets(fleet, os.environ):
+        print(
+            f"warning: {name} is shorter than {MIN_SECRET} characters: respawn never masks "
+            "so short a value in its output (it would mask unrelated text); use a longer secret",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -52,6 +52,12 @@ def secret_env_names(fleet: FleetConfig) -> list[str]:
     return sorted({n for n in names if n})
 
 
+def unmasked_secrets(fleet: FleetConfig, environ: Mapping[str, str]) -> list[str]:
+    """The secret variables set to a value too short to be masked (`MIN_SECRET`): printed as
+    they are wherever a provider or a pod echoes them."""
+    return [n for n in secret_env_names(fleet) if 0 < len(environ.get(n, "")) < MIN_SECRET]
+
+
 def _variants(value: str) -> set[str]:
     out = {value, json.dumps(value)[1:-1], json.dumps(json.dumps(value)[1:-1])[1:-1]}
     if "\n" in value or "\r" in value:

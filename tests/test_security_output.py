@@ -79,14 +79,14 @@ def test_multiline_secret_json_escaped_is_redacted(
     tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vast, runpod = clouds
-    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"], ssh_env="RESPAWN_SSH_KEY")
+    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"])
     doc = yaml.safe_load(path.read_text())
-    doc["runs"][0]["pod"]["secret_env"] = ["RESPAWN_SSH_KEY"]  # e.g. for git over SSH
+    doc["runs"][0]["pod"]["secret_env"] = ["GIT_SSH_KEY"]  # the trainer's own, for git
     path.write_text(yaml.safe_dump(doc))
     buf = io.StringIO()
     paramiko.RSAKey.generate(1024).write_private_key(buf)
     pem = buf.getvalue()
-    monkeypatch.setenv("RESPAWN_SSH_KEY", pem)
+    monkeypatch.setenv("GIT_SSH_KEY", pem)
     vast.offers.clear()
     runpod.echo_invalid_input = True  # the echo is json.dumps: newlines become \\n
     proc = run_cli("reconcile", "-c", str(path), "--json")
