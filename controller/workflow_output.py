@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TextIO
@@ -47,8 +48,14 @@ class CommandGuard:
         self._head: str | None = ""  # the current line while its start is undecided, else None
         self._sent = 0  # how much of `_head` (whitespace only) is already written
         self._hashes = ""  # a decided line's trailing `#`s, until the next character
+        # A tick's threads print too: one line state, one writer at a time.
+        self._lock = threading.RLock()
 
     def write(self, text: str) -> int:
+        with self._lock:
+            return self._write(text)
+
+    def _write(self, text: str) -> int:
         out: list[str] = []
         rest = text
         while rest:
@@ -86,14 +93,19 @@ class CommandGuard:
 
     def command(self, line: str) -> None:
         """A workflow command respawn means to emit, on a line of its own."""
-        self.flush()
-        if self._head is None or self._head:
-            self.inner.write("\n")
-        self.inner.write(line + "\n")
-        self.inner.flush()
-        self._head, self._sent = "", 0
+        with self._lock:
+            self.flush()
+            if self._head is None or self._head:
+                self.inner.write("\n")
+            self.inner.write(line + "\n")
+            self.inner.flush()
+            self._head, self._sent = "", 0
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         """Write what was held back: escaped if it could still have become a command."""
         if self._hashes:
             self.inner.write(self._hashes.replace("#", "%23"))
