@@ -136,7 +136,6 @@ def cmd_offers(args: argparse.Namespace) -> int:
         )
         for o in offers:
             _say(
-                args,
                 f"{o.provider:<8} {o.id:<14} {o.gpu_name:<14} {o.gpu_count:>2} "
                 f"{o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} {o.location or ''}",
             )
