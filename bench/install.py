@@ -51,7 +51,9 @@ def main() -> None:
             return timed(
                 [py, "-m", "pip", "install", "-q", "--require-hashes", "-r", str(LOCK)],
                 {"PIP_CACHE_DIR": str(pip_cache)},
-            ) + timed([py, "-m", "pip", "install", "-q", "--no-deps", str(ROOT)])
+            ) + timed(
+                [py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)]
+            )
 
         def uv_install() -> float:
             venv = t / f"uv-{time.monotonic_ns()}"
@@ -74,7 +76,13 @@ def main() -> None:
                     ],
                     env,
                 )
-                + timed([uv, "pip", "install", "-q", "--python", py, "--no-deps", str(ROOT)], env)
+                + timed(
+                    [
+                        *(uv, "pip", "install", "-q", "--python", py),
+                        *("--no-deps", "--no-build-isolation", str(ROOT)),
+                    ],
+                    env,
+                )
             )
 
         pip_cold = pip_install()

@@ -215,7 +215,9 @@ class _Actor:
 def _send(told: Notify, fleet: FleetConfig, actor: _Actor, previous: Ledger) -> ActionResult:
     try:
         return ActionResult(
-            action=told, ok=True, detail=post_webhook(fleet.notify, told, actor.environ)
+            action=told,
+            ok=True,
+            detail=post_webhook(fleet.notify, told, actor.environ, actor.redact),
         )
     except WebhookError as e:
         # Not told, so not remembered: the next tick tries again.

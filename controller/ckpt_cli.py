@@ -235,9 +235,13 @@ def _ls(store: CheckpointStore, as_json: bool, verify: bool) -> int:
     elif heartbeat_error:
         print(f"heartbeat: {heartbeat_error}")
     for q in quarantined.values():
-        print(f"quarantined: step {q.step} {q.manifest} ({q.reason}) by g{q.generation}")
+        # Pod-written, like the repair records: one line each, never a workflow command.
+        print(one_line(f"quarantined: step {q.step} {q.manifest} ({q.reason}) by g{q.generation}"))
     for ev in repairs[-10:]:
         print(
-            f"repair: {ev['at']} {ev['kind']} step {ev['step']} g{ev['generation']}: {ev['detail']}"
+            one_line(
+                f"repair: {ev['at']} {ev['kind']} step {ev['step']} g{ev['generation']}: "
+                f"{ev['detail']}"
+            )
         )
     return EXIT_FAILED if failed else EXIT_OK

@@ -87,8 +87,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     # Workflow commands are read from stdout; --json keeps stdout one JSON document.
     in_actions = os.environ.get("GITHUB_ACTIONS") == "true"
     if fleet.notify.github_annotations and in_actions and not args.json:
-        for line in annotations(reports):
-            print(args.redact(line))
+        from respawn.controller.workflow_output import workflow_command
+
+        for line in annotations(reports, args.redact):
+            workflow_command(line)
     write_step_summary(reports, args.redact)
     _draw_timelines(reports, os.environ.get(ENV_PLOT_DIR))
     return exit_code(reports)
@@ -433,8 +435,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     if args.env:
-        import os
-
         from respawn.controller.preflight import check_env
 
         pre = check_env(fleet, os.environ)
@@ -446,6 +446,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for r in fleet.runs:
         for w in run_warnings(r):
             print(f"warning: run {r.name}: {w}", file=sys.stderr)
+    from respawn.controller.redact import MIN_SECRET, unmasked_secrets
+
+    for name in unmasked_secrets(fleet, os.environ):
+        print(
+            f"warning: {name} is shorter than {MIN_SECRET} characters: respawn never masks "
+            "so short a value in its output (it would mask unrelated text); use a longer secret",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -685,6 +693,15 @@ def export_workflow_secrets(environ: dict[str, str] | os._Environ[str] = os.envi
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever a command prints reaches the GitHub runner, which reads workflow commands in it:
+    # a pod's text must never become one (workflow_output).
+    from respawn.controller.workflow_output import guarded_output
+
+    with guarded_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     export_workflow_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)

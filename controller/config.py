@@ -279,7 +279,41 @@ class FleetConfig(_Strict):
                 raise ValueError(
                     f"run {r.name!r} uses provider 'local': set providers.local.state_dir"
                 )
+            ours = self.controller_secret_envs
+            for name in r.pod.secret_env:
+                if name in ours:
+                    raise ValueError(
+                        f"run {r.name!r}: pod.secret_env names {name}, which holds {ours[name]}: "
+                        "a controller-only secret that the trainer must never get "
+                        "(docs/keys.md); give the pod a secret of its own"
+                    )
         return self
+
+    @property
+    def controller_secret_envs(self) -> dict[str, str]:
+        """Variable → what it holds, for every secret only the controller may hold: a pod
+        gets its store key under the pod's own names, never these (docs/keys.md)."""
+        store = self.store
+        out = {
+            store.key_id_env: "the controller's store key id (store.key_id_env)",
+            store.key_env: "the controller's store key (store.key_env)",
+        }
+        if store.pod_key_id_env and store.pod_key_env:
+            out[store.pod_key_id_env] = "the pod's store key id (store.pod_key_id_env)"
+            out[store.pod_key_env] = "the pod's store key (store.pod_key_env)"
+        if store.ledger_secret_env:
+            out[store.ledger_secret_env] = "the ledger secret (store.ledger_secret_env)"
+        ssh = self.providers.ssh_private_key_env  # type: ignore[attr-defined]
+        if ssh:
+            out[ssh] = "the SSH key (providers.ssh_private_key_env)"
+        for cloud in type(self.providers).model_fields:  # type: ignore[attr-defined]
+            block = getattr(self.providers, cloud)
+            for field in getattr(type(block), "model_fields", {}):
+                if field.endswith("key_env") and getattr(block, field):
+                    out[getattr(block, field)] = f"an API key (providers.{cloud}.{field})"
+        if self.notify.webhook_url_env:
+            out[self.notify.webhook_url_env] = "the webhook URL (notify.webhook_url_env)"
+        return out
 
     @property
     def fleet(self) -> str:

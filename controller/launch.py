@@ -17,6 +17,23 @@ class MissingSecretError(Exception):
     pass
 
 
+def _refuse_controller_values(
+    fleet: FleetConfig, names: list[str], environ: Mapping[str, str]
+) -> None:
+    """A pod secret may not hold a controller-only secret's value under another name (a
+    paste, a reused token): the trainer would get it. Config validation refuses the names."""
+    ours = fleet.controller_secret_envs
+    for name in names:
+        for controller_name, what in ours.items():
+            value = environ.get(controller_name)
+            if value and name != controller_name and environ[name] == value:
+                raise MissingSecretError(
+                    f"pod.secret_env: {name} holds the same value as {controller_name} "
+                    f"({what}), a controller-only secret: the trainer would get it; give the "
+                    "pod a secret of its own (docs/keys.md)"
+                )
+
+
 def launch_env(
     fleet: FleetConfig, run: RunConfig, pod_env: PodEnv, environ: Mapping[str, str]
 ) -> tuple[dict[str, str], list[str]]:
@@ -39,6 +56,7 @@ def launch_env(
             f"environment variable(s) {', '.join(missing)} are not set on the controller; "
             "the pod needs them (add them as secrets to the workflow)"
         )
+    _refuse_controller_values(fleet, secrets, environ)
     env = dict(run.pod.env)
     env.update({name: environ[name] for name in secrets})
     env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})

@@ -6,13 +6,15 @@ annotations, once per change of a run's state — the ledger remembers what was 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 
 import requests
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from respawn.controller.config import NotifySettings
 from respawn.controller.model import Health, Ledger, Notify, Verdict
+from respawn.controller.redact import one_line
 
 LEVEL: dict[Health, str] = {
     Health.HALTED: "error",
@@ -52,16 +54,52 @@ class _Retryable(WebhookError):
     pass
 
 
+#: Discord refuses content over 2,000 characters; escaping at most doubles the text.
+WEBHOOK_TEXT_LIMIT = 900
+#: `@everyone`, `@here` (Discord, Slack) and `@channel` (Slack) ping people even as plain text
+#: in some clients: a zero-width space after the `@` keeps the word and drops the ping.
+_BROADCAST = re.compile(r"@(?=(?:everyone|here|channel)\b)", re.IGNORECASE)
+_DISCORD_MARKUP = re.compile(r"([\\*_~`|<>\[\]()#])")
+
+
+def _slack_text(text: str) -> str:
+    """Slack's documented escaping: `<!channel>`, `<@U1>`, `<url|text>` are control sequences
+    only with a raw `<`."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@\u200b", text)
+
+
+def _discord_text(text: str) -> str:
+    """Discord's markdown escaped with backslashes: no `<@id>` mention, `[text](url)` link or
+    formatting is rendered (the payload also parses no mention and previews no link)."""
+    return _BROADCAST.sub("@\u200b", _DISCORD_MARKUP.sub(r"\\\1", text))
+
+
+def webhook_payload(action: Notify, redact: Callable[[str], str]) -> dict[str, object]:
+    """One JSON body for Slack and Discord. The message quotes pods and providers: redacted,
+    one line, and inert in both: it pings no one and disguises no link."""
+    text = one_line(redact(action.message), WEBHOOK_TEXT_LIMIT)
+    return {
+        # Slack reads these; Discord ignores them.
+        "text": f"[{action.level}] {_slack_text(text)}",
+        "unfurl_links": False,
+        "unfurl_media": False,
+        # Discord reads these; Slack ignores them. Flag 4: no link previews (SUPPRESS_EMBEDS).
+        "content": f"[{action.level}] {_discord_text(text)}",
+        "allowed_mentions": {"parse": []},
+        "flags": 4,
+    }
+
+
 @retry(
     retry=retry_if_exception_type(_Retryable),
     stop=stop_after_attempt(3),
     wait=wait_exponential(multiplier=0.5, max=4),
     reraise=True,
 )
-def _post(url: str, text: str) -> None:
-    # Slack reads "text", Discord "content"; each ignores the other's field.
+def _post(url: str, payload: dict[str, object]) -> None:
     try:
-        r = requests.post(url, json={"text": text, "content": text}, timeout=WEBHOOK_TIMEOUT_S)
+        r = requests.post(url, json=payload, timeout=WEBHOOK_TIMEOUT_S)
     except requests.RequestException as e:
         raise _Retryable(f"webhook unreachable: {type(e).__name__}") from None
     if r.status_code == 429 or r.status_code >= 500:
@@ -70,7 +108,12 @@ def _post(url: str, text: str) -> None:
         raise WebhookError(f"webhook refused the message: HTTP {r.status_code}")
 
 
-def post_webhook(settings: NotifySettings, action: Notify, environ: Mapping[str, str]) -> str:
+def post_webhook(
+    settings: NotifySettings,
+    action: Notify,
+    environ: Mapping[str, str],
+    redact: Callable[[str], str] = str,
+) -> str:
     """Send one notification; return what happened. The URL is a secret: it is never shown."""
     name = settings.webhook_url_env
     if name is None:
@@ -78,11 +121,14 @@ def post_webhook(settings: NotifySettings, action: Notify, environ: Mapping[str,
     url = environ.get(name)
     if not url:
         raise WebhookError(f"notify.webhook_url_env: environment variable {name} is not set")
-    _post(url, f"[{action.level}] {action.message}")
+    _post(url, webhook_payload(action, redact))
     return f"sent to the webhook in {name}"
 
 
-def annotation(action: Notify) -> str:
-    """A GitHub workflow command: the message becomes an annotation on the run's page."""
-    text = action.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+def annotation(action: Notify, redact: Callable[[str], str] = str) -> str:
+    """A GitHub workflow command: the message becomes an annotation on the run's page. The
+    message quotes pods and providers: redacted, one line, then escaped as the runner
+    documents (`%`, CR, LF), so nothing in it ends the command or starts another."""
+    text = one_line(redact(action.message), 2000)
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return f"::{action.level} title=respawn::{text}"

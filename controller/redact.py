@@ -16,10 +16,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from respawn.controller.workflow_output import inert
+
 if TYPE_CHECKING:
     from respawn.controller.config import FleetConfig
 
 MASK = "***"
+#: A log message longer than this is cut (after redaction).
+LOG_LIMIT = 20_000
 #: Shorter values (`1`, `true`) would mask unrelated text and protect nothing.
 MIN_SECRET = 6
 #: A line of a multi-line secret this short (`-----END ...`) is not secret on its own.
@@ -46,6 +50,12 @@ def secret_env_names(fleet: FleetConfig) -> list[str]:
         if run.wandb is not None:
             names.append(run.wandb.api_key_env)
     return sorted({n for n in names if n})
+
+
+def unmasked_secrets(fleet: FleetConfig, environ: Mapping[str, str]) -> list[str]:
+    """The secret variables set to a value too short to be masked (`MIN_SECRET`): printed as
+    they are wherever a provider or a pod echoes them."""
+    return [n for n in secret_env_names(fleet) if 0 < len(environ.get(n, "")) < MIN_SECRET]
 
 
 def _variants(value: str) -> set[str]:
@@ -109,12 +119,13 @@ def printable(text: str) -> str:
 
 
 def one_line(text: str, limit: int = 500) -> str:
-    """Untrusted text (a heartbeat message, a provider's error) made safe for a terminal: no
-    escape sequences or control characters, one line, at most `limit` characters. Redact
-    before calling this: cutting first could leave a secret's prefix."""
+    """Untrusted text (a heartbeat message, a provider's error) made safe for a terminal and
+    for the GitHub runner: no escape sequences or control characters, one line that is no
+    workflow command (`workflow_output.inert`), at most `limit` characters. Redact before
+    calling this: cutting first could leave a secret's prefix."""
     text = _ANSI.sub("", text)
     text = _CONTROL.sub(" ", text)
-    text = _SPACES.sub(" ", text).strip()
+    text = inert(_SPACES.sub(" ", text).strip())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -144,8 +155,10 @@ class RedactingFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = printable(self.redactor(record.exc_text))
-        # Log lines reach a terminal too: a pod's message must not carry escape sequences.
-        record.msg, record.args = printable(self.redactor(message)), ()
+        # Log lines reach a terminal and the GitHub runner: a pod's message must carry no
+        # escape sequence, and no line break that would forge a log line or start a workflow
+        # command.
+        record.msg, record.args = one_line(self.redactor(message), LOG_LIMIT), ()
         return True
 
 

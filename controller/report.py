@@ -149,10 +149,10 @@ def exit_code(reports: list[RunReport]) -> int:
     return 1 if bad else 0
 
 
-def annotations(reports: list[RunReport]) -> list[str]:
+def annotations(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> list[str]:
     """GitHub annotations for the notifications this tick sent (once per change of state)."""
     return [
-        annotation(r.notified.action)
+        annotation(r.notified.action, redact)
         for r in reports
         if r.notified is not None and isinstance(r.notified.action, Notify)
     ]

@@ -9,6 +9,9 @@ neither clear a halt nor erase the launch history; the halt order (`control/halt
 signed the same way. With a verified ledger, generations that only pod-written documents
 claim (pointer, heartbeat) are ignored: a forged `generation: 1000000000` stalls nothing.
 
+Every signature covers the document's store key too: the secret is fleet-wide, so without it
+run B's signed resume order copied over run A's terminate would verify.
+
 The tick lease (`control/lease.json`) is signed too: a lease this controller did not write
 holds nothing (a pod cannot lock the controller out with a lease that never expires).
 
@@ -59,22 +62,49 @@ def counter_key(key: str) -> str | None:
     return None
 
 
-def _mac(doc: dict[str, Any], secret: bytes) -> str:
+def _mac(key: str, doc: dict[str, Any], secret: bytes) -> str:
+    """The signature of `doc` stored at `key`. The key is signed with it: one secret signs
+    every run of the fleet, and a document signed for run B (B's resume order, B's ledger)
+    must be no signature for run A, nor a halt order one for a ledger."""
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(secret, key.encode() + b"\0" + body, hashlib.sha256).hexdigest()
+
+
+def _unbound_mac(doc: dict[str, Any], secret: bytes) -> str:
+    """The signature respawn wrote before it signed the key: adopted only on request."""
     body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def seal(data: bytes, secret: bytes, seq: int | None = None) -> bytes:
+def seal(key: str, data: bytes, secret: bytes, seq: int | None = None) -> bytes:
     doc = json.loads(data)
     doc.pop(MAC_FIELD, None)
     if seq is not None:
         doc[SEQ_FIELD] = seq
-    doc[MAC_FIELD] = _mac(doc, secret)
+    doc[MAC_FIELD] = _mac(key, doc, secret)
     return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
 
 
-def verify(key: str, data: bytes, secret: bytes, adopt_unsigned: bool = False) -> bytes:
-    """The document, or StoreError when this controller did not write it."""
+def signed_as_now(key: str, data: bytes, secret: bytes) -> bool:
+    """Whether `data` carries the current kind of signature (False: unsigned, or signed before
+    signatures named their key: an adopting tick signs it again)."""
+    doc = json.loads(data)
+    mac = doc.pop(MAC_FIELD, None)
+    return isinstance(mac, str) and hmac.compare_digest(mac, _mac(key, doc, secret))
+
+
+def verify(
+    key: str,
+    data: bytes,
+    secret: bytes,
+    adopt_unsigned: bool = False,
+    adopt_unbound: bool | None = None,
+) -> bytes:
+    """The document, or StoreError when this controller did not write it. A migration tick
+    also accepts a document without a signature (`adopt_unsigned`), or with one from before
+    signatures named their key (`adopt_unbound`, by default as `adopt_unsigned`)."""
+    if adopt_unbound is None:
+        adopt_unbound = adopt_unsigned
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -84,7 +114,15 @@ def verify(key: str, data: bytes, secret: bytes, adopt_unsigned: bool = False) -
     mac = doc.pop(MAC_FIELD, None)
     if mac is None and adopt_unsigned:
         return data
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(doc, secret)):
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, doc, secret)):
+        old = isinstance(mac, str) and hmac.compare_digest(mac, _unbound_mac(doc, secret))
+        if old and adopt_unbound:
+            return data
+        if old:
+            raise SealError(
+                f"{key} carries a signature from before signatures named their document: "
+                f"run one tick with {ADOPT_UNSIGNED_ENV}=1 to sign it again (docs/keys.md)"
+            )
         what = "carries no controller signature" if mac is None else "has a wrong signature"
         raise SealError(
             f"{key} {what}: it was not written by this controller (edited, or forged with a "
@@ -119,7 +157,8 @@ class SealedBackend:
         raw = self.inner.read_bytes(where) if where is not None else None
         if where is None or raw is None:
             return 0
-        doc = json.loads(verify(where, raw, self._secret))
+        # A counter was never unsigned: only its old kind of signature is adopted.
+        doc = json.loads(verify(where, raw, self._secret, adopt_unbound=self._adopt))
         seq = doc.get(SEQ_FIELD)
         if not isinstance(seq, int) or doc.get("key") != key:
             raise SealError(f"{where} does not count {key}")
@@ -146,7 +185,7 @@ class SealedBackend:
                 f"wrote (sequence {last}): put back with a pod's key? Nothing is done to the "
                 "run until a person checks"
             )
-        if self._adopt and b'"mac"' not in raw:
+        if self._adopt and not signed_as_now(key, raw, self._secret):
             # Adopted: signed as it is, so later ticks (without the variable) accept it.
             self.write_bytes(key, raw)
         return data
@@ -157,7 +196,7 @@ class SealedBackend:
             return
         where = counter_key(key)
         if where is None:
-            self.inner.write_bytes(key, seal(data, self._secret))
+            self.inner.write_bytes(key, seal(key, data, self._secret))
             return
         # The document first, then its counter: a crash between leaves a document newer than
         # its counter, which reads fine.
@@ -165,9 +204,9 @@ class SealedBackend:
             seq = self._last_seq(key) + 1
         except SealError:
             seq = 1  # a forged counter: this controller's write starts it afresh
-        self.inner.write_bytes(key, seal(data, self._secret, seq))
+        self.inner.write_bytes(key, seal(key, data, self._secret, seq))
         counter = json.dumps({"key": key, SEQ_FIELD: seq}).encode()
-        self.inner.write_bytes(where, seal(counter, self._secret))
+        self.inner.write_bytes(where, seal(where, counter, self._secret))
 
     def upload(self, key: str, src: Path, size: int, progress: Progress | None = None) -> Any:
         return self.inner.upload(key, src, size, progress)

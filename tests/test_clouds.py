@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -192,6 +193,8 @@ def test_offers_command_ranks_across_providers_and_markets(tmp_path: Path, cloud
         ("runpod", "on_demand", 0.69),  # secure cloud
     ]
     text = run_cli("offers", "-c", str(path), "--run", "job")
+    assert text.returncode == 0, text.stderr  # the table used to end in a traceback
+    assert re.search(r"^runpod .* 0\.340 on_demand", text.stdout, re.M), text.stdout
     assert "gpus on vast: RTX 4090" in text.stdout
     assert "gpus on runpod: NVIDIA GeForce RTX 4090" in text.stdout
     assert "interruptible" in text.stdout and "on_demand" in text.stdout

@@ -75,8 +75,8 @@ def test_alerts_are_not_marked_as_successes_in_the_step_summary() -> None:
 
 
 def test_annotation_is_one_escaped_line() -> None:
-    line = annotation(Notify(level="error", message="r halted: 100%\nbroken"))
-    assert line == "::error title=respawn::r halted: 100%25%0Abroken"
+    line = annotation(Notify(level="error", message="r halted: 100%\r\nbroken"))
+    assert line == "::error title=respawn::r halted: 100%25 broken"
 
 
 @pytest.fixture
@@ -137,3 +137,41 @@ def test_every_health_state_either_notifies_with_a_level_or_stays_quiet() -> Non
         verdict = Verdict(health=health, reason="r")
         for remembered in (Ledger(run="x"), Ledger(run="x", generation=2, notified=Health.DEAD)):
             notification("x", verdict, remembered)
+
+
+def test_a_hostile_message_reaches_the_webhook_redacted_and_inert(
+    tmp_path: Path, hook: FakeWebhook
+) -> None:
+    """A pod's failure message is quoted in the notification: it must not ping a channel,
+    disguise a link, spread over lines or carry a secret it echoed (issue 19.9)."""
+    from respawn.store.schema import Heartbeat
+
+    url = hook.start()
+    secret = "b2-controller-key-0123456789"
+    hostile = (
+        f"oom <!channel> <!here> <@U024BE7LH> @everyone @here\n"
+        f"*fixed*: see <https://evil.example/login|the dashboard> or [docs](https://evil.example)"
+        f" key={secret}"
+    )
+    failed = Heartbeat(
+        run="r", generation=1, writer="w", at=NOW, phase="failed", message=hostile, step=100
+    )
+    store = CheckpointStore(FileBackend.from_url(f"file://{tmp_path / 'store'}"), "r")
+    o = obs(heartbeat=failed)
+    plan = decide(RUN, o, NOW)
+    assert plan.notify is not None and "<!channel>" in plan.notify.message
+    env = {"RESPAWN_WEBHOOK_URL": url, "B2_APPLICATION_KEY": secret}
+    results = act(plan, RUN, _fleet(tmp_path), store, {}, o.ledger, environ=env)
+    assert results[-1].ok, results[-1].detail
+    (msg,) = hook.messages
+    slack, discord = msg["text"], msg["content"]
+    for text in (slack, discord):
+        assert "oom" in text and "dashboard" in text  # the message is still there, as text
+        assert secret not in text and "***" in text.replace("\\", "")
+        assert "\n" not in text and "\r" not in text
+        assert "@everyone" not in text and "@here" not in text
+    # Slack reads `<...>` as a mention or a link: escaped as Slack documents (&lt; &gt; &amp;).
+    assert "<" not in slack and ">" not in slack
+    # Discord: no mention is parsed at all, no link is previewed, no markup is rendered.
+    assert msg["allowed_mentions"] == {"parse": []}
+    assert "<@" not in discord.replace("\\<@", "") and "](" not in discord.replace("\\](", "")

@@ -92,3 +92,73 @@ def test_fleet_id_defaults_to_one_derived_from_the_store() -> None:
     b = parse_config(GOOD.replace("file:///tmp/x", "file:///tmp/other"))
     assert a.fleet != b.fleet and len(a.fleet) == 8
     assert parse_config("fleet_id: lab1\n" + GOOD).fleet == "lab1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "name"),
+    [
+        ("", "VAST_API_KEY"),
+        ("", "RUNPOD_API_KEY"),
+        ("", "B2_APPLICATION_KEY"),
+        ("", "B2_APPLICATION_KEY_ID"),
+        ("store:\n  ledger_secret_env: LEDGER_SECRET\n", "LEDGER_SECRET"),
+        ("providers:\n  ssh_private_key_env: RESPAWN_SSH_KEY\n", "RESPAWN_SSH_KEY"),
+        ("notify:\n  webhook_url_env: RESPAWN_WEBHOOK_URL\n", "RESPAWN_WEBHOOK_URL"),
+    ],
+)
+def test_pod_secret_env_refuses_controller_only_secrets(extra: str, name: str) -> None:
+    """Issue 19: `pod.secret_env` handed the trainer whatever it named, the ledger secret and
+    the provider keys included; a trainer is the least trusted code in the fleet."""
+    import yaml
+
+    doc = yaml.safe_load(GOOD)
+    for section, values in (yaml.safe_load(extra) or {}).items():
+        doc[section].update(values) if section in doc else doc.__setitem__(section, values)
+    doc["runs"][0]["pod"]["secret_env"] = ["HF_TOKEN", name]
+    msg = _error(yaml.safe_dump(doc))
+    assert "fleet.yaml" in msg and "pod.secret_env" in msg and name in msg, msg
+
+
+def test_a_pod_secret_holding_a_controller_secrets_value_is_not_launched(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By value too: `HF_TOKEN` set to the Vast API key (a paste, a reused secret) would hand
+    the trainer the controller's key under another name."""
+    import yaml
+
+    from respawn.controller.config import load_config
+    from respawn.controller.reconcile import tick
+    from tests.test_clouds import write_fleet
+
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"][0]["pod"]["secret_env"] = ["HF_TOKEN"]
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("HF_TOKEN", vast.api_key)
+    report = tick(load_config(path))[0]
+    assert vast.count("create") == 0 and runpod.count("podFindAndDeployOnDemand") == 0
+    (launch,) = [r for r in report.results if r.action.kind == "provision"]
+    assert not launch.ok
+    assert "HF_TOKEN" in launch.detail and "VAST_API_KEY" in launch.detail, launch.detail
+    assert vast.api_key not in launch.detail
+
+
+def test_validate_warns_about_a_secret_too_short_to_be_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redactor never masks values under 6 characters (they would mask unrelated text):
+    such a secret is printed as it is wherever it is echoed, so `validate` says so."""
+    import yaml
+
+    doc = yaml.safe_load(GOOD)
+    doc["runs"][0]["pod"]["secret_env"] = ["HF_TOKEN", "LONG_TOKEN"]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("HF_TOKEN", "abc12")
+    monkeypatch.setenv("LONG_TOKEN", "long-enough-value")
+    proc = run_cli("validate", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [ln for ln in proc.stderr.splitlines() if "HF_TOKEN" in ln]
+    assert "warning" in warning and "6" in warning and "abc12" not in proc.stderr
+    assert "LONG_TOKEN" not in proc.stderr

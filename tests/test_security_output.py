@@ -79,14 +79,14 @@ def test_multiline_secret_json_escaped_is_redacted(
     tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vast, runpod = clouds
-    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"], ssh_env="RESPAWN_SSH_KEY")
+    path = write_fleet(tmp_path, vast, runpod, ["H100_SXM"])
     doc = yaml.safe_load(path.read_text())
-    doc["runs"][0]["pod"]["secret_env"] = ["RESPAWN_SSH_KEY"]  # e.g. for git over SSH
+    doc["runs"][0]["pod"]["secret_env"] = ["GIT_SSH_KEY"]  # the trainer's own, for git
     path.write_text(yaml.safe_dump(doc))
     buf = io.StringIO()
     paramiko.RSAKey.generate(1024).write_private_key(buf)
     pem = buf.getvalue()
-    monkeypatch.setenv("RESPAWN_SSH_KEY", pem)
+    monkeypatch.setenv("GIT_SSH_KEY", pem)
     vast.offers.clear()
     runpod.echo_invalid_input = True  # the echo is json.dumps: newlines become \\n
     proc = run_cli("reconcile", "-c", str(path), "--json")
@@ -163,3 +163,83 @@ def test_log_records_are_redacted_and_printable() -> None:
     )
     RedactingFilter(Redactor(["k3y-s3cret"])).filter(record)
     assert record.getMessage() == "ALERT *** x"
+
+
+#: A pod's failure message that, printed as it is, would be GitHub workflow commands: the
+#: first one silences every later command (respawn's own annotations), the others forge one.
+INJECTED = (
+    "disk full\n::stop-commands::pwned\n  ::error title=respawn::all runs healthy\r"
+    "::add-mask::x\n##[warning]forged old-form"
+)
+
+
+def _command_lines(text: str) -> list[str]:
+    """The lines of `text` that the GitHub runner would read as workflow commands (it trims
+    leading whitespace; the old `##[` form counts anywhere in a line)."""
+    import re
+
+    lines = re.split(r"\r\n|\r|\n", text)
+    return [ln for ln in lines if ln.lstrip().startswith("::") or "##[" in ln]
+
+
+def test_a_pods_message_cannot_emit_workflow_commands(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    fleet = load_config(path)
+    tick(fleet)  # g1 launched
+    hb = Heartbeat(
+        run="job", generation=1, writer="x", at=utcnow(), phase="failed", message=INJECTED
+    )
+    (tmp_path / "store/job/heartbeat.json").write_text(hb.model_dump_json(by_alias=True))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    proc = run_cli("reconcile", "-c", str(path))
+    out = proc.stdout + proc.stderr
+    assert "stop-commands" in out and "forged old-form" in out  # shown, as text
+    commands = _command_lines(out)
+    # respawn's own annotation is the only command, one line, the pod's text escaped in it
+    assert len(commands) == 1, commands
+    assert commands[0].startswith("::warning title=respawn::job is dead: "), commands
+    assert "\n" not in commands[0] and "##[" not in commands[0]
+    assert not _command_lines((tmp_path / "summary.md").read_text())
+
+
+def test_pod_written_store_records_cannot_emit_workflow_commands(tmp_path: Path) -> None:
+    from respawn.store.schema import Quarantine, RepairEvent
+    from respawn.store.store import CheckpointStore
+
+    store_url = f"file://{tmp_path / 'store'}"
+    store = CheckpointStore.open(store_url, "job")  # what a pod's key can write
+    q = Quarantine(step=10, manifest="m", reason=INJECTED, generation=1, writer="x", at=utcnow())
+    store.write_json(
+        store.keys.quarantine_for("job/10/manifest.json"), q.model_dump(mode="json", by_alias=True)
+    )
+    event = RepairEvent(
+        kind="quarantined", step=10, detail=INJECTED, at=utcnow(), generation=1, writer="x"
+    )
+    store.write_json(
+        f"{store.keys.repairs}20260101T000000000000-a.json",
+        event.model_dump(mode="json", by_alias=True),
+    )
+    proc = run_cli("ckpt", "ls", "--store", store_url, "--run", "job")
+    out = proc.stdout + proc.stderr
+    assert "stop-commands" in out, out
+    assert not _command_lines(out), out
+
+
+def test_command_guard_catches_commands_split_across_writes() -> None:
+    from respawn.controller.workflow_output import CommandGuard
+
+    inner = io.StringIO()
+    guard = CommandGuard(inner)
+    for piece in ["ok\n  :", ":stop-commands::t\n", "x ##", "[error]y\r", "::", "warning::z"]:
+        guard.write(piece)
+    guard.command("::notice title=respawn::mine")
+    guard.write("\t")
+    guard.flush()  # a flush between a line's whitespace and its `::` must not help
+    guard.write("::error::late\n")
+    text = inner.getvalue()
+    assert _command_lines(text) == ["::notice title=respawn::mine"], text
+    assert "stop-commands::t" in text and "warning::z" in text and "late" in text

@@ -107,3 +107,88 @@ def test_a_forged_lease_cannot_lock_the_controller_out(
     report = tick(fleet)[0]
     assert report.skipped is None, report.skipped
     assert vast.count("create") == 1
+
+
+def _two_runs(tmp: Path, vast: FakeVast, runpod: FakeRunPod) -> object:
+    """One fleet, one ledger secret, two runs: A (`job`) and B (`other`)."""
+    import yaml
+
+    path = _fleet(tmp, vast, runpod)
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"].append({**doc["runs"][0], "name": "other"})
+    path.write_text(yaml.safe_dump(doc))
+    return load_config(path)
+
+
+def _health(reports: list, run: str) -> str:  # type: ignore[type-arg]
+    (report,) = [r for r in reports if r.run == run]
+    return report.plan.verdict.health.value  # type: ignore[no-any-return]
+
+
+def test_run_bs_signed_resume_order_cannot_undo_run_as_terminate(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    vast, runpod = clouds
+    fleet = _two_runs(tmp_path, vast, runpod)
+    tick(fleet)  # both launched
+    a, b = (open_run_store(fleet.store, n) for n in ("job", "other"))  # type: ignore[attr-defined]
+    write_halt(b, HaltOrder(halted=False, at=utcnow()))  # B's resume, signed
+    write_halt(a, HaltOrder(halted=True, reason="by hand", at=utcnow()))  # A's terminate
+    assert _health(tick(fleet), "job") == "stopped"
+    creates = vast.count("create")
+    halt_a = tmp_path / "store/job/control/halt.json"
+    halt_a.write_bytes((tmp_path / "store/other/control/halt.json").read_bytes())
+    reports = tick(fleet)
+    assert _health(reports, "job") == "unknown"
+    (report,) = [r for r in reports if r.run == "job"]
+    assert "signature" in report.plan.verdict.reason, report.plan.verdict.reason
+    assert not report.plan.destructive and vast.count("create") == creates
+
+
+def test_run_bs_signed_ledger_cannot_replace_run_as(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = _two_runs(tmp_path, vast, runpod)
+    tick(fleet)
+    a, b = (open_run_store(fleet.store, n) for n in ("job", "other"))  # type: ignore[attr-defined]
+    ledger = read_ledger(a)
+    halted = ledger.model_copy(update={"halted": "crash-loop breaker", "halted_at": utcnow()})
+    write_ledger(a, halted, ledger.version)
+    for _ in range(3):  # B's counter ahead of A's: no older-copy check to catch the swap
+        ledger_b = read_ledger(b)
+        write_ledger(b, ledger_b, ledger_b.version)
+    vast.instances.clear()
+    creates = vast.count("create")
+    (tmp_path / LEDGER).write_bytes((tmp_path / "store/other/ledger.json").read_bytes())
+    reports = tick(fleet, only="job")
+    assert _health(reports, "job") == "unknown"
+    (report,) = reports
+    assert not report.plan.destructive and vast.count("create") == creates
+
+
+def test_signatures_from_before_they_named_their_document_are_adopted_once(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger signed by an older respawn (a MAC over the document alone) is refused like a
+    forgery until one tick with RESPAWN_ADOPT_UNSIGNED_LEDGER=1 re-signs it."""
+    import hashlib
+    import hmac
+
+    from tests.test_security_controller import SECRET
+
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    tick(fleet)
+    for rel in (LEDGER, "store/job/control/ledger.seq.json"):
+        doc = json.loads((tmp_path / rel).read_text())
+        doc.pop("mac")
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        doc["mac"] = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        (tmp_path / rel).write_text(json.dumps(doc))
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "unknown"
+    assert "RESPAWN_ADOPT_UNSIGNED_LEDGER" in report.plan.verdict.reason
+    monkeypatch.setenv("RESPAWN_ADOPT_UNSIGNED_LEDGER", "1")
+    assert tick(fleet)[0].plan.verdict.health.value == "starting"
+    monkeypatch.delenv("RESPAWN_ADOPT_UNSIGNED_LEDGER")
+    assert tick(fleet)[0].plan.verdict.health.value == "starting"  # signed the new way
+    assert vast.count("create") == 1

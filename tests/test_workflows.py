@@ -214,3 +214,46 @@ def test_lock_pins_every_dependency_with_hashes() -> None:
     for req in direct:
         name = re.split(r"[<>=\[ ;]", req, maxsplit=1)[0].lower()
         assert name in pins, f"{name} is in pyproject.toml but not in the lock: regenerate it"
+
+
+def _lock_pins() -> dict[str, tuple[str, int]]:
+    """name → (pinned version, number of hashes) of requirements/control.lock."""
+    text = (ROOT / "requirements" / "control.lock").read_text()
+    pins: dict[str, tuple[str, int]] = {}
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            name, _, rest = line.partition("==")
+            pins[name.lower()] = (rest.split()[0], line.count("--hash=sha256:"))
+    return pins
+
+
+def test_the_build_backend_is_locked_and_hashed_and_nothing_else_is_fetched() -> None:
+    """Issue 19.8: installing respawn from its source used to fetch `setuptools>=68` (its build
+    backend: code that runs in the job, ahead of the step holding the secrets) unpinned and
+    unhashed into an isolated build environment. The backend now comes from the lock, hash
+    checked, and respawn is built against it without build isolation."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = _lock_pins()
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    for raw in build:
+        req = Requirement(raw)
+        assert req.name.lower() in pins, f"{req.name} (build-system) is not in the lock"
+        version, hashes = pins[req.name.lower()]
+        assert hashes and req.specifier.contains(version), (raw, version, hashes)
+    step = next(
+        s for s in load("tick.yml")["jobs"]["tick"]["steps"] if s["name"].startswith("Install")
+    )
+    installs = [
+        " ".join(cmd.split())
+        for cmd in step["run"].replace("\\\n", " ").splitlines()
+        if "pip install" in cmd
+    ]
+    assert installs
+    for cmd in installs:
+        locked = "--require-hashes" in cmd and " -r " in cmd
+        built = "--no-build-isolation" in cmd and "--no-deps" in cmd
+        assert locked or built, f"installs something neither locked nor built offline: {cmd}"
