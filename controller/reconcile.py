@@ -126,10 +126,11 @@ def _open_store(fleet: FleetConfig, mode: Mode) -> Backend | Exception:
     """Only an acting tick creates a file store's directory: `status` and a dry run before
     the first launch see an empty store, and leave nothing behind."""
     try:
-        return open_fleet_backend(fleet.store, create=mode is Mode.ACT)
-    except StoreMissingError:
-        return unmade_file_store(fleet.store)
-    except StoreError as e:
+        try:
+            return open_fleet_backend(fleet.store, create=mode is Mode.ACT)
+        except StoreMissingError:
+            return unmade_file_store(fleet.store)
+    except StoreError as e:  # the missing ledger secret too, for a store not made yet
         return e
 
 
@@ -205,7 +206,7 @@ def _previous_tick(store: CheckpointStore | Exception) -> tuple[datetime | None,
         record = store.read_tick()
     except StoreError as e:  # the lag display suffers; an acting tick writes a new record
         log.warning("%s: cannot read the last tick time: %s", store.run, e)
-        return None, (f"the last tick's record is unreadable, replaced by this one's: {e}",)
+        return None, (f"the last tick's record cannot be read ({e}); an acting tick rewrites it",)
     return (record.at if record else None), ()
 
 
