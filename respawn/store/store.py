@@ -225,8 +225,8 @@ class CheckpointStore:
         if found:
             return found[0].key
         legacy = self.keys.manifest(step)
-        found = self.backend.read_bytes(legacy, max_bytes=MANIFEST_MAX_BYTES)
-        return legacy if found is not None else None
+        old = self.backend.read_bytes(legacy, max_bytes=MANIFEST_MAX_BYTES)
+        return legacy if old is not None else None
 
     def read_pod_spec(self, generation: int) -> bytes | None:
         return self.backend.read_bytes(self.keys.pod_spec(generation), max_bytes=DOC_MAX_BYTES)
