@@ -124,6 +124,8 @@ def test_a_poisoned_document_stops_only_its_own_run(
         assert verdict.health.value == "starting", verdict.reason
         assert other.skipped is None and not other.failed
         assert exit_code(list(reports.values())) == 0
+        named = [w for w in other.observation.warnings if document in w]
+        assert named, other.observation.warnings
         # ...and the tick put a good one back (a lease is released: nothing left).
         if document == "tick.json":
             assert _pod(tmp_path).read_tick() is not None
