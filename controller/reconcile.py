@@ -86,11 +86,12 @@ def peek_lease(store: CheckpointStore | Exception, clock: Clock) -> NoLease | No
     """For a tick that only looks (`status`): another tick's lease, if one holds the run."""
     if isinstance(store, Exception):
         return None
+    lease = Lease(store, clock)
     try:
-        holder = Lease(store, clock).peek()
+        holder = lease.peek()
     except StoreError:  # observe reads the store too, and reports what fails
         return None
-    return None if holder is None else NoLease(holder, failed=False)
+    return None if holder is None else NoLease(holder, False, tuple(lease.ignored))
 
 
 def _guarded(stage: str, fn: Callable[[], _T]) -> _T | Broken:
