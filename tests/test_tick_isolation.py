@@ -147,8 +147,8 @@ def test_a_bug_in_one_run_makes_that_run_unknown_and_the_others_go_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The last resort: whatever escapes one run's lease/observe/classify/decide/act — here
-    a provider listing that returns a non-list for one run — is that run's `unknown`,
-    named with its type, and the process exits as usual."""
+    the TypeError a naive time used to raise, injected into one run's observation — is that
+    run's `unknown`, named with its type, and the process exits as usual."""
     vast, runpod = clouds
     fleet = _fleet(tmp_path, vast, runpod, signed=False)
     from respawn.controller import reconcile
