@@ -248,3 +248,40 @@ def test_time_zones_are_kept_and_required(tmp_path: Path) -> None:
     store.write_json(store.keys.heartbeat, doc)
     with pytest.raises(CorruptError, match=r"heartbeat\.json.*at: Input should have timezone info"):
         store.read_heartbeat()
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b'{"a": {"step": ' + HUGE.encode() + b"}}", "a.step: an integer of 5000 digits"),
+        (b'{"a": ["ok", "x\\ud800"]}', "a[1]: a lone surrogate escape"),
+        (b'{"x\\udfff": 1}', "(root): a key with a lone surrogate escape"),
+        (b'{"p": NaN}', "p: NaN, which is not JSON"),
+        (b'{"p": 1e999}', "p: a number out of range"),
+        (b"[1]", "not a JSON object"),
+    ],
+)
+def test_json_python_accepts_but_no_reader_can_use_is_corrupt(raw: bytes, said: str) -> None:
+    from respawn.store.backend import CorruptError
+    from respawn.store.strict import loads_document
+
+    with pytest.raises(CorruptError, match=r"^run/doc\.json ") as caught:
+        loads_document("run/doc.json", raw)
+    assert said in str(caught.value)
+
+
+def test_surrogate_pairs_and_long_text_are_fine() -> None:
+    from respawn.store.strict import MAX_TEXT, loads_document
+
+    assert loads_document("k", b'{"m": "\\ud83d\\ude00"}') == {"m": "\U0001f600"}
+    hb = Heartbeat.model_validate(
+        {
+            "run": "r",
+            "generation": 1,
+            "writer": "w",
+            "at": utcnow(),
+            "phase": "failed",
+            "message": "x" * (MAX_TEXT * 10),
+        }
+    )
+    assert len(hb.message) == MAX_TEXT
