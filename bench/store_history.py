@@ -48,9 +48,9 @@ class SlowBackend:
             self.calls[name] += 1
         time.sleep(self.latency)
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         self._hit("read")
-        return self.inner.read_bytes(key)
+        return self.inner.read_bytes(key, max_bytes)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._hit("write")

@@ -51,10 +51,10 @@ def main() -> None:
     delay, calls = args.latency, Calls()
 
     class SlowStore(FileBackend):
-        def read_bytes(self, key: str) -> bytes | None:
+        def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
             calls.add()
             time.sleep(delay)
-            return super().read_bytes(key)
+            return super().read_bytes(key, max_bytes)
 
     class SlowProvider(LocalProvider):
         def list_all(self) -> list[Instance]:

@@ -502,11 +502,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"respawn {_version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"a command that fails unexpectedly prints its traceback (or {DEBUG_ENV}=1)",
+    )
     # `-v` is accepted after the subcommand too; SUPPRESS keeps a later default from
     # overwriting a `-v` given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks of failures"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -669,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Set to 1 for the traceback of a command that fails unexpectedly (as `--debug`).
+DEBUG_ENV = "RESPAWN_DEBUG"
+
 #: Set by the reusable workflow to every secret its caller passed (`toJSON(secrets)`).
 ENV_SECRETS_JSON = "RESPAWN_SECRETS_JSON"
 
@@ -733,6 +744,31 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # the last resort: a report, never a traceback (unless asked)
+        return _failed(args, e)
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """`status`, `ledger repair`, `ckpt ls`: the command as it was typed."""
+    sub = getattr(args, "ledger_command", None) or getattr(args, "ckpt_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
+def _failed(args: argparse.Namespace, e: BaseException) -> int:
+    """One line naming the command and the error (redacted), exit 1; the traceback only with
+    --debug or RESPAWN_DEBUG=1."""
+    import traceback
+
+    from respawn.controller.redact import one_line
+
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV) == "1"
+    if debug:
+        trace = "".join(traceback.format_exception(e))
+        print(_redact(trace).rstrip(), file=sys.stderr)
+    hint = "" if debug else f" (--debug or {DEBUG_ENV}=1 shows the traceback)"
+    line = f"respawn {command_name(args)}: FAILED: {type(e).__name__}: {e}{hint}"
+    print(one_line(_redact(line), 2000), file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

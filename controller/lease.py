@@ -24,12 +24,14 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from respawn.controller.seal import SealError
+from respawn.store.backend import CorruptError
 from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.strict import Name
 
 TTL = timedelta(minutes=5)
 #: A real lease expires at most TTL after it was written; this much clock skew is allowed.
@@ -48,9 +50,19 @@ class LeaseLostError(StoreError):
 class LeaseDoc(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    token: str
-    holder: str
-    expires_at: datetime
+    token: Name
+    holder: Name
+    expires_at: AwareDatetime
+
+
+def held_by(lease: LeaseDoc) -> str:
+    """Why a tick that finds `lease` waits. A tick killed while holding it (a cancelled job,
+    an OOM) leaves it in place until it expires: the run waits until then, and says so."""
+    until = lease.expires_at.astimezone(UTC)
+    return (
+        f"another tick holds the tick lease until {until:%Y-%m-%d %H:%M:%S}Z "
+        f"({lease.holder}); if that tick was killed, the run waits until then"
+    )
 
 
 def lease_key(run: str) -> str:
@@ -68,21 +80,34 @@ class Lease:
         self.key = lease_key(store.run)
         self.token = uuid.uuid4().hex
         self.held = False
+        # Why a lease document found in the store was taken for nothing (for the report).
+        self.ignored: list[str] = []
+
+    def _ignore(self, why: str) -> None:
+        log.warning("%s: %s", self.key, why)
+        if why not in self.ignored:
+            self.ignored.append(why)
 
     def _read(self) -> LeaseDoc | None:
         try:
             doc = self.store.read_json(self.key)
         except SealError as e:
-            log.warning("%s: ignoring a tick lease this controller did not write: %s", self.key, e)
+            self._ignore(f"ignoring a tick lease this controller did not write: {e}")
+            return None
+        except CorruptError as e:  # torn, foreign or hostile: it holds nothing, and is replaced
+            self._ignore(f"ignoring a tick lease that cannot be read: {e}")
             return None
         if doc is None:
             return None
         try:
             lease = LeaseDoc.model_validate(doc)
-        except ValidationError:
-            return None  # a torn or foreign document holds nothing
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(root)"
+            self._ignore(f"ignoring a malformed tick lease: {self.key}: {where}: {first['msg']}")
+            return None
         if lease.expires_at > self.clock() + TTL + SKEW:
-            log.warning("%s: ignoring a tick lease that expires too late to be real", self.key)
+            self._ignore(f"ignoring a tick lease ({self.key}) that expires too late to be real")
             return None
         return lease
 
@@ -90,18 +115,28 @@ class Lease:
         doc = LeaseDoc(token=self.token, holder=_holder(), expires_at=self.clock() + TTL)
         self.store.write_json(self.key, doc.model_dump(mode="json"))
 
+    def peek(self) -> str | None:
+        """Who else holds the lease now, in words (None: nobody). Takes nothing: for `status`,
+        which never acts, to say why the run is not being acted on."""
+        other = self._read()
+        if other is None or other.token == self.token or other.expires_at <= self.clock():
+            return None
+        return held_by(other)
+
     def acquire(self, sleep: Callable[[float], None] = time.sleep) -> str | None:
         """Take the lease. Returns None when taken, else who holds it (this tick must not
         act). Raises StoreError when the store cannot be used."""
-        other = self._read()
-        if other is not None and other.token != self.token and other.expires_at > self.clock():
-            return f"{other.holder} (until {other.expires_at:%H:%M:%S}Z)"
+        other = self.peek()
+        if other is not None:
+            return other
         self._write()
         local = getattr(self.store.backend, "url", "").startswith("file://")
         sleep(LOCAL_SETTLE_SECONDS if local else SETTLE_SECONDS)
         back = self._read()
         if back is None or back.token != self.token:
-            return back.holder if back is not None else "another tick (the lease vanished)"
+            if back is None:
+                return "another tick took the tick lease at the same time (it vanished)"
+            return held_by(back)
         self.held = True
         return None
 

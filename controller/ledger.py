@@ -9,15 +9,15 @@ person said), kept in the store as two documents with one writer each.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime
 
 from pydantic import ValidationError
 
 from respawn.controller.model import HaltOrder, Ledger
-from respawn.store.backend import Backend
+from respawn.store.backend import Backend, TooLargeError
 from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.strict import DOC_MAX_BYTES, MAX_VERSION, loads_document
 
 
 class StaleLedgerError(StoreError):
@@ -41,7 +41,7 @@ def find_ledger(store: CheckpointStore) -> Ledger | None:
     try:
         return Ledger.model_validate(doc)
     except ValidationError as e:
-        raise StoreError(f"{store.keys.ledger} is malformed: {e.errors()[0]['msg']}") from e
+        raise StoreError(f"{store.keys.ledger} is malformed: {_first_error(e)}") from e
 
 
 def write_ledger(store: CheckpointStore, ledger: Ledger, expected_version: int) -> Ledger:
@@ -72,7 +72,7 @@ def read_halt(store: CheckpointStore) -> HaltOrder | None:
     try:
         return HaltOrder.model_validate(doc)
     except ValidationError as e:
-        raise StoreError(f"{halt_key(store.run)} is malformed: {e.errors()[0]['msg']}") from e
+        raise StoreError(f"{halt_key(store.run)} is malformed: {_first_error(e)}") from e
 
 
 def write_halt(store: CheckpointStore, order: HaltOrder) -> None:
@@ -92,7 +92,10 @@ def repair_ledger(
     try:
         old = find_ledger(store)
     except StoreError as e:
-        raw = _unverified(store).read_bytes(store.keys.ledger) or b""
+        try:
+            raw = _unverified(store).read_bytes(store.keys.ledger, max_bytes=DOC_MAX_BYTES) or b""
+        except TooLargeError as big:  # not kept whole: what it was is kept instead
+            raw = str(big).encode()
         backup = f"{store.keys.ledger}.corrupt-{now:%Y%m%dT%H%M%SZ}"
         store.backend.write_bytes(backup, raw)
         notes.append(f"unreadable ledger ({e}) kept as {backup}")
@@ -133,8 +136,13 @@ def _unverified(store: CheckpointStore) -> Backend:
 
 def _raw_version(store: CheckpointStore) -> int:
     try:
-        doc = json.loads(_unverified(store).read_bytes(store.keys.ledger) or b"{}")
-        version = doc.get("version", 0) if isinstance(doc, dict) else 0
-        return version if isinstance(version, int) else 0
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        raw = _unverified(store).read_bytes(store.keys.ledger, max_bytes=DOC_MAX_BYTES)
+        version = loads_document(store.keys.ledger, raw or b"{}").get("version", 0)
+        return version if isinstance(version, int) and 0 <= version <= MAX_VERSION else 0
+    except StoreError:
         return 0
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or '(root)'}: {first['msg']}"

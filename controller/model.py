@@ -6,10 +6,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from respawn.provisioning.base import Instance
 from respawn.store.schema import Heartbeat, LatestPointer, RepairEvent
+from respawn.store.strict import Generation, Name, Step, Text, Version
+
+#: What a ledger read from the store may hold of each list: the writer keeps far fewer
+#: (MAX_LEDGER_LAUNCHES, MAX_LEDGER_EVENTS), so more is not a ledger this code wrote.
+MAX_LEDGER_ITEMS = 1000
+#: No offer costs more than this an hour: a higher recorded price is not a real launch.
+MAX_PRICE_PER_HOUR = 1e6
 
 
 class _Frozen(BaseModel):
@@ -38,93 +45,93 @@ EndReason = Literal[
 
 
 class LaunchRecord(_Frozen):
-    generation: int
-    at: datetime
-    provider: str | None = None
-    instance_id: str | None = None
-    price_per_hour: float = 0.0
-    market: str | None = None  # interruptible | on_demand
-    resume_step: int | None = None
-    error: str | None = None
+    generation: Generation
+    at: AwareDatetime
+    provider: Name | None = None
+    instance_id: Name | None = None
+    price_per_hour: float = Field(0.0, ge=0, le=MAX_PRICE_PER_HOUR)
+    market: Name | None = None  # interruptible | on_demand
+    resume_step: Step | None = None
+    error: Text | None = None
     # What became of the generation (`respawn history`): written by decide, never by a pod.
-    ended_at: datetime | None = None
+    ended_at: AwareDatetime | None = None
     end_reason: EndReason | None = None
-    end_detail: str | None = None
-    first_progress_at: datetime | None = Field(
+    end_detail: Text | None = None
+    first_progress_at: AwareDatetime | None = Field(
         None, description="when the controller first saw this generation pass its resume step"
     )
-    last_step: int | None = Field(None, description="the newest step seen while it was current")
-    last_progress_at: datetime | None = None
+    last_step: Step | None = Field(None, description="the newest step seen while it was current")
+    last_progress_at: AwareDatetime | None = None
 
 
 class RestartRecord(_Frozen):
     """A restart of the trainer in place (the instance stays)."""
 
-    generation: int
-    at: datetime
-    provider: str
-    instance_id: str
+    generation: Generation
+    at: AwareDatetime
+    provider: Name
+    instance_id: Name
 
 
 class ProgressMark(_Frozen):
     """The highest step seen and when it was first seen: how 'no progress for X' is known."""
 
-    step: int
-    at: datetime
+    step: Step
+    at: AwareDatetime
 
 
 class HeartbeatMark(_Frozen):
     """The heartbeat's content as last seen and when the controller first saw that content:
     its age is judged by the controller's clock, never by the pod's `at`."""
 
-    generation: int
-    digest: str
-    at: datetime
+    generation: Generation
+    digest: Name
+    at: AwareDatetime
 
 
 class RollbackRecord(_Frozen):
     """The only way the pointer moves back: decided here, carried out by `act`."""
 
-    at: datetime
-    from_step: int | None
-    to_step: int
-    wandb_step: int | None = Field(
+    at: AwareDatetime
+    from_step: Step | None
+    to_step: Step
+    wandb_step: Step | None = Field(
         None, description="W&B's step at the rollback: rows up to it are the old, bad streak"
     )
-    reason: str
+    reason: Text
 
 
 class LedgerEvent(_Frozen):
-    at: datetime
+    at: AwareDatetime
     health: Health
-    reason: str
-    actions: tuple[str, ...] = ()
+    reason: Text
+    actions: tuple[Text, ...] = Field((), max_length=MAX_LEDGER_ITEMS)
 
 
 class Ledger(_Frozen):
     """Written by the controller only (a person's halt is the separate `HaltOrder`)."""
 
-    schema_: int = Field(1, alias="schema")
-    run: str
+    schema_: int = Field(1, alias="schema", ge=0, le=1000)
+    run: Name
     # Bumped by every write; a tick writes only over the version it read (stale writes fail).
-    version: int = 0
-    generation: int = 0
-    launches: tuple[LaunchRecord, ...] = ()
-    restarts: tuple[RestartRecord, ...] = ()
+    version: Version = 0
+    generation: Generation = 0
+    launches: tuple[LaunchRecord, ...] = Field((), max_length=MAX_LEDGER_ITEMS)
+    restarts: tuple[RestartRecord, ...] = Field((), max_length=MAX_LEDGER_ITEMS)
     progress: ProgressMark | None = None
     heartbeat_seen: HeartbeatMark | None = None
     # Consecutive ticks on which the listing and the heartbeat disagreed about liveness.
-    doubts: int = 0
-    halted: str | None = None  # by a breaker (crash loop, budget)
-    halted_at: datetime | None = None
-    finished_at: datetime | None = None
+    doubts: Version = 0
+    halted: Text | None = None  # by a breaker (crash loop, budget)
+    halted_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
     # The target_step the run finished under: raising it above this extends the run.
-    finished_target: int | None = None
-    events: tuple[LedgerEvent, ...] = ()
-    rollbacks: tuple[RollbackRecord, ...] = ()
-    wandb_run_id: str | None = None
+    finished_target: Step | None = None
+    events: tuple[LedgerEvent, ...] = Field((), max_length=MAX_LEDGER_ITEMS)
+    rollbacks: tuple[RollbackRecord, ...] = Field((), max_length=MAX_LEDGER_ITEMS)
+    wandb_run_id: Name | None = None
     notified: Health | None = Field(None, description="the state a person was last told of")
-    repairs_seen: str | None = Field(
+    repairs_seen: Name | None = Field(
         None, description="the newest store repair record already made a ledger event"
     )
 
@@ -143,8 +150,8 @@ class HaltOrder(_Frozen):
     ledger so that no tick can overwrite it."""
 
     halted: bool
-    reason: str = ""
-    at: datetime
+    reason: Text = ""
+    at: AwareDatetime
 
 
 LedgerState = Literal["ok", "missing", "unreadable"]

@@ -36,6 +36,10 @@ def env_needs(fleet: FleetConfig) -> list[EnvNeed]:
         needs += [
             EnvNeed(n, "checkpoint store (B2)", "required") for n in fleet.store.credential_envs
         ]
+    if fleet.store.ledger_secret_env:
+        needs.append(
+            EnvNeed(fleet.store.ledger_secret_env, "ledger secret (docs/keys.md)", "required")
+        )
     for run in fleet.runs:
         needs += [EnvNeed(n, f"run {run.name}: pod secret", "required") for n in run.pod.secret_env]
         if run.wandb is not None:

@@ -11,19 +11,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from respawn.controller.act import act
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.decide import decide
 from respawn.controller.lease import Clock, Lease
-from respawn.controller.model import ActionResult, Alert, Notify, RunReport
+from respawn.controller.model import (
+    ActionResult,
+    Alert,
+    Health,
+    Ledger,
+    Notify,
+    Observation,
+    Plan,
+    RunReport,
+    Verdict,
+)
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
+from respawn.controller.redact import one_line
 from respawn.controller.stores import open_fleet_backend, unmade_file_store
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider
@@ -33,6 +44,7 @@ from respawn.store.store import CheckpointStore
 
 MAX_PARALLEL_RUNS = 32
 log = logging.getLogger("respawn.controller")
+_T = TypeVar("_T")
 
 
 class Mode(StrEnum):
@@ -44,6 +56,15 @@ class Mode(StrEnum):
 class NoLease(NamedTuple):
     why: str
     failed: bool  # the store failed (a person should look), rather than another tick holds it
+    # Lease documents found and taken for nothing (a pod's, a torn one): named in the report.
+    ignored: tuple[str, ...] = ()
+
+
+class Broken(NamedTuple):
+    """What escaped one run's tick: that run is `unknown`, the others go on."""
+
+    stage: str
+    error: Exception
 
 
 def take_lease(store: CheckpointStore | Exception, clock: Clock) -> Lease | NoLease | None:
@@ -55,20 +76,62 @@ def take_lease(store: CheckpointStore | Exception, clock: Clock) -> Lease | NoLe
     try:
         holder = lease.acquire()
     except StoreError as e:
-        return NoLease(f"the tick lease could not be taken ({e})", failed=True)
+        return NoLease(f"the tick lease could not be taken ({e})", True, tuple(lease.ignored))
     if holder is not None:
-        return NoLease(f"another tick is acting on this run: {holder}", failed=False)
+        return NoLease(holder, failed=False, ignored=tuple(lease.ignored))
     return lease
+
+
+def peek_lease(store: CheckpointStore | Exception, clock: Clock) -> NoLease | None:
+    """For a tick that only looks (`status`): another tick's lease, if one holds the run."""
+    if isinstance(store, Exception):
+        return None
+    lease = Lease(store, clock)
+    try:
+        holder = lease.peek()
+    except StoreError:  # observe reads the store too, and reports what fails
+        return None
+    return None if holder is None else NoLease(holder, False, tuple(lease.ignored))
+
+
+def _guarded(stage: str, fn: Callable[[], _T]) -> _T | Broken:
+    try:
+        return fn()
+    except Exception as e:
+        return Broken(stage, e)
+
+
+def broken_report(run: RunConfig, broken: Broken, now: datetime, mode: Mode) -> RunReport:
+    """The report of a run whose tick raised: `unknown`, the error named, nothing planned."""
+    e = broken.error
+    log.error("%s: the tick failed %s: %s: %s", run.name, broken.stage, type(e).__name__, e)
+    log.debug("%s: traceback", run.name, exc_info=e)
+    reason = (
+        f"this tick failed {broken.stage}: {type(e).__name__}: {one_line(str(e), 500)} "
+        "(the other runs were reconciled; `respawn -v status` shows the traceback)"
+    )
+    ledger = Ledger(run=run.name)
+    verdict = Verdict(health=Health.UNKNOWN, reason=reason, ledger_trusted=False)
+    return RunReport(
+        run=run.name,
+        observation=Observation(run=run.name, ledger=ledger, errors=(reason,)),
+        plan=Plan(
+            verdict=verdict, actions=(Alert(message=f"{run.name}: {reason}"),), ledger=ledger
+        ),
+        dry_run=mode is not Mode.ACT,
+        now=now,
+    )
 
 
 def _open_store(fleet: FleetConfig, mode: Mode) -> Backend | Exception:
     """Only an acting tick creates a file store's directory: `status` and a dry run before
     the first launch see an empty store, and leave nothing behind."""
     try:
-        return open_fleet_backend(fleet.store, create=mode is Mode.ACT)
-    except StoreMissingError:
-        return unmade_file_store(fleet.store)
-    except StoreError as e:
+        try:
+            return open_fleet_backend(fleet.store, create=mode is Mode.ACT)
+        except StoreMissingError:
+            return unmade_file_store(fleet.store)
+    except StoreError as e:  # the missing ledger secret too, for a store not made yet
         return e
 
 
@@ -86,7 +149,7 @@ def tick_run(
     """`lease`: the run's tick lease; without it (`NoLease`) the tick only looks, and says
     why. `wandb`: the tick's W&B session (one for every run)."""
     skipped = lease.why if isinstance(lease, NoLease) else None
-    if isinstance(lease, NoLease):
+    if isinstance(lease, NoLease) and mode is Mode.ACT:
         mode = Mode.OBSERVE
     notified: ActionResult | None = None
     try:
@@ -94,7 +157,7 @@ def tick_run(
         with ThreadPoolExecutor(max_workers=1) as side:
             previous_f = side.submit(_previous_tick, store)
             obs = observe(run, store, providers, listings, wandb)
-        previous = previous_f.result()
+        previous, unread = previous_f.result()
         plan = decide(run, obs, now)
         results: tuple[ActionResult, ...] = ()
         if mode is Mode.ACT:
@@ -107,7 +170,9 @@ def tick_run(
             if plan.notify is not None and results and isinstance(results[-1].action, Notify):
                 results, notified = results[:-1], results[-1]
         elif isinstance(lease, NoLease):
-            reason = f"{plan.verdict.reason} ({lease.why}; this tick changed nothing)"
+            # The lease first: what the run looks like meanwhile (a heartbeat that "still
+            # changes", doubts that never advance) is not why nothing happens.
+            reason = f"{lease.why}; this tick changed nothing (it sees: {plan.verdict.reason})"
             verdict = plan.verdict.model_copy(update={"reason": reason})
             plan = plan.model_copy(update={"actions": (), "verdict": verdict, "notify": None})
             if lease.failed:
@@ -117,6 +182,10 @@ def tick_run(
         if isinstance(lease, Lease):
             with contextlib.suppress(StoreError):  # it expires on its own
                 lease.release()
+    # Documents that decide nothing and were taken for nothing: named, never a stop.
+    ignored = (*(lease.ignored if isinstance(lease, Lease | NoLease) else ()), *unread)
+    if ignored:
+        obs = obs.model_copy(update={"warnings": (*obs.warnings, *ignored)})
     return RunReport(
         run=run.name,
         observation=obs,
@@ -130,15 +199,16 @@ def tick_run(
     )
 
 
-def _previous_tick(store: CheckpointStore | Exception) -> datetime | None:
+def _previous_tick(store: CheckpointStore | Exception) -> tuple[datetime | None, tuple[str, ...]]:
+    """The last tick's time, and why it is unknown where the record cannot be read."""
     if isinstance(store, Exception):
-        return None
+        return None, ()
     try:
         record = store.read_tick()
-    except StoreError as e:
+    except StoreError as e:  # the lag display suffers; an acting tick writes a new record
         log.warning("%s: cannot read the last tick time: %s", store.run, e)
-        return None
-    return record.at if record else None
+        return None, (f"the last tick's record cannot be read ({e}); an acting tick rewrites it",)
+    return (record.at if record else None), ()
 
 
 def _record_tick(
@@ -175,9 +245,12 @@ def tick(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Leases first, listings after: a listing started before another tick's launch
         # finished would show that launch's generation with no instance, i.e. dead.
-        leases: list[Lease | NoLease | None] = [None] * len(runs)
-        if mode is Mode.ACT:
-            leases = list(pool.map(lambda st: take_lease(st, clock), stores))
+        def lease_of(store: CheckpointStore | Exception) -> Lease | NoLease | Broken | None:
+            if mode is Mode.ACT:
+                return _guarded("taking the tick lease", lambda: take_lease(store, clock))
+            return _guarded("reading the tick lease", lambda: peek_lease(store, clock))
+
+        leases = list(pool.map(lease_of, stores))
         listings: dict[str, Future[list[Instance]]] = {
             name: pool.submit(p.list_all)
             for name, p in providers.items()
@@ -185,8 +258,15 @@ def tick(
         }
 
         def one(i: int) -> RunReport:
-            return tick_run(
-                fleet, runs[i], stores[i], providers, listings, when, mode, leases[i], wandb
+            lease = leases[i]
+            if isinstance(lease, Broken):
+                return broken_report(runs[i], lease, when, mode)
+            done = _guarded(
+                "on this run",
+                lambda: tick_run(
+                    fleet, runs[i], stores[i], providers, listings, when, mode, lease, wandb
+                ),
             )
+            return broken_report(runs[i], done, when, mode) if isinstance(done, Broken) else done
 
         return list(pool.map(one, range(len(runs))))

@@ -94,6 +94,7 @@ def to_json(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> dict[s
                 "notified": None
                 if told is None
                 else {**told.action.model_dump(mode="json"), "ok": told.ok, "detail": told.detail},
+                "skipped": r.skipped,
                 "warnings": list(r.observation.warnings),
                 "quarantined_steps": list(r.observation.store_repairs.quarantined_steps),
                 "repairs": [

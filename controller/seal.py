@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from respawn.store.backend import Backend, Progress, StoreConfigError, StoreError
+from respawn.store.backend import Backend, CorruptError, Progress, StoreConfigError, StoreError
+from respawn.store.strict import DOC_MAX_BYTES, loads_document
 
 MAC_FIELD = "mac"
 SEQ_FIELD = "seq"
@@ -106,11 +107,9 @@ def verify(
     if adopt_unbound is None:
         adopt_unbound = adopt_unsigned
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SealError(f"{key} is not valid JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise SealError(f"{key} is not a JSON object")
+        doc = loads_document(key, data)
+    except CorruptError as e:
+        raise SealError(str(e)) from e
     mac = doc.pop(MAC_FIELD, None)
     if mac is None and adopt_unsigned:
         return data
@@ -154,18 +153,18 @@ class SealedBackend:
     def _last_seq(self, key: str) -> int:
         """The sequence number this controller last wrote to `key` (0: never counted)."""
         where = counter_key(key)
-        raw = self.inner.read_bytes(where) if where is not None else None
+        raw = self.inner.read_bytes(where, max_bytes=DOC_MAX_BYTES) if where is not None else None
         if where is None or raw is None:
             return 0
         # A counter was never unsigned: only its old kind of signature is adopted.
-        doc = json.loads(verify(where, raw, self._secret, adopt_unbound=self._adopt))
+        doc = loads_document(where, verify(where, raw, self._secret, adopt_unbound=self._adopt))
         seq = doc.get(SEQ_FIELD)
         if not isinstance(seq, int) or doc.get("key") != key:
             raise SealError(f"{where} does not count {key}")
         return seq
 
-    def read_bytes(self, key: str) -> bytes | None:
-        raw = self.inner.read_bytes(key)
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        raw = self.inner.read_bytes(key, max_bytes=max_bytes)
         if not _is_sealed(key):
             return raw
         last = self._last_seq(key)
@@ -178,7 +177,7 @@ class SealedBackend:
                 )
             return None
         data = verify(key, raw, self._secret, self._adopt)
-        seq = json.loads(data).get(SEQ_FIELD, 0)
+        seq = loads_document(key, data).get(SEQ_FIELD, 0)
         if not isinstance(seq, int) or seq < last:
             raise SealError(
                 f"{key} is an older copy (sequence {seq}) than the one this controller last "

@@ -50,10 +50,10 @@ class Spy:
         with self.lock:
             self.in_flight -= 1
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         self._enter("read")
         try:
-            return self.inner.read_bytes(key)
+            return self.inner.read_bytes(key, max_bytes)
         finally:
             self._leave()
 

@@ -110,9 +110,9 @@ class CountingBackend:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         self.reads.append(key)
-        return self.inner.read_bytes(key)
+        return self.inner.read_bytes(key, max_bytes)
 
     def list(self, prefix: str) -> Any:
         return self.inner.list(prefix)

@@ -40,6 +40,7 @@ from respawn.store.backend import (
     Progress,
     StoreConfigError,
     StoreError,
+    TooLargeError,
 )
 from respawn.store.hashing import sha1_file
 from respawn.store.many import each
@@ -219,13 +220,20 @@ class B2Backend:
 
     # -- Backend ---------------------------------------------------------------------------
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         def fetch() -> bytes | None:
-            buf = io.BytesIO()
             try:
-                self.bucket.download_file_by_name(self._name(key)).save(buf)
+                downloaded = self.bucket.download_file_by_name(self._name(key))
             except b2exc.FileNotPresent:
                 return None
+            # The size is in the response's headers: the body is read only after this.
+            size = downloaded.download_version.content_length
+            if max_bytes is not None and size > max_bytes:
+                with contextlib.suppress(Exception):
+                    downloaded.response.close()
+                raise TooLargeError(key, size, max_bytes)
+            buf = io.BytesIO()
+            downloaded.save(buf)
             return buf.getvalue()
 
         return self._call(f"reading {key}", fetch)

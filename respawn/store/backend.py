@@ -28,6 +28,16 @@ class MissingObjectError(CorruptError):
     """An object a manifest names is not in the store."""
 
 
+class TooLargeError(CorruptError):
+    """An object read as a small document is larger than any such document can be."""
+
+    def __init__(self, key: str, size: int, max_bytes: int) -> None:
+        super().__init__(
+            f"{key} holds {size} bytes, more than the {max_bytes} a document of its kind "
+            "may hold: not read"
+        )
+
+
 class StoreConfigError(StoreError):
     """The store URL or its credentials are wrong: retrying will not help."""
 
@@ -47,8 +57,9 @@ class ObjectInfo:
 class Backend(Protocol):
     url: str
 
-    def read_bytes(self, key: str) -> bytes | None:
-        """The object's bytes, or None when there is no such key."""
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """The object's bytes, or None when there is no such key. `max_bytes`: an object
+        larger than this raises TooLargeError, and is never read whole (nor into memory)."""
         ...
 
     def write_bytes(self, key: str, data: bytes) -> None:

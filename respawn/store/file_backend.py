@@ -26,6 +26,7 @@ from respawn.store.backend import (
     StoreConfigError,
     StoreError,
     StoreMissingError,
+    TooLargeError,
 )
 from respawn.store.hashing import sha1_file
 
@@ -80,9 +81,17 @@ class FileBackend:
         os.replace(tmp, path)
         self._fsync_dir(path.parent)
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as f:
+                if max_bytes is None:
+                    return f.read()
+                size = os.fstat(f.fileno()).st_size
+                # A byte over the limit is enough to know, should the file grow meanwhile.
+                data = f.read(max_bytes + 1) if size <= max_bytes else b""
+                if size > max_bytes or len(data) > max_bytes:
+                    raise TooLargeError(key, max(size, len(data)), max_bytes)
+                return data
         except FileNotFoundError:
             return None
         except OSError as e:

@@ -10,11 +10,22 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from respawn.store.strict import (
+    Generation,
+    Name,
+    Size,
+    Step,
+    Text,
+)
 
 SCHEMA_VERSION = 1
+MAX_SCHEMA = 1000
+#: A pod has a handful of SSH host keys (one per algorithm).
+MAX_HOST_KEYS = 16
 STEP_DIGITS = 6
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_DIR = re.compile(r"^step_(\d{1,16})$")
 UPLOAD_DIR_PATTERN = r"^(g[0-9]{6,}-[0-9a-f]{8,32}/)?$"
 _MANIFEST_NAME = re.compile(r"^MANIFEST(?:-g(?P<gen>[0-9]{6,})-(?P<token>[0-9a-f]{8,32}))?\.json$")
 QUARANTINE_DIR = "quarantine"
@@ -46,8 +57,8 @@ def check_rel_path(path: str) -> str:
 
 
 class ManifestFile(_Doc):
-    path: str
-    size: int = Field(ge=0)
+    path: Name
+    size: Size
     sha1: str = Field(pattern=r"^[0-9a-f]{40}$")
 
     @field_validator("path")
@@ -57,16 +68,16 @@ class ManifestFile(_Doc):
 
 
 class Manifest(_Doc):
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
-    step: int = Field(ge=0)
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
+    step: Step
     files: tuple[ManifestFile, ...]
-    total_bytes: int = Field(ge=0)
-    created_at: datetime
+    total_bytes: Size
+    created_at: AwareDatetime
     # Where this manifest's objects live inside the step directory: "" for the old layout
     # (one shared directory per step), "gNNNNNN-TOKEN/" for a writer's own upload directory.
     prefix: str = Field("", pattern=UPLOAD_DIR_PATTERN)
-    generation: int | None = Field(None, ge=0)
-    writer: str | None = None
+    generation: Generation | None = None
+    writer: Name | None = None
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -75,14 +86,14 @@ class Manifest(_Doc):
 
 
 class LatestPointer(_Doc):
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
-    run: str
-    step: int = Field(ge=0)
-    manifest: str
-    wandb_run_id: str | None = None
-    generation: int = Field(ge=0)
-    written_at: datetime
-    writer: str
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
+    run: Name
+    step: Step
+    manifest: Name
+    wandb_run_id: Name | None = None
+    generation: Generation
+    written_at: AwareDatetime
+    writer: Name
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -93,13 +104,13 @@ Phase = Literal["restoring", "training", "exiting", "finished", "failed"]
 class Quarantine(_Doc):
     """A manifest that failed verification: kept for inspection, never restored or counted."""
 
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
-    step: int = Field(ge=0)
-    manifest: str
-    reason: str
-    at: datetime
-    generation: int = Field(ge=0)
-    writer: str
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
+    step: Step
+    manifest: Name
+    reason: Text
+    at: AwareDatetime
+    generation: Generation
+    writer: Name
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -108,13 +119,13 @@ class RepairEvent(_Doc):
     """Something the store healed on its own (a rebuilt pointer, a step quarantined, a file
     restored from another intact copy); `respawn ckpt ls` and the controller show these."""
 
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
     kind: Literal["pointer-rebuilt", "quarantined", "file-from-other-copy", "pointer-reclaimed"]
-    step: int | None = None
-    detail: str = ""
-    at: datetime
-    generation: int = Field(ge=0)
-    writer: str
+    step: Step | None = None
+    detail: Text = ""
+    at: AwareDatetime
+    generation: Generation
+    writer: Name
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -122,23 +133,25 @@ class RepairEvent(_Doc):
 class Heartbeat(_Doc):
     """Pod liveness. `step` is the newest step the pod knows the trainer reached."""
 
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
-    run: str
-    generation: int = Field(ge=0)
-    writer: str
-    at: datetime
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
+    run: Name
+    generation: Generation
+    writer: Name
+    at: AwareDatetime
     phase: Phase
-    step: int | None = None
-    published_step: int | None = None
-    restoring_step: int | None = None
-    message: str = ""
+    step: Step | None = None
+    published_step: Step | None = None
+    restoring_step: Step | None = None
+    message: Text = ""
     will_repeat: bool = Field(
         False,
         description="with phase failed: the failure does not depend on the machine (nothing "
         "verifies, the command cannot start), so another instance would fail the same way",
     )
-    ssh_host_keys: tuple[str, ...] = Field(
-        (), description="SHA256 fingerprints of the pod's SSH host keys: the controller pins them"
+    ssh_host_keys: tuple[Name, ...] = Field(
+        (),
+        max_length=MAX_HOST_KEYS,
+        description="SHA256 fingerprints of the pod's SSH host keys: the controller pins them",
     )
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
@@ -148,10 +161,10 @@ class TickRecord(_Doc):
     """When the controller last ticked for this run (`RUN/tick.json`). The scheduler is
     best-effort: `status` shows the lag, and a pod asks for a tick when this is overdue."""
 
-    schema_: int = Field(SCHEMA_VERSION, alias="schema")
-    run: str
-    at: datetime
-    previous_at: datetime | None = None
+    schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
+    run: Name
+    at: AwareDatetime
+    previous_at: AwareDatetime | None = None
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 

@@ -58,6 +58,7 @@ from respawn.store.schema import (
     parse_step_dirname,
     utcnow,
 )
+from respawn.store.strict import DOC_MAX_BYTES, MANIFEST_MAX_BYTES, loads_document
 
 log = logging.getLogger("respawn.store")
 _Doc = TypeVar("_Doc", LatestPointer, Heartbeat, Manifest, Quarantine, RepairEvent, TickRecord)
@@ -163,25 +164,17 @@ class CheckpointStore:
 
     # -- small documents -------------------------------------------------------------------
 
-    def read_json(self, key: str) -> dict[str, object] | None:
-        raw = self.backend.read_bytes(key)
-        if raw is None:
-            return None
-        try:
-            doc = json.loads(raw)
-        # RecursionError: deeply nested JSON from whoever holds a store key must be a corrupt
-        # document, not an exception that ends the caller (a whole tick, a pod's sync loop).
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise CorruptError(f"{key} is not valid JSON: {e}") from e
-        if not isinstance(doc, dict):
-            raise CorruptError(f"{key} is not a JSON object")
-        return doc
+    def read_json(self, key: str, max_bytes: int = DOC_MAX_BYTES) -> dict[str, object] | None:
+        """The document, None when missing; CorruptError naming the key when it is larger
+        than `max_bytes` or is not strict JSON (`respawn.store.strict`)."""
+        raw = self.backend.read_bytes(key, max_bytes=max_bytes)
+        return None if raw is None else loads_document(key, raw)
 
     def write_json(self, key: str, doc: object) -> None:
         self.backend.write_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
-    def _parse(self, key: str, model: type[_Doc]) -> _Doc | None:
-        doc = self.read_json(key)
+    def _parse(self, key: str, model: type[_Doc], max_bytes: int = DOC_MAX_BYTES) -> _Doc | None:
+        doc = self.read_json(key, max_bytes)
         if doc is None:
             return None
         try:
@@ -205,7 +198,7 @@ class CheckpointStore:
         return self._parse(self.keys.heartbeat, Heartbeat)
 
     def read_manifest_key(self, key: str) -> Manifest | None:
-        manifest = self._parse(key, Manifest)
+        manifest = self._parse(key, Manifest, MANIFEST_MAX_BYTES)
         parsed = self.keys.parse_manifest_key(key)
         if manifest is not None and (parsed is None or parsed[0] != manifest.step):
             raise CorruptError(f"{key} claims step {manifest.step}: not a manifest of its step")
@@ -232,10 +225,11 @@ class CheckpointStore:
         if found:
             return found[0].key
         legacy = self.keys.manifest(step)
-        return legacy if self.backend.read_bytes(legacy) is not None else None
+        old = self.backend.read_bytes(legacy, max_bytes=MANIFEST_MAX_BYTES)
+        return legacy if old is not None else None
 
     def read_pod_spec(self, generation: int) -> bytes | None:
-        return self.backend.read_bytes(self.keys.pod_spec(generation))
+        return self.backend.read_bytes(self.keys.pod_spec(generation), max_bytes=DOC_MAX_BYTES)
 
     def write_pod_spec(self, generation: int, doc: bytes) -> None:
         self.backend.write_bytes(self.keys.pod_spec(generation), doc)

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from respawn.store.backend import MissingObjectError, ObjectInfo, Progress
+from respawn.store.backend import MissingObjectError, ObjectInfo, Progress, TooLargeError
 
 
 class MemoryBackend:
@@ -17,9 +17,11 @@ class MemoryBackend:
         self.objects: dict[str, tuple[bytes, float]] = {}
         self.lock = threading.Lock()
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         with self.lock:
             got = self.objects.get(key)
+        if got and max_bytes is not None and len(got[0]) > max_bytes:
+            raise TooLargeError(key, len(got[0]), max_bytes)
         return got[0] if got else None
 
     def write_bytes(self, key: str, data: bytes) -> None:
