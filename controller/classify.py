@@ -265,7 +265,7 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
                 return verdict(
                     Health.UNKNOWN,
                     f"{gone}, but its heartbeat still changes: waiting for the two to agree "
-                    f"(tick {doubts} of {DOUBT_TICKS})",
+                    f"(tick {doubts} of {DOUBT_TICKS}; ends by itself)",
                     doubts=doubts,
                 )
             gone += f" for {doubts} ticks, though its heartbeat still changes"
