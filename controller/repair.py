@@ -85,16 +85,18 @@ def repair_ledger(
     sources["latest.json"] = pointer_gen
     sources["heartbeat.json"] = heartbeat_gen
     sources["instances"] = max([*instance_generations, *(i.generation for i in listed)], default=0)
-    generation = max(sources.values())
-    notes.append(
-        f"generation {generation} (" + ", ".join(f"{k} g{v}" for k, v in sources.items()) + ")"
-    )
     base = old if old is not None else Ledger(run=store.run)
     version = base.version
     if old is None:
         # The version of a lost ledger is unknown: start above anything a stale tick read.
         version = max([version, _raw_version(store), *(c.version for c in copies)])
     launches = _launches(store, copies, listed, now, notes)
+    # A launch proven by its pod spec fences as well: its pod may still be starting.
+    sources["launches"] = max((lr.generation for lr in launches), default=0)
+    generation = max(sources.values())
+    notes.append(
+        f"generation {generation} (" + ", ".join(f"{k} g{v}" for k, v in sources.items()) + ")"
+    )
     repaired = base.model_copy(
         update={
             "generation": generation,
