@@ -6,13 +6,15 @@ person said), kept in the store as two documents with one writer each.
   A ledger that cannot be read is never overwritten; `respawn ledger repair`
   (`controller/repair.py`) rebuilds it.
 - `RUN/control/halt.json` is written by `respawn terminate` / `respawn resume` only.
+- `RUN/control/breaker.json` is written by a tick whose breaker halts the run: the halt
+  outlives the ledger it is also in (`respawn ledger repair` reads it back).
 """
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from respawn.controller.model import HaltOrder, Ledger
+from respawn.controller.model import BreakerHalt, HaltOrder, Ledger
 from respawn.store.store import CheckpointStore, StoreError
 
 
@@ -73,3 +75,11 @@ def read_halt(store: CheckpointStore) -> HaltOrder | None:
 
 def write_halt(store: CheckpointStore, order: HaltOrder) -> None:
     store.write_json(halt_key(store.run), order.model_dump(mode="json"))
+
+
+def breaker_key(run: str) -> str:
+    return f"{run}/control/breaker.json"
+
+
+def write_breaker(store: CheckpointStore, halt: BreakerHalt) -> None:
+    store.write_json(breaker_key(store.run), halt.model_dump(mode="json"))

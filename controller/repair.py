@@ -7,8 +7,9 @@ survives, trusting none of them alone.
   `ledger.json.corrupt-<time>`, those earlier repairs kept), plus the launches the pod specs
   prove (`RUN/pods/gNNNNNN.json`, written before each launch) and the instances listed. Only
   what makes the run safer is taken from a copy that does not verify: more launches, a halt.
-  The crash-loop and budget breakers are judged again on the rebuilt launch history, so a
-  halt survives an older ledger put back (issue 18.6).
+  The last breaker halt is also kept in `control/breaker.json` (signed and counted like the
+  ledger), and the crash-loop and budget breakers are judged again on the rebuilt launch
+  history: a halt survives an older ledger put back (issue 18.6).
 - An unreadable pointer or heartbeat contributes no generation (a note says so): it is kept
   beside itself (`.corrupt-<time>`), the pointer rebuilt from the newest step whose manifest
   parses (a pod's restore still verifies every file and falls back), the heartbeat left for
@@ -27,10 +28,11 @@ from pydantic import ValidationError
 
 from respawn.controller.config import Budget
 from respawn.controller.decide import budget_trip
-from respawn.controller.ledger import find_ledger, read_halt
+from respawn.controller.ledger import breaker_key, find_ledger, read_halt
 from respawn.controller.model import (
     MAX_LEDGER_EVENTS,
     MAX_LEDGER_LAUNCHES,
+    BreakerHalt,
     LaunchRecord,
     Ledger,
     RollbackRecord,
@@ -243,15 +245,17 @@ def _halt(
     now: datetime,
     notes: list[str],
 ) -> Ledger:
-    """The newest breaker halt of any copy, else one the rebuilt launches trip again. A
-    person's `resume` after a halt still lifts it (classify compares the two times)."""
-    halts = [c for c in copies if c.halted]
+    """The newest breaker halt of any copy and of `control/breaker.json`, else one the
+    rebuilt launches trip again. A person's `resume` after a halt still lifts it (classify
+    compares the two times)."""
+    halts = [BreakerHalt(halted=c.halted, at=c.halted_at or now) for c in copies if c.halted]
+    kept = _breaker_record(store)
+    if kept is not None:
+        halts.append(kept)
     if halts:
-        newest = max(halts, key=lambda c: c.halted_at or now)
+        newest = max(halts, key=lambda h: h.at)
         notes.append(f"breaker halt kept: {newest.halted}")
-        return ledger.model_copy(
-            update={"halted": newest.halted, "halted_at": newest.halted_at or now}
-        )
+        return ledger.model_copy(update={"halted": newest.halted, "halted_at": newest.at})
     if budget is None:
         return ledger
     try:
@@ -264,6 +268,15 @@ def _halt(
         return ledger
     notes.append(f"halted again on the rebuilt launch history: {trip}")
     return ledger.model_copy(update={"halted": trip, "halted_at": now})
+
+
+def _breaker_record(store: CheckpointStore) -> BreakerHalt | None:
+    """The last breaker halt, verified or not: a halt is never the unsafe direction."""
+    try:
+        raw = unverified(store).read_bytes(breaker_key(store.run))
+        return BreakerHalt.model_validate_json(raw) if raw else None
+    except (StoreError, ValidationError, ValueError, RecursionError):
+        return None
 
 
 def _rebuild_pointer(store: CheckpointStore, generation: int) -> str:

@@ -45,8 +45,11 @@ class SealError(StoreError):
 
 
 def _is_sealed(key: str) -> bool:
-    """The controller's own documents: the ledger, the halt order, the tick lease."""
-    return key.endswith(("/ledger.json", "/control/halt.json", "/control/lease.json"))
+    """The controller's own documents: the ledger, the halt order, the tick lease, the last
+    breaker halt."""
+    return key.endswith(
+        ("/ledger.json", "/control/halt.json", "/control/lease.json", "/control/breaker.json")
+    )
 
 
 def counter_key(key: str) -> str | None:
@@ -56,6 +59,8 @@ def counter_key(key: str) -> str | None:
         return key.removesuffix("ledger.json") + "control/ledger.seq.json"
     if key.endswith("/control/halt.json"):
         return key.removesuffix("halt.json") + "halt.seq.json"
+    if key.endswith("/control/breaker.json"):
+        return key.removesuffix("breaker.json") + "breaker.seq.json"
     return None
 
 

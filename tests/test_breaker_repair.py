@@ -16,7 +16,7 @@ from respawn.controller.ledger import read_ledger, write_halt
 from respawn.controller.model import HaltOrder, Health
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
-from respawn.store.schema import utcnow
+from respawn.store.schema import Heartbeat, utcnow
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
 from tests.test_security_controller import SECRET, _fleet
@@ -37,25 +37,25 @@ def test_a_crash_loop_halt_survives_a_replayed_ledger_and_its_repair(
 ) -> None:
     vast, runpod = clouds
     budget = {"max_launches_per_day": 2, "max_spend_per_day": 100}
-    path = _fleet(tmp_path, vast, runpod, budget=budget)
+    # Reclaimed instances vanish from the fake's listing at once: no listing lag to wait out.
+    health = {"startup_grace": "10m", "dead_after": "15m", "listing_grace": "0.01s"}
+    path = _fleet(tmp_path, vast, runpod, budget=budget, health=health)
     fleet = load_config(path)
     store = open_run_store(fleet.store, "job")
-    start = utcnow()
     # A person resumed the run once, long before any of this.
-    write_halt(store, HaltOrder(halted=False, reason="resume", at=start - timedelta(hours=2)))
-    later = timedelta(minutes=3)  # past any listing lag
-    tick(fleet, now=start)  # g1
+    write_halt(store, HaltOrder(halted=False, reason="resume", at=utcnow() - timedelta(hours=2)))
+    tick(fleet)  # g1
     replayed = (tmp_path / LEDGER).read_bytes()  # signed by this controller: one launch
     vast.instances.clear()  # reclaimed
-    tick(fleet, now=start + later)  # g2
+    tick(fleet)  # g2
     vast.instances.clear()  # reclaimed again: the crash-loop breaker trips
-    report = tick(fleet, now=start + 2 * later)[0]
+    report = tick(fleet)[0]
     halted = read_ledger(store)
     assert halted.halted and "crash-loop" in halted.halted, report.plan.verdict.reason
     assert vast.count("create") == 2
 
     (tmp_path / LEDGER).write_bytes(replayed)  # a pod puts the older ledger back
-    report = tick(fleet, now=start + 3 * later)[0]
+    report = tick(fleet)[0]
     assert report.plan.verdict.health == Health.UNKNOWN
     named = re.search(r"`(respawn ledger repair[^`]*)`", report.plan.verdict.reason)
     assert named, report.plan.verdict.reason
@@ -69,11 +69,46 @@ def test_a_crash_loop_halt_survives_a_replayed_ledger_and_its_repair(
     assert [lr.generation for lr in repaired.launches] == [1, 2]
     assert repaired.generation == 2
     for _ in range(2):
-        report = tick(fleet, now=start + 4 * later)[0]
+        report = tick(fleet)[0]
         assert report.plan.verdict.health == Health.HALTED, report.plan.verdict.reason
         assert vast.count("create") == 2
     # A person looks, resumes: the next launch is above every generation used so far.
     assert main(["resume", "-c", str(path), "--run", "job"]) == 0
-    report = tick(fleet, now=utcnow() + 5 * later)[0]
+    report = tick(fleet)[0]
     (launch,) = [r for r in report.results if r.action.kind == "provision"]
     assert launch.ok and launch.action.generation == 3, launch  # type: ignore[union-attr]
+
+
+def test_a_failure_halt_survives_a_replayed_ledger_and_its_repair(
+    tmp_path: Path, clouds: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A breaker that launches nothing (a failure that would repeat; the rollback breaker's
+    # limit): no launch history proves it, its own record does.
+    vast, runpod = clouds
+    path = _fleet(tmp_path, vast, runpod)
+    fleet = load_config(path)
+    store = open_run_store(fleet.store, "job")
+    write_halt(store, HaltOrder(halted=False, reason="resume", at=utcnow() - timedelta(hours=2)))
+    tick(fleet)  # g1
+    replayed = (tmp_path / LEDGER).read_bytes()
+    failed = Heartbeat(
+        run="job",
+        generation=1,
+        writer="pod g1",
+        at=utcnow(),
+        phase="failed",
+        message="the command cannot start",
+        will_repeat=True,
+    )
+    store.write_heartbeat(failed)
+    tick(fleet)
+    assert (read_ledger(store).halted or "").startswith("g1 pod reported failure")
+    (tmp_path / LEDGER).write_bytes(replayed)
+    assert tick(fleet)[0].plan.verdict.health == Health.UNKNOWN
+    rc = main(["ledger", "repair", "-c", str(path), "--run", "job"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health == Health.HALTED, report.plan.verdict.reason
+    assert "cannot start" in report.plan.verdict.reason
+    assert vast.count("create") == 1
