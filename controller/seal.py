@@ -174,8 +174,15 @@ class SealedBackend:
         counter = json.dumps({"key": key, SEQ_FIELD: seq}).encode()
         self.inner.write_bytes(where, seal(counter, self._secret))
 
-    def upload(self, key: str, src: Path, size: int, progress: Progress | None = None) -> Any:
-        return self.inner.upload(key, src, size, progress)
+    def upload(
+        self,
+        key: str,
+        src: Path,
+        size: int,
+        progress: Progress | None = None,
+        sha1: str | None = None,
+    ) -> Any:
+        return self.inner.upload(key, src, size, progress, sha1=sha1)
 
     def download(self, key: str, dst: Path, progress: Progress | None = None) -> Any:
         return self.inner.download(key, dst, progress)
