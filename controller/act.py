@@ -14,11 +14,18 @@ from collections.abc import Mapping
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.launch import MissingSecretError, provision
 from respawn.controller.lease import Lease
-from respawn.controller.ledger import StaleLedgerError, find_ledger, read_halt, write_ledger
+from respawn.controller.ledger import (
+    StaleLedgerError,
+    find_ledger,
+    read_halt,
+    write_breaker,
+    write_ledger,
+)
 from respawn.controller.model import (
     Action,
     ActionResult,
     Alert,
+    BreakerHalt,
     Halt,
     Health,
     LaunchRecord,
@@ -34,6 +41,7 @@ from respawn.controller.model import (
 from respawn.controller.notify import WebhookError, post_webhook
 from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
+from respawn.store.schema import utcnow
 from respawn.store.store import CheckpointStore, StoreError
 
 log = logging.getLogger("respawn.controller")
@@ -208,6 +216,9 @@ class _Actor:
                 log.warning("ALERT %s", self.redact(action.message))
                 return ""
             case Halt():
+                if self.store is not None:
+                    at = self.ledger.halted_at or utcnow()
+                    write_breaker(self.store, BreakerHalt(halted=action.reason, at=at))
                 return action.reason
         raise AssertionError(action)
 

@@ -239,6 +239,19 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         mine = [i for i in obs.instances if i.generation == gen]
         state = f" (it is {mine[0].state.value})" if mine else ""
         gone = f"no live instance of generation {gen}{state}"
+        launch = ledger.launch_of(gen)
+        # A person's order given since the launch (`terminate` destroyed it) is no lag.
+        ordered = obs.halt is not None and launch is not None and obs.halt.at >= launch.at
+        if not mine and launch is not None and launch.error is None and not ordered:
+            # Listings lag behind a create (eventual consistency): an instance that was just
+            # launched and is not listed at all is not yet missing.
+            young, grace = now - launch.at, run.health.listing_grace
+            if young < grace:
+                return verdict(
+                    Health.STARTING,
+                    f"g{gen} launched {ago(young)} ago and not listed yet: waiting up to "
+                    f"{ago(grace)} for the listing (health.listing_grace)",
+                )
         beating = (
             hb is not None
             and seen is not None
@@ -252,7 +265,7 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
                 return verdict(
                     Health.UNKNOWN,
                     f"{gone}, but its heartbeat still changes: waiting for the two to agree "
-                    f"(tick {doubts} of {DOUBT_TICKS})",
+                    f"(tick {doubts} of {DOUBT_TICKS}; ends by itself)",
                     doubts=doubts,
                 )
             gone += f" for {doubts} ticks, though its heartbeat still changes"

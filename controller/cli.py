@@ -335,6 +335,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from respawn.controller.report import when
     from respawn.controller.stores import open_run_store
     from respawn.store.schema import utcnow
+    from respawn.store.store import StoreError
 
     fleet = _load(args)
     run = fleet.run(args.run)
@@ -342,13 +343,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if error is not None:
         _say(f"respawn resume: FAILED: could not record the resume ({error})", err=True)
         return EXIT_FAILED
-    store = open_run_store(fleet.store, run.name)
-    ledger = read_ledger(store)
+    try:
+        store = open_run_store(fleet.store, run.name)
+        ledger = read_ledger(store)
+        pointer = store.read_pointer() if ledger.finished_at is not None else None
+    except StoreError as e:
+        # The resume is recorded; only what it leads to is unknown until the store is mended.
+        print(f"run {run.name} is no longer halted (the resume is recorded)")
+        _say(
+            f"but {e}: the run stays unknown until "
+            f"`respawn ledger repair -c {args.config} --run {run.name}`",
+            err=True,
+        )
+        return EXIT_OK
     if ledger.finished_at is None:
         print(f"run {run.name} is no longer halted; the next tick acts on it")
         return EXIT_OK
     # A finished run is not restarted by a resume: say what would, instead of a false promise.
-    pointer = store.read_pointer()
     step = "-" if pointer is None else str(pointer.step)
     if extended(run, Observation(run=run.name, pointer=pointer, ledger=ledger)):
         print(
@@ -366,16 +377,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_ledger_repair(args: argparse.Namespace) -> int:
     """Rebuild a lost, unreadable or rolled-back ledger from every fencing source."""
-    from respawn.controller.ledger import repair_ledger
+    from respawn.controller.repair import repair_ledger
     from respawn.controller.stores import open_run_store
+    from respawn.provisioning.base import Instance
     from respawn.store.schema import utcnow
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    generations: list[int] = []
+    instances: list[Instance] = []
 
     def collect(_name: str, provider: Provider) -> None:
-        generations.extend(i.generation for i in provider.list_instances(run.name) if i.billing)
+        instances.extend(i for i in provider.list_instances(run.name) if i.billing)
 
     if not _per_provider(fleet, run, collect):
         # The instances' names are a fencing source: without them the repair could allocate
@@ -384,33 +396,43 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         store = open_run_store(fleet.store, run.name)
-        ledger, notes = repair_ledger(store, generations, utcnow())
+        gens = [i.generation for i in instances]
+        ledger, notes = repair_ledger(store, gens, utcnow(), instances, run.budget)
     except Exception as e:  # the store is down or the key rejected: say so, no traceback
         _say(f"respawn ledger repair: FAILED: {type(e).__name__}: {e}", err=True)
         return EXIT_FAILED
     for note in notes:
         print(f"  {note}")
-    print(f"run {run.name}: ledger rebuilt at generation {ledger.generation}")
+    halted = f"; halted: {ledger.halted}" if ledger.halted else ""
+    print(f"run {run.name}: ledger rebuilt at generation {ledger.generation}{halted}")
     return EXIT_OK
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from respawn.controller.ledger import read_halt, read_ledger
     from respawn.controller.stores import open_run_store
+    from respawn.store.store import StoreError
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    store = open_run_store(fleet.store, run.name)
-    ledger = read_ledger(store)
-    order = read_halt(store)
+    try:
+        store = open_run_store(fleet.store, run.name)
+        ledger = read_ledger(store)
+        order = read_halt(store)
+    except StoreError as e:
+        # The rolled-back pointer must carry the ledger's generation: never a guess.
+        _say(
+            f"respawn rollback: FAILED: {e}; mend it first (`respawn ledger repair -c "
+            f"{args.config} --run {run.name}`, or `respawn terminate` for a halt order)",
+            err=True,
+        )
+        return EXIT_FAILED
     if order is None or not order.halted:
         # A live pod would publish past the rolled-back step at its next checkpoint.
         raise UsageError(
             f"run {run.name} is not halted: `respawn terminate -c {args.config} --run {run.name}`"
             " first, then rollback, then `respawn resume`"
         )
-    from respawn.store.store import StoreError
-
     try:
         pointer = store.rollback_pointer(args.step, ledger.generation, "respawn rollback")
     except StoreError as e:

@@ -153,6 +153,11 @@ class HealthPolicy(_Strict):
     dead_after: Duration = Field(
         timedelta(minutes=15), description="no heartbeat for this long means dead"
     )
+    listing_grace: Duration = Field(
+        timedelta(minutes=2),
+        description="how long after its launch an instance the provider's listing does not "
+        "show yet is taken for listing lag (starting), not for dead",
+    )
     degenerate: DegenerateRule | None = None
     finish_grace: Duration = Field(
         timedelta(minutes=10),

@@ -182,7 +182,8 @@ def _rollback(
             Halt(reason=why),
             Alert(message=f"{run.name} halted: {why}"),
         ]
-        return actions, ledger.model_copy(update={"halted": why})
+        # halted_at: a `respawn resume` given before this halt must not undo it.
+        return actions, ledger.model_copy(update={"halted": why, "halted_at": now})
 
     if obs.published_steps is None:
         return [Alert(message=f"{run.name} is degenerate; published steps unknown")], ledger

@@ -3,21 +3,19 @@ person said), kept in the store as two documents with one writer each.
 
 - `RUN/ledger.json` is written by ticks only, and only over the version the tick read
   (`write_ledger`): a tick that observed before another wrote fails instead of undoing it.
-  A ledger that cannot be read is never overwritten; `repair_ledger` rebuilds it.
+  A ledger that cannot be read is never overwritten; `respawn ledger repair`
+  (`controller/repair.py`) rebuilds it.
 - `RUN/control/halt.json` is written by `respawn terminate` / `respawn resume` only.
+- `RUN/control/breaker.json` is written by a tick whose breaker halts the run: the halt
+  outlives the ledger it is also in (`respawn ledger repair` reads it back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
-
 from pydantic import ValidationError
 
-from respawn.controller.model import HaltOrder, Ledger
-from respawn.store.backend import Backend, TooLargeError
+from respawn.controller.model import BreakerHalt, HaltOrder, Ledger
 from respawn.store.store import CheckpointStore, StoreError
-from respawn.store.strict import DOC_MAX_BYTES, MAX_VERSION, loads_document
 
 
 class StaleLedgerError(StoreError):
@@ -79,68 +77,12 @@ def write_halt(store: CheckpointStore, order: HaltOrder) -> None:
     store.write_json(halt_key(store.run), order.model_dump(mode="json"))
 
 
-def repair_ledger(
-    store: CheckpointStore, instance_generations: Iterable[int], now: datetime
-) -> tuple[Ledger, list[str]]:
-    """Rebuild the ledger from every fencing source: what is left of it, the pointer, the
-    heartbeat and the generations of the run's instances. A ledger that cannot be parsed is
-    kept beside it (`ledger.json.corrupt-<time>`). Returns the new ledger and what was done.
-    Raises StoreError when the pointer or heartbeat cannot be read (their generations are
-    needed)."""
-    notes: list[str] = []
-    old: Ledger | None
-    try:
-        old = find_ledger(store)
-    except StoreError as e:
-        try:
-            raw = _unverified(store).read_bytes(store.keys.ledger, max_bytes=DOC_MAX_BYTES) or b""
-        except TooLargeError as big:  # not kept whole: what it was is kept instead
-            raw = str(big).encode()
-        backup = f"{store.keys.ledger}.corrupt-{now:%Y%m%dT%H%M%SZ}"
-        store.backend.write_bytes(backup, raw)
-        notes.append(f"unreadable ledger ({e}) kept as {backup}")
-        old = None
-    sources = {"ledger": old.generation if old is not None else 0}
-    pointer, heartbeat = store.read_pointer(), store.read_heartbeat()
-    sources["latest.json"] = pointer.generation if pointer is not None else 0
-    sources["heartbeat.json"] = heartbeat.generation if heartbeat is not None else 0
-    sources["instances"] = max(instance_generations, default=0)
-    generation = max(sources.values())
-    notes.append(
-        f"generation {generation} (" + ", ".join(f"{k} g{v}" for k, v in sources.items()) + ")"
-    )
-    base = old if old is not None else Ledger(run=store.run)
-    version = base.version
-    if old is None:
-        # The version of a lost ledger is unknown: start above anything a stale tick read.
-        raw_version = _raw_version(store)
-        version = max(version, raw_version)
-    repaired = base.model_copy(
-        update={
-            "generation": generation,
-            "heartbeat_seen": None,  # judged afresh from the next tick on
-            "doubts": 0,
-            "version": version + 1,
-        }
-    )
-    store.write_json(store.keys.ledger, repaired.model_dump(mode="json", by_alias=True))
-    return repaired, notes
+def breaker_key(run: str) -> str:
+    return f"{run}/control/breaker.json"
 
 
-def _unverified(store: CheckpointStore) -> Backend:
-    """The store's backend without the ledger signature check (`controller/seal.py`): repair
-    keeps a ledger that does not verify, it does not trust it."""
-    raw = getattr(store.backend, "raw", None)
-    return raw() if callable(raw) else store.backend
-
-
-def _raw_version(store: CheckpointStore) -> int:
-    try:
-        raw = _unverified(store).read_bytes(store.keys.ledger, max_bytes=DOC_MAX_BYTES)
-        version = loads_document(store.keys.ledger, raw or b"{}").get("version", 0)
-        return version if isinstance(version, int) and 0 <= version <= MAX_VERSION else 0
-    except StoreError:
-        return 0
+def write_breaker(store: CheckpointStore, halt: BreakerHalt) -> None:
+    store.write_json(breaker_key(store.run), halt.model_dump(mode="json"))
 
 
 def _first_error(e: ValidationError) -> str:

@@ -154,6 +154,14 @@ class HaltOrder(_Frozen):
     at: AwareDatetime
 
 
+class BreakerHalt(_Frozen):
+    """The last halt a breaker made, kept apart from the ledger (`control/breaker.json`), so
+    that a ledger lost or put back older cannot take the halt with it."""
+
+    halted: str
+    at: datetime
+
+
 LedgerState = Literal["ok", "missing", "unreadable"]
 
 

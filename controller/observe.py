@@ -54,6 +54,11 @@ def trusted_pointer(
     return pointer
 
 
+def _repair(run: RunConfig) -> str:
+    """The command that ends an `unknown` caused by one of the run's documents."""
+    return f"`respawn ledger repair --run {run.name}`"
+
+
 def observe(
     run: RunConfig,
     store: CheckpointStore | Exception,
@@ -84,11 +89,14 @@ def observe(
             found = ledger_f.result()
             ledger, ledger_state = found or ledger, "ok" if found is not None else "missing"
         except StoreError as e:
-            errors.append(f"ledger: {e} (nothing is overwritten; `respawn ledger repair`)")
+            errors.append(f"ledger: {e} (nothing is overwritten until {_repair(run)})")
         try:
             halt = halt_f.result()
         except StoreError as e:
-            errors.append(f"halt order: {e}")
+            errors.append(
+                f"halt order: {e} (`respawn resume --run {run.name}` writes a new one, or "
+                f"`respawn terminate --run {run.name}` to stop the run)"
+            )
         # Verified by this controller's signature (`controller/seal.py`): pod-written
         # generations above it are ignored, not taken for a lost ledger.
         signed = ledger_state == "ok" and isinstance(store.backend, SealedBackend)
@@ -97,11 +105,11 @@ def observe(
             pointer_generation = raw_pointer.generation if raw_pointer is not None else None
             pointer = trusted_pointer(store, raw_pointer, ledger, signed)
         except StoreError as e:
-            errors.append(f"latest.json: {e}")
+            errors.append(f"latest.json: {e} ({_repair(run)} rebuilds it from the manifests)")
         try:
             heartbeat = heartbeat_f.result()
         except StoreError as e:
-            errors.append(f"heartbeat.json: {e}")
+            errors.append(f"heartbeat.json: {e} ({_repair(run)} sets it aside)")
         try:  # shown, never judged: a failure here is a warning, not an unknown run
             repairs = read_store_repairs(store, ledger.repairs_seen)
         except StoreError as e:

@@ -49,8 +49,11 @@ class SealError(StoreError):
 
 
 def _is_sealed(key: str) -> bool:
-    """The controller's own documents: the ledger, the halt order, the tick lease."""
-    return key.endswith(("/ledger.json", "/control/halt.json", "/control/lease.json"))
+    """The controller's own documents: the ledger, the halt order, the tick lease, the last
+    breaker halt."""
+    return key.endswith(
+        ("/ledger.json", "/control/halt.json", "/control/lease.json", "/control/breaker.json")
+    )
 
 
 def counter_key(key: str) -> str | None:
@@ -60,6 +63,8 @@ def counter_key(key: str) -> str | None:
         return key.removesuffix("ledger.json") + "control/ledger.seq.json"
     if key.endswith("/control/halt.json"):
         return key.removesuffix("halt.json") + "halt.seq.json"
+    if key.endswith("/control/breaker.json"):
+        return key.removesuffix("breaker.json") + "breaker.seq.json"
     return None
 
 
@@ -207,8 +212,15 @@ class SealedBackend:
         counter = json.dumps({"key": key, SEQ_FIELD: seq}).encode()
         self.inner.write_bytes(where, seal(where, counter, self._secret))
 
-    def upload(self, key: str, src: Path, size: int, progress: Progress | None = None) -> Any:
-        return self.inner.upload(key, src, size, progress)
+    def upload(
+        self,
+        key: str,
+        src: Path,
+        size: int,
+        progress: Progress | None = None,
+        sha1: str | None = None,
+    ) -> Any:
+        return self.inner.upload(key, src, size, progress, sha1=sha1)
 
     def download(self, key: str, dst: Path, progress: Progress | None = None) -> Any:
         return self.inner.download(key, dst, progress)

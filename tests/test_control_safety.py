@@ -382,6 +382,9 @@ def _local_rounds(tmp_path: Path, n_rounds: int) -> None:
     path = write_local_fleet(tmp_path)
     doc = yaml.safe_load(path.read_text())
     doc["runs"][0]["budget"] = {"max_launches_per_day": 1000, "max_spend_per_day": 1}
+    # Each round reclaims the instance seconds after its launch, and the local provider
+    # forgets it at once: no listing lag to wait out here.
+    doc["runs"][0]["health"]["listing_grace"] = "0.01s"
     path.write_text(yaml.safe_dump(doc))
     fleet = load_config(path)
     provider = LocalProvider(tmp_path / "local", term_grace=2)

@@ -13,6 +13,7 @@ from respawn.controller.config import FleetConfig, load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
+from respawn.store.schema import utcnow
 from tests.conftest import run_cli, wait_for
 
 SLEEPER = '{python} -c "import sys, time; time.sleep(120)" {resume_step}'
@@ -138,7 +139,8 @@ def test_dead_instance_is_replaced_with_next_generation(fleet_path: Path) -> Non
     (first,) = provider.list_instances("job")
     provider.signal(first.id, 9)
     wait_for(lambda: not provider.list_instances("job"))
-    report = tick(fleet)[0]
+    # Gone from the listing: dead once the listing's lag cannot explain it any more.
+    report = tick(fleet, now=utcnow() + fleet.runs[0].health.listing_grace)[0]
     assert report.plan.verdict.health.value == "dead"
     (second,) = provider.list_instances("job")
     assert second.generation == 2 and second.id != first.id

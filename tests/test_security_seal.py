@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from respawn.controller.config import load_config
-from respawn.controller.ledger import read_ledger, repair_ledger, write_halt, write_ledger
+from respawn.controller.ledger import read_ledger, write_halt, write_ledger
 from respawn.controller.model import HaltOrder
 from respawn.controller.reconcile import tick
+from respawn.controller.repair import repair_ledger
 from respawn.controller.stores import open_run_store
 from respawn.store.schema import utcnow
 from tests.fakes.runpod import FakeRunPod

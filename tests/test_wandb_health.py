@@ -227,7 +227,8 @@ def test_a_new_pod_gets_the_checkpoints_wandb_run_id_and_the_ledger_remembers_it
     assert provision.wandb_run_id == "w123"
     assert plan.ledger.wandb_run_id == "w123"
     # With no pointer, the ledger's id (given to the first pod) carries over.
-    plan = decide(RUN, obs(pointer=None, instances=(), ledger=plan.ledger), NOW)
+    later = NOW + RUN.health.listing_grace  # g2 is not missing before that
+    plan = decide(RUN, obs(pointer=None, instances=(), ledger=plan.ledger), later)
     provision = next(a for a in plan.actions if isinstance(a, Provision))
     assert provision.wandb_run_id == "w123"
 
