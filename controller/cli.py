@@ -415,8 +415,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
+    # A store that cannot be opened (no key, no secret) is the last resort's to report: the
+    # remedy below is for a store whose documents cannot be read.
+    store = open_run_store(fleet.store, run.name)
     try:
-        store = open_run_store(fleet.store, run.name)
         ledger = read_ledger(store)
         order = read_halt(store)
     except StoreError as e:
