@@ -150,7 +150,7 @@ def _replace(
     resume = obs.pointer.step if obs.pointer is not None else None
     # The pod is told which W&B run to resume, and the ledger remembers it: the W&B history
     # stays one run across generations, and the controller knows which run to watch.
-    wandb_id = primary_run_id(run, obs.pointer, ledger)
+    wandb_id = primary_run_id(run, ledger)
     actions.append(Provision(generation=gen, resume_step=resume, reason=why, wandb_run_id=wandb_id))
     launches = (*ledger.launches, LaunchRecord(generation=gen, at=now, resume_step=resume))
     return actions, ledger.model_copy(

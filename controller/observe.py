@@ -145,7 +145,7 @@ def observe(
         store_repairs=repairs,
     )
     if wandb is not None and run.wandb is not None:
-        ids = watched_run_ids(run, pointer, ledger)
+        ids = watched_run_ids(run, ledger)
         obs = obs.model_copy(
             update={"wandb": wandb.read(run, ids, tail_after=rolled_back_through(ledger))}
         )

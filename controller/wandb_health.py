@@ -13,25 +13,22 @@ from datetime import datetime, timedelta
 
 from respawn.controller.config import DegenerateRule, RunConfig
 from respawn.controller.model import Ledger, Observation, WandbRunSignal
-from respawn.store.schema import LatestPointer
 
 
-def primary_run_id(run: RunConfig, pointer: LatestPointer | None, ledger: Ledger) -> str:
-    """The W&B run the trainer logs to: fixed in the config, else the one the checkpoints were
-    written under, else the one respawn last gave a pod, else the pod's default (the run name)."""
+def primary_run_id(run: RunConfig, ledger: Ledger) -> str:
+    """The W&B run the trainer logs to: fixed in the config, else the one respawn gave the
+    first pod (the ledger remembers it), else the pod's default (the run name).
+
+    Never the pointer's `wandb_run_id`: any pod key writes latest.json, and the id steers
+    both the next pod's W&B run and the signals the run's health is judged by (issue 19.5)."""
     ref = run.wandb
-    return (
-        (ref.run_id if ref else None)
-        or (pointer.wandb_run_id if pointer else None)
-        or ledger.wandb_run_id
-        or run.name
-    )
+    return (ref.run_id if ref else None) or ledger.wandb_run_id or run.name
 
 
-def watched_run_ids(run: RunConfig, pointer: LatestPointer | None, ledger: Ledger) -> list[str]:
+def watched_run_ids(run: RunConfig, ledger: Ledger) -> list[str]:
     if run.wandb is None:
         return []
-    ids = [primary_run_id(run, pointer, ledger), *run.wandb.also_watch]
+    ids = [primary_run_id(run, ledger), *run.wandb.also_watch]
     return list(dict.fromkeys(ids))
 
 

@@ -220,17 +220,18 @@ def test_budget_trip_during_a_rollback_halts_without_moving_the_pointer() -> Non
     assert not plan.ledger.rollbacks
 
 
-def test_a_new_pod_gets_the_checkpoints_wandb_run_id_and_the_ledger_remembers_it() -> None:
-    ptr = pointer(100).model_copy(update={"wandb_run_id": "w123"})
-    plan = decide(RUN, obs(pointer=ptr, instances=(), ledger=ledger()), NOW)
+def test_a_new_pod_gets_the_ledgers_wandb_run_id_never_the_pointers() -> None:
+    """latest.json is pod-writable: its W&B run id must not steer the next pod's W&B run or
+    the signals the run is judged by (issue 19.5)."""
+    ptr = pointer(100).model_copy(update={"wandb_run_id": "planted-by-a-pod"})
+    plan = decide(RUN, obs(pointer=ptr, instances=(), ledger=ledger(wandb_run_id="w123")), NOW)
     provision = next(a for a in plan.actions if isinstance(a, Provision))
     assert provision.wandb_run_id == "w123"
     assert plan.ledger.wandb_run_id == "w123"
-    # With no pointer, the ledger's id (given to the first pod) carries over.
-    later = NOW + RUN.health.listing_grace  # g2 is not missing before that
-    plan = decide(RUN, obs(pointer=None, instances=(), ledger=plan.ledger), later)
+    # With no id remembered, the pod gets the run's own name, and the ledger keeps it.
+    plan = decide(RUN, obs(pointer=ptr, instances=(), ledger=ledger()), NOW)
     provision = next(a for a in plan.actions if isinstance(a, Provision))
-    assert provision.wandb_run_id == "w123"
+    assert provision.wandb_run_id == RUN.name == plan.ledger.wandb_run_id
 
 
 def test_ledger_round_trips_the_new_fields() -> None:

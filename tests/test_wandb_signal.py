@@ -15,7 +15,6 @@ from respawn.controller.reconcile import Mode, tick
 from respawn.controller.report import to_json, to_text
 from respawn.controller.wandb_health import watched_run_ids
 from respawn.controller.wandb_signal import WandbReader, app_url
-from respawn.store.schema import LatestPointer
 from tests.fakes.wandb import API_KEY, FakeWandb
 
 ENV = {"WANDB_API_KEY": API_KEY}
@@ -160,20 +159,11 @@ def test_one_api_per_tick_is_shared_by_every_run(fake: FakeWandb) -> None:
     assert fake.count("Viewer") == 1
 
 
-def test_watched_ids_follow_the_checkpoints_then_the_ledger_then_the_run_name() -> None:
+def test_watched_ids_follow_the_ledger_then_the_run_name() -> None:
+    # Not the pointer: a pod-written latest.json does not choose the W&B run (issue 19.5).
     run = wandb_run("http://x", also="[orch]")
-    ptr = LatestPointer(
-        run="r",
-        step=5,
-        manifest="m",
-        wandb_run_id="from-ptr",
-        generation=1,
-        written_at=datetime(2026, 1, 1, tzinfo=UTC),
-        writer="w",
-    )
-    assert watched_run_ids(run, None, Ledger(run="r")) == ["r", "orch"]
-    assert watched_run_ids(run, None, Ledger(run="r", wandb_run_id="led")) == ["led", "orch"]
-    assert watched_run_ids(run, ptr, Ledger(run="r", wandb_run_id="led"))[0] == "from-ptr"
+    assert watched_run_ids(run, Ledger(run="r")) == ["r", "orch"]
+    assert watched_run_ids(run, Ledger(run="r", wandb_run_id="led")) == ["led", "orch"]
     cloud = wandb_run("https://api.wandb.ai")
     assert cloud.wandb is not None
     assert app_url(cloud.wandb, "abc") == "https://wandb.ai/ent/proj/runs/abc"
