@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from respawn.controller.seal import SealError
+from respawn.store.keys import Keys
 from respawn.store.store import CheckpointStore, StoreError
 
 TTL = timedelta(minutes=5)
@@ -54,7 +55,7 @@ class LeaseDoc(BaseModel):
 
 
 def lease_key(run: str) -> str:
-    return f"{run}/control/lease.json"
+    return Keys(run).lease
 
 
 def _holder() -> str:

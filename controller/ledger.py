@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from respawn.controller.model import HaltOrder, Ledger
 from respawn.store.backend import Backend
+from respawn.store.keys import Keys
 from respawn.store.store import CheckpointStore, StoreError
 
 
@@ -25,7 +26,7 @@ class StaleLedgerError(StoreError):
 
 
 def halt_key(run: str) -> str:
-    return f"{run}/control/halt.json"
+    return Keys(run).halt
 
 
 def read_ledger(store: CheckpointStore) -> Ledger:

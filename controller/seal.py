@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from respawn.store.backend import Backend, Progress, StoreConfigError, StoreError
+from respawn.store.keys import Keys, split_run_key
 
 MAC_FIELD = "mac"
 SEQ_FIELD = "seq"
@@ -45,18 +46,19 @@ class SealError(StoreError):
 
 
 def _is_sealed(key: str) -> bool:
-    """The controller's own documents: the ledger, the halt order, the tick lease."""
-    return key.endswith(("/ledger.json", "/control/halt.json", "/control/lease.json"))
+    """The controller's own documents: the ledger, the halt order, the tick lease. Not the
+    fence (`control/fence.json`): pods read it and cannot verify a signature."""
+    run, _ = split_run_key(key)
+    keys = Keys(run)
+    return key in (keys.ledger, keys.halt, keys.lease)
 
 
 def counter_key(key: str) -> str | None:
     """Where the last sequence number written to `key` is kept (None: not counted; the
     lease is rewritten several times a tick and expires on its own)."""
-    if key.endswith("/ledger.json"):
-        return key.removesuffix("ledger.json") + "control/ledger.seq.json"
-    if key.endswith("/control/halt.json"):
-        return key.removesuffix("halt.json") + "halt.seq.json"
-    return None
+    run, _ = split_run_key(key)
+    keys = Keys(run)
+    return {keys.ledger: keys.ledger_seq, keys.halt: keys.halt_seq}.get(key)
 
 
 def _mac(doc: dict[str, Any], secret: bytes) -> str:
