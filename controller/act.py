@@ -101,6 +101,14 @@ class _Actor:
         written = write_ledger(self.store, Ledger.model_validate(doc), self.version)
         self.version = written.version
 
+    def claim(self, generation: int) -> None:
+        """Claim a generation: the ledger (the controller's record), then the fence document
+        pods read (`RUN/control/fence.json`). A fence that cannot be written stops the
+        action: an old pod would not know it is fenced."""
+        self.save_ledger()
+        if self.store is not None:
+            self.store.write_fence(generation)
+
     def _still_ours(self) -> None:
         """Before every change: this tick still holds the run. Once it does not (the lease
         was lost, the ledger moved), nothing more is done."""
@@ -149,7 +157,7 @@ class _Actor:
                     if order is not None and order.halted:
                         raise ProviderError(f"skipped: stopped by hand ({order.reason})")
                 try:
-                    self.save_ledger()  # claim the generation first: it fences the old pod
+                    self.claim(action.generation)  # first: it fences the old pod
                 except StoreError as e:
                     self.stopped = e  # a stale plan must not launch, nor write later
                     raise
@@ -186,7 +194,7 @@ class _Actor:
                     # Claim the new generation first: pods fence on the controller's ledger,
                     # so the old pod stops before it could publish a step of the streak over
                     # the rolled-back pointer.
-                    self.save_ledger()
+                    self.claim(action.generation)
                     self.store.rollback_pointer(
                         action.to_step, action.generation, writer="respawn-controller:rollback"
                     )
