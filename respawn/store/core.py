@@ -9,15 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from respawn.contract.fencing import Fence
 from respawn.store import open_backend
-from respawn.store.backend import Backend, CorruptError, ObjectInfo, StoreError
+from respawn.store.backend import (
+    Backend,
+    CorruptError,
+    ObjectInfo,
+    StoreConfigError,
+    StoreError,
+)
 from respawn.store.keys import Keys, parse_step_dirname
 from respawn.store.many import each_outcome, retried
 from respawn.store.schema import (
@@ -32,6 +39,10 @@ from respawn.store.schema import (
 
 log = logging.getLogger("respawn.store")
 _Doc = TypeVar("_Doc", bound=BaseModel)
+T = TypeVar("T")
+#: First wait between reads during an outage, doubling up to OUTAGE_MAX_WAIT_S (tests: 0).
+OUTAGE_WAIT_S = 0.5
+OUTAGE_MAX_WAIT_S = 15.0
 
 
 class FencedError(StoreError):
@@ -55,6 +66,21 @@ class NothingVerifiesError(StoreError):
 class StoreUnavailableError(StoreError):
     """The store kept failing to answer (not bad bytes) past the read deadline: another try
     later, or another instance, may well succeed."""
+
+
+def is_outage(e: BaseException) -> bool:
+    """A store call that failed without proving anything about the bytes (an I/O error, a
+    timeout, a 5xx the backend's own retries did not outlast): asking again later may work.
+    Bad bytes, bad documents and a key without the right (`StoreConfigError`) stay so."""
+    return isinstance(e, StoreError) and not isinstance(
+        e,
+        CorruptError
+        | StoreConfigError
+        | FencedError
+        | BackwardsError
+        | NothingVerifiesError
+        | StoreUnavailableError,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,6 +120,24 @@ class StoreCore:
         require_delete: bool = True,
     ) -> Self:
         return cls(open_backend(url, credential_envs, create, require_delete), run, workers)
+
+    def patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, asked again while the store is out (`is_outage`), for at most
+        `read_deadline_s`; then StoreUnavailableError. Anything else is raised at once."""
+        deadline = self.read_deadline_s
+        try:
+            return retry(
+                retry=retry_if_exception(is_outage),
+                stop=stop_after_delay(deadline),
+                wait=wait_exponential(multiplier=OUTAGE_WAIT_S, max=OUTAGE_MAX_WAIT_S),
+                reraise=True,
+            )(fn)(*args)
+        except StoreError as e:
+            if not is_outage(e):
+                raise
+            raise StoreUnavailableError(
+                f"the store did not answer for {deadline:g}s ({e}); nothing was judged corrupt"
+            ) from e
 
     # -- small documents -------------------------------------------------------------------
 

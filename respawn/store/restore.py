@@ -67,25 +67,44 @@ class Restoring(PointerMoves):
         quiet: bool = False,
         sources: Sequence[CheckpointSource] | None = None,
         repair_as: tuple[int, str] | None = None,
+        fresh_without_pointer: bool = False,
     ) -> PullResult | None:
         """Restore the newest step at or below the pointer whose every file verifies.
 
-        Returns None when the run has no pointer yet (a fresh start). Files land under `dest`
+        Returns None when the run has no checkpoint yet (a fresh start): no pointer and no
+        manifest. With `repair_as`, a missing pointer while manifests exist is a lost pointer,
+        rebuilt like an unreadable one (unless `fresh_without_pointer`). Files land under `dest`
         at their recorded relative paths only after the whole step has verified; with
         `sources`, a manifest naming any file outside those sources' directories of its step
         is rejected. `repair_as=(generation, writer)` lets this pull heal what it finds: an
         unreadable pointer is rebuilt from the newest step that verifies, and a step that
         fails is quarantined and the pointer moved off it (a pod passes its own identity;
         a read-only `ckpt pull` passes none).
+
+        Only proven bad bytes reject a step; a read that fails otherwise (an outage) is
+        retried until `read_deadline_s`, then StoreUnavailableError, nothing quarantined.
         """
         try:
-            pointer, pointer_error = self.read_pointer(), None
+            pointer, pointer_error = self.patiently(self.read_pointer), None
         except CorruptError as e:
             if repair_as is None:
                 raise
             pointer, pointer_error = None, str(e)
+        history: list[dict[int, list[ManifestRef]]] = []
+
+        def refs() -> dict[int, list[ManifestRef]]:
+            # The run's whole listing: only when the pointer's step fails (or one of its
+            # files needs another copy), never on the way to a step that verifies.
+            if not history:
+                history.append(self.patiently(self.manifest_refs))
+            return history[0]
+
         if pointer is None and pointer_error is None:
-            return None
+            if repair_as is None or fresh_without_pointer or not refs():
+                return None
+            pointer_error = (
+                f"{self.keys.latest} is missing, but steps {sorted(refs())[-3:]} have manifests"
+            )
         rejected: list[tuple[int, str]] = []
         first: list[tuple[int, str]] = []
         if pointer is not None:
@@ -95,19 +114,11 @@ class Restoring(PointerMoves):
                 rejected.append((pointer.step, pointer_error))
             else:
                 first.append((pointer.step, pointer.manifest))
-        history: list[dict[int, list[ManifestRef]]] = []
-
-        def refs() -> dict[int, list[ManifestRef]]:
-            # The run's whole listing: only when the pointer's step fails (or one of its
-            # files needs another copy), never on the way to a step that verifies.
-            if not history:
-                history.append(self.manifest_refs())
-            return history[0]
 
         def candidates() -> Iterator[tuple[int, str]]:
             yield from first
             older = refs()
-            quarantined = set(self.quarantined())
+            quarantined = set(self.patiently(self.quarantined))
             top = pointer.step if pointer is not None else None
             for step in sorted(older, reverse=True):
                 if top is not None and step >= top:
@@ -119,7 +130,7 @@ class Restoring(PointerMoves):
             staging = dest / f".respawn-staging-{step}"
             _clear(staging)
             try:
-                manifest = self.read_manifest_key(key)
+                manifest = self.patiently(self.read_manifest_key, key)
                 if manifest is None:
                     raise CorruptError(f"{key} is missing")
                 if sources is not None:
@@ -138,6 +149,8 @@ class Restoring(PointerMoves):
                 )
             except StoreError as e:
                 shutil.rmtree(staging, ignore_errors=True)
+                if not isinstance(e, CorruptError):
+                    raise  # an outage (or a key without rights): no step is to blame
                 log.warning("step %d (%s) failed: %s; trying an older copy", step, key, e)
                 rejected.append((step, str(e)))
                 if (
@@ -223,14 +236,14 @@ class Restoring(PointerMoves):
                 raise CorruptError(f"{mf.path}: its directory resolves outside staging")
             primary = self.keys.object_key(manifest, mf.path)
             try:
-                self._fetch_one(primary, mf, target, bar)
+                self.patiently(self._fetch_one, primary, mf, target, bar)
                 return None
             except CorruptError as first:
                 for other in alternates.keys_for(mf) if alternates else []:
                     if other == primary:
                         continue
                     try:
-                        self._fetch_one(other, mf, target, None)
+                        self.patiently(self._fetch_one, other, mf, target, None)
                     except CorruptError:
                         continue
                     log.warning("%s: %s; restored from %s", mf.path, first, other)
