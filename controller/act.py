@@ -26,6 +26,7 @@ from respawn.controller.model import (
     Notify,
     Plan,
     Provision,
+    RepairPointer,
     RestartInPlace,
     Rollback,
     Terminate,
@@ -131,7 +132,7 @@ class _Actor:
 
     def do(self, action: Action) -> str:
         """Carry out one action; return what happened, or raise."""
-        if isinstance(action, Terminate | Provision | RestartInPlace | Rollback):
+        if isinstance(action, Terminate | Provision | RestartInPlace | Rollback | RepairPointer):
             self._still_ours()
         match action:
             case Terminate():
@@ -212,6 +213,20 @@ class _Actor:
                     raise ProviderError(f"{action.provider} cannot restart a trainer in place")
                 provider.restart_trainer(action.instance_id, action.host_keys)
                 return action.reason
+            case RepairPointer():
+                if self.store is None:
+                    raise StoreError("checkpoint store unavailable: cannot rebuild the pointer")
+                rebuilt = self.store.rebuild_pointer(
+                    action.generation, writer="respawn-controller:repair"
+                )
+                if rebuilt is not None:
+                    return f"latest.json rebuilt at step {rebuilt.step} ({rebuilt.manifest})"
+                if self.store.pointer_or_error()[0] is not None:
+                    return "a pod published meanwhile: its pointer stands"
+                raise StoreError(
+                    "no step's manifest matches the store's listing; a new pod restores the "
+                    "newest step that verifies in full and rebuilds the pointer"
+                )
             case Alert():
                 log.warning("ALERT %s", self.redact(action.message))
                 return ""

@@ -30,6 +30,7 @@ from respawn.controller.model import (
     Plan,
     ProgressMark,
     Provision,
+    RepairPointer,
     RestartInPlace,
     RestartRecord,
     Rollback,
@@ -299,6 +300,14 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 actions, ledger = _replace(run, obs, ledger, now, why)
         case Health.DEGENERATE:
             actions, ledger = _rollback(run, obs, ledger, verdict, now)
+    if obs.pointer_lost is not None and verdict.health not in (Health.UNKNOWN, Health.STOPPED):
+        # Before any launch: the new pod resumes from the rebuilt pointer.
+        gen = max(obs.ledger.generation, fencing_generation(obs)[0])
+        actions = [
+            RepairPointer(generation=gen, reason=obs.pointer_lost),
+            Alert(message=f"{run.name}: {obs.pointer_lost}: rebuilding latest.json from them"),
+            *actions,
+        ]
     if not verdict.ledger_trusted:
         # Never overwrite a ledger that could not be read or lost its memory: the plan
         # carries it unchanged and act does not write it (nor can it remember a notification).

@@ -18,7 +18,7 @@ from respawn.controller.wandb_health import degenerate, rolled_back_through, wat
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider, can_restart
 from respawn.store.schema import LatestPointer
-from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.store import CheckpointStore, CorruptError, StoreError
 
 log = logging.getLogger("respawn.controller")
 
@@ -54,6 +54,19 @@ def trusted_pointer(
     return pointer
 
 
+def _lost_pointer(store: CheckpointStore, why: str, errors: list[str]) -> str | None:
+    """Why the pointer is lost, when the run has manifests to rebuild it from (None: no
+    manifest, a run not yet published). One listing, only for a run without a pointer."""
+    try:
+        steps = store.manifested_steps()
+    except StoreError as e:
+        errors.append(f"listing steps (the pointer is not readable): {e}")
+        return None
+    if not steps:
+        return None
+    return f"{why}, but steps up to {steps[-1]} have manifests"
+
+
 def observe(
     run: RunConfig,
     store: CheckpointStore | Exception,
@@ -71,6 +84,7 @@ def observe(
     halt: HaltOrder | None = None
     repairs = StoreRepairs()
     warnings: list[str] = []
+    pointer_lost: str | None = None
     if isinstance(store, Exception):
         errors.append(f"checkpoint store: {store}")
     else:
@@ -96,6 +110,13 @@ def observe(
             raw_pointer = pointer_f.result()
             pointer_generation = raw_pointer.generation if raw_pointer is not None else None
             pointer = trusted_pointer(store, raw_pointer, ledger, signed)
+            if raw_pointer is None:
+                pointer_lost = _lost_pointer(store, f"{store.keys.latest} is missing", errors)
+        except CorruptError as e:
+            # Unreadable: a cache of the manifests, rebuilt from them when there are any.
+            pointer_lost = _lost_pointer(store, str(e), errors)
+            if pointer_lost is None:
+                errors.append(f"latest.json: {e}")
         except StoreError as e:
             errors.append(f"latest.json: {e}")
         try:
@@ -135,6 +156,7 @@ def observe(
         errors=tuple(errors),
         warnings=tuple(warnings),
         store_repairs=repairs,
+        pointer_lost=pointer_lost,
     )
     if wandb is not None and run.wandb is not None:
         ids = watched_run_ids(run, pointer, ledger)

@@ -1,5 +1,6 @@
 """Moving the pointer: after a publish, back to an older step (a rollback, a restore that fell
-back), giving it back after a fenced write, and rebuilding it from the manifests.
+back), giving it back after a fenced write, and rebuilding it from the manifests: the
+pointer is a cache of the truth, the manifests that verify.
 
 Neither backend has conditional writes, so every move re-checks the fence right before and
 after it writes, and puts back what was there when a newer generation took over meanwhile.
@@ -8,10 +9,13 @@ after it writes, and puts back what was there when a newer generation took over 
 from __future__ import annotations
 
 import contextlib
+import logging
 
-from respawn.store.backend import StoreError
+from respawn.store.backend import CorruptError, StoreError
 from respawn.store.core import BackwardsError, FencedError, StoreCore
 from respawn.store.schema import LatestPointer, utcnow
+
+log = logging.getLogger("respawn.store")
 
 
 class PointerMoves(StoreCore):
@@ -94,4 +98,62 @@ class PointerMoves(StoreCore):
             writer=writer,
         )
         self._move_pointer(new, allow_backwards=True)
+        return new
+
+    def newest_listed_step(self) -> tuple[int, str] | None:
+        """(step, manifest key) of the newest step whose manifest verifies against the
+        listing alone: it parses, is a manifest of its step, is not quarantined, and every
+        file it names is listed with its size (and its sha1, where the listing reports one).
+        Nothing is downloaded but manifests: what the controller can afford for a run of
+        tens of GB. A pod still verifies every byte before it trains on the step."""
+        listing = self.patiently(self.backend.list, self.keys.checkpoints)
+        listed = {o.key: o for o in listing}
+        quarantined = set(self.patiently(self.quarantined))
+        refs = self.manifest_refs(listing)
+        for step in sorted(refs, reverse=True):
+            for ref in refs[step]:
+                if ref.key in quarantined:
+                    continue
+                try:
+                    manifest = self.patiently(self.read_manifest_key, ref.key)
+                except CorruptError as e:
+                    log.warning("not rebuilding the pointer at %s: %s", ref.key, e)
+                    continue
+                if manifest is None:
+                    continue
+                bad = next(
+                    (
+                        f.path
+                        for f in manifest.files
+                        if (obj := listed.get(self.keys.object_key(manifest, f.path))) is None
+                        or obj.size != f.size
+                        or (obj.sha1 is not None and obj.sha1 != f.sha1)
+                    ),
+                    None,
+                )
+                if bad is None:
+                    return step, ref.key
+                log.warning("not rebuilding the pointer at %s: %s does not match", ref.key, bad)
+        return None
+
+    def rebuild_pointer(self, generation: int, writer: str) -> LatestPointer | None:
+        """Point `latest.json` at the newest step that verifies against the listing
+        (`newest_listed_step`) when the pointer is missing or unreadable, and record a
+        `pointer-rebuilt` repair. None when there is nothing to rebuild from, or the
+        pointer became readable meanwhile (a pod published: its pointer wins)."""
+        found = self.newest_listed_step()
+        if found is None:
+            return None
+        current, why = self.pointer_or_error()
+        if current is not None:
+            return None
+        step, key = found
+        new = self._point_at(key, step, generation, writer)
+        self._record_repair(
+            "pointer-rebuilt",
+            generation,
+            writer,
+            step,
+            f"{why or f'{self.keys.latest} was missing'}; rebuilt from {key}",
+        )
         return new
