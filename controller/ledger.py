@@ -102,6 +102,12 @@ def repair_ledger(
     pointer, heartbeat = store.read_pointer(), store.read_heartbeat()
     sources["latest.json"] = pointer.generation if pointer is not None else 0
     sources["heartbeat.json"] = heartbeat.generation if heartbeat is not None else 0
+    try:
+        fence = store.read_fence()
+    except StoreError as e:  # plain and pod-writable: a signal, never a reason to stop
+        notes.append(f"fence not read ({e})")
+        fence = None
+    sources["control/fence.json"] = fence.generation if fence is not None else 0
     sources["instances"] = max(instance_generations, default=0)
     generation = max(sources.values())
     notes.append(

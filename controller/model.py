@@ -193,6 +193,9 @@ class Observation(_Frozen):
     )
     warnings: tuple[str, ...] = ()
     store_repairs: StoreRepairs = StoreRepairs()
+    fence_generation: int | None = Field(
+        None, description="control/fence.json's generation as read: a fencing signal"
+    )
     pointer_lost: str | None = Field(
         None,
         description="latest.json is missing or unreadable (why) while the run has manifests: "

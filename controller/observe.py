@@ -85,12 +85,14 @@ def observe(
     repairs = StoreRepairs()
     warnings: list[str] = []
     pointer_lost: str | None = None
+    fence_generation: int | None = None
     if isinstance(store, Exception):
         errors.append(f"checkpoint store: {store}")
     else:
         # A run's documents are independent reads (each a round trip to a bucket): at once.
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=5) as pool:
             ledger_f = pool.submit(find_ledger, store)
+            fence_f = pool.submit(store.read_fence)
             halt_f = pool.submit(read_halt, store)
             pointer_f = pool.submit(store.read_pointer)
             heartbeat_f = pool.submit(store.read_heartbeat)
@@ -119,6 +121,11 @@ def observe(
                 errors.append(f"latest.json: {e}")
         except StoreError as e:
             errors.append(f"latest.json: {e}")
+        try:
+            fence = fence_f.result()
+            fence_generation = fence.generation if fence is not None else None
+        except StoreError as e:  # a fencing signal only: rewritten at the next claim
+            warnings.append(f"fence: {e}")
         try:
             heartbeat = heartbeat_f.result()
         except StoreError as e:
@@ -157,6 +164,7 @@ def observe(
         warnings=tuple(warnings),
         store_repairs=repairs,
         pointer_lost=pointer_lost,
+        fence_generation=fence_generation,
     )
     if wandb is not None and run.wandb is not None:
         ids = watched_run_ids(run, pointer, ledger)

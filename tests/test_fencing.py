@@ -58,3 +58,24 @@ def test_a_launch_writes_a_plain_fence_that_fences_the_old_pod(
     with pytest.raises(FencedError):
         pod_view.check_fence(0)
     pod_view.check_fence(1)
+
+
+def test_a_lost_ledger_with_a_fence_never_launches_below_it(
+    tmp_path: Path, clouds: tuple[FakeVast, FakeRunPod], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from respawn.controller.ledger import read_ledger
+    from tests.test_control_safety import cloud_fleet, cli, store_of
+
+    vast, _ = clouds
+    path = cloud_fleet(tmp_path, clouds, ["vast"])
+    fleet = load_config(path)
+    store = store_of(fleet)
+    _fence(store, 5)  # the only trace of five launches: ledger, pointer and heartbeat are gone
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "unknown", report.plan.verdict.reason
+    assert "fence" in report.plan.verdict.reason and vast.count("create") == 0
+    assert cli(capsys, "ledger", "repair", "-c", str(path), "--run", "job")[0] == 0
+    assert read_ledger(store).generation == 5
+    tick(fleet)
+    assert vast.bodies[-1]["env"]["RESPAWN_GENERATION"] == "6"
+    assert store.current_generation() == 6
