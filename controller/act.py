@@ -192,7 +192,7 @@ class _Actor:
                 try:
                     if self.store is None:
                         raise StoreError("checkpoint store unavailable: cannot roll back")
-                    # Claim the new generation first: pods fence on the controller's ledger,
+                    # Claim the new generation first: pods read the fence written with it,
                     # so the old pod stops before it could publish a step of the streak over
                     # the rolled-back pointer.
                     self.claim(action.generation)

@@ -64,7 +64,7 @@ def test_a_lost_ledger_with_a_fence_never_launches_below_it(
     tmp_path: Path, clouds: tuple[FakeVast, FakeRunPod], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from respawn.controller.ledger import read_ledger
-    from tests.test_control_safety import cloud_fleet, cli, store_of
+    from tests.test_control_safety import cli, cloud_fleet, store_of
 
     vast, _ = clouds
     path = cloud_fleet(tmp_path, clouds, ["vast"])
