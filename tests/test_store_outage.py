@@ -110,3 +110,27 @@ def test_a_pod_in_a_lasting_outage_reports_a_failure_that_will_not_repeat(
     assert store.quarantined() == {}
     pointer = store.read_pointer()
     assert pointer is not None and pointer.step == 5
+
+
+def test_a_bucket_listing_that_keeps_failing_is_an_error_not_an_empty_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from b2sdk.v2 import exception as b2exc
+
+    from respawn.store.b2_backend import B2Backend
+    from tests.conftest import b2_simulator
+
+    api, sim = b2_simulator()
+    store = CheckpointStore(B2Backend(api, "respawn-test", "fleet/prefix"), "r")
+    _two_steps(store, tmp_path)
+
+    def unavailable(*args: object, **kwargs: object) -> object:
+        raise b2exc.ServiceError("503 service_unavailable")
+
+    monkeypatch.setattr(sim, "list_file_names", unavailable)  # the server side answers 503
+    with pytest.raises(StoreError):
+        store.manifested_steps()
+    store.backend.delete([store.keys.latest])
+    store.read_deadline_s = 0.3
+    with pytest.raises(StoreUnavailableError):
+        store.pull(tmp_path / "restored", quiet=True, repair_as=(2, "g2"))

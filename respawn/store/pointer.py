@@ -13,6 +13,7 @@ import logging
 
 from respawn.store.backend import CorruptError, StoreError
 from respawn.store.core import BackwardsError, FencedError, StoreCore
+from respawn.store.many import retried
 from respawn.store.schema import LatestPointer, utcnow
 
 log = logging.getLogger("respawn.store")
@@ -106,16 +107,18 @@ class PointerMoves(StoreCore):
         file it names is listed with its size (and its sha1, where the listing reports one).
         Nothing is downloaded but manifests: what the controller can afford for a run of
         tens of GB. A pod still verifies every byte before it trains on the step."""
-        listing = self.patiently(self.backend.list, self.keys.checkpoints)
+        # A few quick retries, never the restore deadline: a tick that waits out an outage
+        # would outlive its lease; the next tick tries again.
+        listing = retried(self.backend.list)(self.keys.checkpoints)
         listed = {o.key: o for o in listing}
-        quarantined = set(self.patiently(self.quarantined))
+        quarantined = set(self.quarantined())
         refs = self.manifest_refs(listing)
         for step in sorted(refs, reverse=True):
             for ref in refs[step]:
                 if ref.key in quarantined:
                     continue
                 try:
-                    manifest = self.patiently(self.read_manifest_key, ref.key)
+                    manifest = retried(self.read_manifest_key)(ref.key)
                 except CorruptError as e:
                     log.warning("not rebuilding the pointer at %s: %s", ref.key, e)
                     continue
