@@ -35,7 +35,7 @@ from respawn.controller.model import (
 from respawn.controller.notify import WebhookError, post_webhook
 from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
-from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.store import CheckpointStore, CorruptError, StoreError
 
 log = logging.getLogger("respawn.controller")
 
@@ -51,6 +51,25 @@ def retention(store: CheckpointStore, run: RunConfig) -> None:
         return
     if gone:
         log.info("%s: retention removed steps %s", run.name, gone)
+
+
+def sync_fence(store: CheckpointStore, generation: int) -> None:
+    """Make the fence say the ledger's generation: a store from before the fence existed gets
+    one, and a fence a pod key made up (it is plain JSON) lasts one tick at most. Only with a
+    trusted ledger (a fence above an unsigned ledger is how a lost ledger shows)."""
+    if generation <= 0:
+        return
+    try:
+        try:
+            fence = store.read_fence()
+        except CorruptError:
+            fence = None
+        if fence is None or fence.generation != generation:
+            store.write_fence(generation)
+    except StoreError as e:  # the next tick tries again
+        log.warning(
+            "%s: the fence could not be brought to generation %d: %s", store.run, generation, e
+        )
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
@@ -275,6 +294,13 @@ def act(
     if store is not None and plan.verdict.health is not Health.UNKNOWN and actor.stopped is None:
         retention(store, run)
     trusted = plan.verdict.ledger_trusted
+    if (
+        store is not None
+        and trusted
+        and actor.stopped is None
+        and plan.verdict.health is not (Health.UNKNOWN)
+    ):
+        sync_fence(store, actor.ledger.generation)
     if plan.notify is not None and actor.stopped is None:  # a stale tick tells nobody
         results.append(_send(plan.notify, fleet, actor, previous_ledger))
     if store is not None and trusted and actor.stopped is None and actor.ledger != previous_ledger:

@@ -79,3 +79,19 @@ def test_a_lost_ledger_with_a_fence_never_launches_below_it(
     tick(fleet)
     assert vast.bodies[-1]["env"]["RESPAWN_GENERATION"] == "6"
     assert store.current_generation() == 6
+
+
+def test_a_made_up_fence_lasts_one_tick_with_a_signed_ledger(
+    tmp_path: Path, clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    tick(fleet)  # g1
+    pod_view = CheckpointStore(FileBackend.from_url(f"file://{tmp_path / 'store'}"), "job")
+    _fence(pod_view, 10**9)  # a pod key fences every future pod with a made-up generation
+    with pytest.raises(FencedError):
+        pod_view.check_fence(1)
+    tick(fleet)
+    pod_view.check_fence(1)  # the controller's ledger is the truth: the fence is back at g1
+    assert vast.count("create") == 1
