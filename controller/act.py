@@ -33,6 +33,7 @@ from respawn.controller.model import (
     Notify,
     Plan,
     Provision,
+    RepairPointer,
     RestartInPlace,
     Rollback,
     Terminate,
@@ -42,7 +43,7 @@ from respawn.controller.notify import WebhookError, post_webhook
 from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Provider, ProviderError, WithTrainerControl
 from respawn.store.schema import utcnow
-from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.store import CheckpointStore, CorruptError, StoreError
 
 log = logging.getLogger("respawn.controller")
 
@@ -58,6 +59,25 @@ def retention(store: CheckpointStore, run: RunConfig) -> None:
         return
     if gone:
         log.info("%s: retention removed steps %s", run.name, gone)
+
+
+def sync_fence(store: CheckpointStore, generation: int) -> None:
+    """Make the fence say the ledger's generation: a store from before the fence existed gets
+    one, and a fence a pod key made up (it is plain JSON) lasts one tick at most. Only with a
+    trusted ledger (a fence above an unsigned ledger is how a lost ledger shows)."""
+    if generation <= 0:
+        return
+    try:
+        try:
+            fence = store.read_fence()
+        except CorruptError:
+            fence = None
+        if fence is None or fence.generation != generation:
+            store.write_fence(generation)
+    except StoreError as e:  # the next tick tries again
+        log.warning(
+            "%s: the fence could not be brought to generation %d: %s", store.run, generation, e
+        )
 
 
 def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
@@ -109,6 +129,14 @@ class _Actor:
         written = write_ledger(self.store, Ledger.model_validate(doc), self.version)
         self.version = written.version
 
+    def claim(self, generation: int) -> None:
+        """Claim a generation: the ledger (the controller's record), then the fence document
+        pods read (`RUN/control/fence.json`). A fence that cannot be written stops the
+        action: an old pod would not know it is fenced."""
+        self.save_ledger()
+        if self.store is not None:
+            self.store.write_fence(generation)
+
     def _still_ours(self) -> None:
         """Before every change: this tick still holds the run. Once it does not (the lease
         was lost, the ledger moved), nothing more is done."""
@@ -131,7 +159,7 @@ class _Actor:
 
     def do(self, action: Action) -> str:
         """Carry out one action; return what happened, or raise."""
-        if isinstance(action, Terminate | Provision | RestartInPlace | Rollback):
+        if isinstance(action, Terminate | Provision | RestartInPlace | Rollback | RepairPointer):
             self._still_ours()
         match action:
             case Terminate():
@@ -157,7 +185,7 @@ class _Actor:
                     if order is not None and order.halted:
                         raise ProviderError(f"skipped: stopped by hand ({order.reason})")
                 try:
-                    self.save_ledger()  # claim the generation first: it fences the old pod
+                    self.claim(action.generation)  # first: it fences the old pod
                 except StoreError as e:
                     self.stopped = e  # a stale plan must not launch, nor write later
                     raise
@@ -191,10 +219,10 @@ class _Actor:
                 try:
                     if self.store is None:
                         raise StoreError("checkpoint store unavailable: cannot roll back")
-                    # Claim the new generation first: pods fence on the controller's ledger,
+                    # Claim the new generation first: pods read the fence written with it,
                     # so the old pod stops before it could publish a step of the streak over
                     # the rolled-back pointer.
-                    self.save_ledger()
+                    self.claim(action.generation)
                     self.store.rollback_pointer(
                         action.to_step, action.generation, writer="respawn-controller:rollback"
                     )
@@ -212,6 +240,20 @@ class _Actor:
                     raise ProviderError(f"{action.provider} cannot restart a trainer in place")
                 provider.restart_trainer(action.instance_id, action.host_keys)
                 return action.reason
+            case RepairPointer():
+                if self.store is None:
+                    raise StoreError("checkpoint store unavailable: cannot rebuild the pointer")
+                rebuilt = self.store.rebuild_pointer(
+                    action.generation, writer="respawn-controller:repair"
+                )
+                if rebuilt is not None:
+                    return f"latest.json rebuilt at step {rebuilt.step} ({rebuilt.manifest})"
+                if self.store.pointer_or_error()[0] is not None:
+                    return "a pod published meanwhile: its pointer stands"
+                raise StoreError(
+                    "no step's manifest matches the store's listing; a new pod restores the "
+                    "newest step that verifies in full and rebuilds the pointer"
+                )
             case Alert():
                 log.warning("ALERT %s", self.redact(action.message))
                 return ""
@@ -265,6 +307,13 @@ def act(
     if store is not None and plan.verdict.health is not Health.UNKNOWN and actor.stopped is None:
         retention(store, run)
     trusted = plan.verdict.ledger_trusted
+    if (
+        store is not None
+        and trusted
+        and actor.stopped is None
+        and plan.verdict.health is not (Health.UNKNOWN)
+    ):
+        sync_fence(store, actor.ledger.generation)
     if plan.notify is not None and actor.stopped is None:  # a stale tick tells nobody
         results.append(_send(plan.notify, fleet, actor, previous_ledger))
     if store is not None and trusted and actor.stopped is None and actor.ledger != previous_ledger:

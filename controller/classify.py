@@ -109,6 +109,10 @@ def fencing_generation(obs: Observation) -> tuple[int, str]:
         sources.append((pointer_gen, "latest.json"))
     if obs.heartbeat is not None and not obs.ledger_signed:
         sources.append((obs.heartbeat.generation, "heartbeat.json"))
+    # The fence is written by the controller right after its ledger, but plain (pods read
+    # it): trusted like the pointer.
+    if obs.fence_generation is not None and not obs.ledger_signed:
+        sources.append((obs.fence_generation, "control/fence.json"))
     sources += [(i.generation, f"instance {i.name}") for i in obs.instances if i.billing]
     return max(sources, key=lambda s: s[0])
 

@@ -32,6 +32,7 @@ from respawn.controller.model import (
     Plan,
     ProgressMark,
     Provision,
+    RepairPointer,
     RestartInPlace,
     RestartRecord,
     Rollback,
@@ -298,6 +299,14 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
                 actions, ledger = _replace(run, obs, ledger, now, why)
         case Health.DEGENERATE:
             actions, ledger = _rollback(run, obs, ledger, verdict, now)
+    if obs.pointer_lost is not None and verdict.health not in (Health.UNKNOWN, Health.STOPPED):
+        # Before any launch: the new pod resumes from the rebuilt pointer.
+        gen = max(obs.ledger.generation, fencing_generation(obs)[0])
+        actions = [
+            RepairPointer(generation=gen, reason=obs.pointer_lost),
+            Alert(message=f"{run.name}: {obs.pointer_lost}: rebuilding latest.json from them"),
+            *actions,
+        ]
     if verdict.health is not Health.UNKNOWN:
         ledger = _track_generation(ledger, obs, verdict, actions, now)
     if not verdict.ledger_trusted:

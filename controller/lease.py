@@ -30,6 +30,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from respawn.controller.seal import SealError
 from respawn.store.backend import CorruptError
+from respawn.store.keys import Keys
 from respawn.store.store import CheckpointStore, StoreError
 from respawn.store.strict import Name
 
@@ -66,7 +67,7 @@ def held_by(lease: LeaseDoc) -> str:
 
 
 def lease_key(run: str) -> str:
-    return f"{run}/control/lease.json"
+    return Keys(run).lease
 
 
 def _holder() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from respawn.controller.model import BreakerHalt, HaltOrder, Ledger
+from respawn.store.keys import Keys
 from respawn.store.store import CheckpointStore, StoreError
 
 
@@ -23,7 +24,7 @@ class StaleLedgerError(StoreError):
 
 
 def halt_key(run: str) -> str:
-    return f"{run}/control/halt.json"
+    return Keys(run).halt
 
 
 def read_ledger(store: CheckpointStore) -> Ledger:
@@ -78,7 +79,7 @@ def write_halt(store: CheckpointStore, order: HaltOrder) -> None:
 
 
 def breaker_key(run: str) -> str:
-    return f"{run}/control/breaker.json"
+    return Keys(run).breaker
 
 
 def write_breaker(store: CheckpointStore, halt: BreakerHalt) -> None:

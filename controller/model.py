@@ -222,6 +222,14 @@ class Observation(_Frozen):
     )
     warnings: tuple[str, ...] = ()
     store_repairs: StoreRepairs = StoreRepairs()
+    fence_generation: int | None = Field(
+        None, description="control/fence.json's generation as read: a fencing signal"
+    )
+    pointer_lost: str | None = Field(
+        None,
+        description="latest.json is missing or unreadable (why) while the run has manifests: "
+        "the pointer is rebuilt from them, never taken for a fresh run",
+    )
 
 
 class Verdict(_Frozen):
@@ -284,13 +292,22 @@ class Alert(_Frozen):
     message: str
 
 
+class RepairPointer(_Frozen):
+    """Rebuild a lost or unreadable latest.json from the newest step whose manifest
+    verifies against the store's listing (`CheckpointStore.rebuild_pointer`)."""
+
+    kind: Literal["repair-pointer"] = "repair-pointer"
+    generation: int = Field(description="the generation the rebuilt pointer is written as")
+    reason: str
+
+
 class Halt(_Frozen):
     kind: Literal["halt"] = "halt"
     reason: str
 
 
 Action = Annotated[
-    Provision | Terminate | RestartInPlace | Rollback | Alert | Halt | Notify,
+    Provision | Terminate | RestartInPlace | Rollback | RepairPointer | Alert | Halt | Notify,
     Field(discriminator="kind"),
 ]
 
@@ -351,6 +368,8 @@ def describe(action: Action) -> str:
             return f"roll the pointer back to step {action.to_step}"
         case Notify():
             return f"notify ({action.level}): {action.message}"
+        case RepairPointer():
+            return f"rebuild latest.json from the newest verified manifest ({action.reason})"
     raise AssertionError(action)
 
 

@@ -18,7 +18,7 @@ from respawn.controller.wandb_health import degenerate, rolled_back_through, wat
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider, can_restart
 from respawn.store.schema import LatestPointer
-from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.store import CheckpointStore, CorruptError, StoreError
 
 log = logging.getLogger("respawn.controller")
 
@@ -59,6 +59,19 @@ def _repair(run: RunConfig) -> str:
     return f"`respawn ledger repair --run {run.name}`"
 
 
+def _lost_pointer(store: CheckpointStore, why: str, errors: list[str]) -> str | None:
+    """Why the pointer is lost, when the run has manifests to rebuild it from (None: no
+    manifest, a run not yet published). One listing, only for a run without a pointer."""
+    try:
+        steps = store.manifested_steps()
+    except StoreError as e:
+        errors.append(f"listing steps (the pointer is not readable): {e}")
+        return None
+    if not steps:
+        return None
+    return f"{why}, but steps up to {steps[-1]} have manifests"
+
+
 def observe(
     run: RunConfig,
     store: CheckpointStore | Exception,
@@ -76,12 +89,15 @@ def observe(
     halt: HaltOrder | None = None
     repairs = StoreRepairs()
     warnings: list[str] = []
+    pointer_lost: str | None = None
+    fence_generation: int | None = None
     if isinstance(store, Exception):
         errors.append(f"checkpoint store: {store}")
     else:
         # A run's documents are independent reads (each a round trip to a bucket): at once.
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=5) as pool:
             ledger_f = pool.submit(find_ledger, store)
+            fence_f = pool.submit(store.read_fence)
             halt_f = pool.submit(read_halt, store)
             pointer_f = pool.submit(store.read_pointer)
             heartbeat_f = pool.submit(store.read_heartbeat)
@@ -104,8 +120,20 @@ def observe(
             raw_pointer = pointer_f.result()
             pointer_generation = raw_pointer.generation if raw_pointer is not None else None
             pointer = trusted_pointer(store, raw_pointer, ledger, signed)
+            if raw_pointer is None:
+                pointer_lost = _lost_pointer(store, f"{store.keys.latest} is missing", errors)
+        except CorruptError as e:
+            # Unreadable: a cache of the manifests, rebuilt from them when there are any.
+            pointer_lost = _lost_pointer(store, str(e), errors)
+            if pointer_lost is None:
+                errors.append(f"latest.json: {e}")
         except StoreError as e:
             errors.append(f"latest.json: {e} ({_repair(run)} rebuilds it from the manifests)")
+        try:
+            fence = fence_f.result()
+            fence_generation = fence.generation if fence is not None else None
+        except StoreError as e:  # a fencing signal only: rewritten at the next claim
+            warnings.append(f"fence: {e}")
         try:
             heartbeat = heartbeat_f.result()
         except StoreError as e:
@@ -143,6 +171,8 @@ def observe(
         errors=tuple(errors),
         warnings=tuple(warnings),
         store_repairs=repairs,
+        pointer_lost=pointer_lost,
+        fence_generation=fence_generation,
     )
     if wandb is not None and run.wandb is not None:
         ids = watched_run_ids(run, ledger)

@@ -86,6 +86,12 @@ def repair_ledger(
     )
     sources["latest.json"] = pointer_gen
     sources["heartbeat.json"] = heartbeat_gen
+    try:
+        fence = store.read_fence()
+    except StoreError as e:  # plain and pod-writable: a signal, never a reason to stop
+        notes.append(f"fence not read ({e})")
+        fence = None
+    sources["control/fence.json"] = fence.generation if fence is not None else 0
     sources["instances"] = max([*instance_generations, *(i.generation for i in listed)], default=0)
     base = old if old is not None else Ledger(run=store.run)
     version = base.version

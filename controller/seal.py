@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from respawn.store.backend import Backend, CorruptError, Progress, StoreConfigError, StoreError
+from respawn.store.keys import Keys, split_run_key
 from respawn.store.strict import DOC_MAX_BYTES, loads_document
 
 MAC_FIELD = "mac"
@@ -50,22 +51,23 @@ class SealError(StoreError):
 
 def _is_sealed(key: str) -> bool:
     """The controller's own documents: the ledger, the halt order, the tick lease, the last
-    breaker halt."""
-    return key.endswith(
-        ("/ledger.json", "/control/halt.json", "/control/lease.json", "/control/breaker.json")
-    )
+    breaker halt. Not the fence (`control/fence.json`): pods read it and cannot verify a
+    signature."""
+    run, _ = split_run_key(key)
+    keys = Keys(run)
+    return key in (keys.ledger, keys.halt, keys.lease, keys.breaker)
 
 
 def counter_key(key: str) -> str | None:
     """Where the last sequence number written to `key` is kept (None: not counted; the
     lease is rewritten several times a tick and expires on its own)."""
-    if key.endswith("/ledger.json"):
-        return key.removesuffix("ledger.json") + "control/ledger.seq.json"
-    if key.endswith("/control/halt.json"):
-        return key.removesuffix("halt.json") + "halt.seq.json"
-    if key.endswith("/control/breaker.json"):
-        return key.removesuffix("breaker.json") + "breaker.seq.json"
-    return None
+    run, _ = split_run_key(key)
+    keys = Keys(run)
+    return {
+        keys.ledger: keys.ledger_seq,
+        keys.halt: keys.halt_seq,
+        keys.breaker: keys.breaker_seq,
+    }.get(key)
 
 
 def _mac(key: str, doc: dict[str, Any], secret: bytes) -> str:

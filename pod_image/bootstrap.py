@@ -86,8 +86,10 @@ def context_from_env(env: Mapping[str, str]) -> PodContext:
 
 def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     """Pull the newest verified checkpoint into the workdir; return (step, W&B run id)."""
+    policy = ctx.pod.checkpoints
+    ctx.store.read_deadline_s = policy.restore_deadline.total_seconds()
     try:
-        pointer = ctx.store.read_pointer()
+        pointer = ctx.store.patiently(ctx.store.read_pointer)
     except CorruptError as e:
         # Rebuilt by the pull below from the newest step that verifies.
         log.warning("%s: rebuilding it", e)
@@ -96,20 +98,34 @@ def restore(ctx: PodContext) -> tuple[int | None, str | None]:
     else:
         unreadable = False
     step = pointer.step if pointer else None
-    ctx.store.write_heartbeat(ctx.heartbeat("restoring", restoring_step=step, step=step))
     if pointer is None and not unreadable:
-        log.info("no checkpoint yet: starting fresh")
-        return None, ctx.wandb_run_id
+        # A lost pointer is not a fresh run: the pull below restores the newest step that
+        # verifies and rebuilds the pointer, unless the config asks for a fresh start.
+        manifests = (
+            [] if policy.fresh_without_pointer else ctx.store.patiently(ctx.store.manifested_steps)
+        )
+        if not manifests:
+            ctx.store.write_heartbeat(ctx.heartbeat("restoring"))
+            log.info("no checkpoint yet: starting fresh")
+            return None, ctx.wandb_run_id
+        log.warning(
+            "latest.json is missing but steps %s have manifests: rebuilding it", manifests[-3:]
+        )
+        step = manifests[-1]
+    ctx.store.write_heartbeat(ctx.heartbeat("restoring", restoring_step=step, step=step))
     # Only files under this pod's checkpoint sources are restored (a bucket writer must not
     # replace train.py in the workdir), and this generation heals what it finds: a corrupt
     # step is quarantined and the pointer moved to what was restored.
     result = ctx.store.pull(
         ctx.workdir,
         progress_stream=sys.stdout,
-        sources=ctx.pod.checkpoints.sources,
+        sources=policy.sources,
         repair_as=(ctx.generation, ctx.writer),
+        fresh_without_pointer=policy.fresh_without_pointer,
     )
-    assert result is not None
+    if result is None:  # the manifests went (retention) between the listing and the pull
+        log.info("no checkpoint yet: starting fresh")
+        return None, ctx.wandb_run_id
     for step, why in result.rejected:
         log.warning("step %d rejected: %s", step, why)
     for path, other in result.healed:
@@ -170,7 +186,14 @@ def main() -> int:
         if ctx is not None:
             _report_failure(ctx, str(e), will_repeat=True)  # the same store, the same result
         return 2
-    except (BootstrapError, StoreError) as e:
+    except StoreError as e:
+        # An outage or a store refusing the key: another instance, or this one later, may
+        # well succeed, so the failure is reported as not one that will repeat.
+        log.error("%s", e)
+        if ctx is not None:
+            _report_failure(ctx, str(e))
+        return 2
+    except BootstrapError as e:
         log.error("%s", e)
         return 2
     wandb_id = wandb_id or ctx.run

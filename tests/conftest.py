@@ -105,10 +105,12 @@ def no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries still happen, without the exponential wait between them (tests of the waits
     themselves replace `calls.sleep`)."""
     from respawn.provisioning import calls
-    from respawn.store import b2_backend
+    from respawn.store import b2_backend, core
 
     monkeypatch.setattr(calls, "BACKOFF_SECONDS", 0.0)
     monkeypatch.setattr(b2_backend, "BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(core, "OUTAGE_WAIT_S", 0.01)
+    monkeypatch.setattr(core, "OUTAGE_MAX_WAIT_S", 0.05)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,8 @@ def test_terminate_destroys_first_even_when_the_halt_cannot_be_recorded(
     tick(load_config(path))
     assert len(vast_live(vast)) == 1
     if breakage == "unwritable store":
+        # (the folder holds the fence since the launch: replaced whole)
+        shutil.rmtree(tmp_path / "store/job/control")
         (tmp_path / "store/job/control").write_text("a file where a folder must be")
     else:
         doc = yaml.safe_load(path.read_text())

@@ -145,7 +145,7 @@ def test_ls_reads_the_history_at_once(
 
 def _hash_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every separate hashing pass the store makes over a local file before sending it."""
-    from respawn.store import store as store_module
+    from respawn.store import publish as store_module
 
     seen: list[str] = []
     real = store_module.sha1_file

@@ -129,6 +129,13 @@ def test_a_poisoned_document_stops_only_its_own_run(
         # ...and the tick put a good one back (a lease is released: nothing left).
         if document == "tick.json":
             assert _pod(tmp_path).read_tick() is not None
+    elif document == "latest.json":
+        # The pointer is a cache of the verified manifests: this tick rebuilds it (issue 18.1).
+        done = [(r.action.kind, r.ok) for r in other.results]
+        assert ("repair-pointer", True) in done, done
+        rebuilt = _pod(tmp_path).read_pointer()
+        assert rebuilt is not None and rebuilt.step == 10
+        assert verdict.health.value != "unknown", verdict.reason
     else:
         assert verdict.health.value == "unknown", verdict.reason
         assert document.rsplit("/", 1)[-1] in verdict.reason

@@ -77,6 +77,18 @@ class CheckpointPolicy(_Strict):
         description="the controller applies retention every tick; a pod whose key may delete "
         "also applies it every this many publishes, in case ticks stop",
     )
+    restore_deadline: Duration = Field(
+        timedelta(minutes=5),
+        description="how long a restoring pod keeps retrying store reads that fail without "
+        "proving bad bytes (an outage) before it reports a failure another instance may not "
+        "repeat; never counted as corruption",
+    )
+    fresh_without_pointer: bool = Field(
+        False,
+        description="start from step 0 when latest.json is missing although the run has "
+        "manifests; by default the pod restores the newest step that verifies and rebuilds "
+        "the pointer (a lost pointer must not restart training)",
+    )
 
 
 class DispatchSpec(_Strict):

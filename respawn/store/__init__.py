@@ -1,5 +1,6 @@
-"""The checkpoint store: the pointer protocol (`store.py`) over a small backend interface
-(`backend.py`) with two backends, file:// and b2://."""
+"""The checkpoint store: the pointer protocol (`store.CheckpointStore`, built from `core.py`,
+`publish.py`, `pointer.py`, `restore.py` and `retention.py`; every key in `keys.py`) over a
+small backend interface (`backend.py`) with two backends, file:// and b2://."""
 
 from __future__ import annotations
 

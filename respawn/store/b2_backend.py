@@ -319,7 +319,8 @@ class B2Backend:
             for version, _ in self.bucket.ls(folder, recursive=True, latest_only=True):
                 if version.file_name.startswith(wanted):
                     at = version.upload_timestamp / 1000 if version.upload_timestamp else None
-                    out.append(ObjectInfo(self._key(version.file_name), version.size, at))
+                    key, sha1 = self._key(version.file_name), recorded_sha1(version)
+                    out.append(ObjectInfo(key, version.size, at, sha1))
             return out
 
         return sorted(self._call(f"listing {prefix}", ls), key=lambda o: o.key)

@@ -52,6 +52,9 @@ class ObjectInfo:
     size: int
     # Seconds since the epoch of the upload, where the backend knows it (aging leftovers).
     mtime: float | None = None
+    # The sha1 the backend recorded for the bytes, where its listing reports one (B2): lets
+    # the controller check a manifest against the listing without downloading a byte.
+    sha1: str | None = None
 
 
 class Backend(Protocol):

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -191,7 +192,7 @@ class FileBackend:
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(base_key) if base_key else self.root
         out: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in os.walk(base, onerror=_unlistable(prefix)):
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in files:
                 if name.startswith(_TMP_PREFIX):
@@ -209,7 +210,7 @@ class FileBackend:
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(base_key) if base_key else self.root
         out: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in os.walk(base, onerror=_unlistable(prefix)):
             rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for name in files:
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
@@ -239,6 +240,19 @@ class FileBackend:
                 except OSError:
                     break
                 d = d.parent
+
+
+def _unlistable(prefix: str) -> Callable[[OSError], None]:
+    """os.walk's error handler: a directory that cannot be read fails the listing (an
+    unreadable directory listed as empty would read as a run with no checkpoints). One that
+    vanished while walking (retention removed it) is simply not there."""
+
+    def fail(e: OSError) -> None:
+        if isinstance(e, FileNotFoundError):
+            return
+        raise StoreError(f"cannot list {prefix}: {e.filename}: {e.strerror}") from e
+
+    return fail
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:

@@ -6,12 +6,19 @@ the protocol depends on: a pointer with no step is malformed, not "step 0".
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+# Keys live in respawn/store/keys.py; imported here for callers of the old location.
+from respawn.store.keys import (  # noqa: F401
+    STEP_DIGITS,
+    UPLOAD_DIR_PATTERN,
+    Keys,
+    parse_step_dirname,
+    step_dirname,
+)
 from respawn.store.strict import (
     Generation,
     Name,
@@ -24,12 +31,6 @@ SCHEMA_VERSION = 1
 MAX_SCHEMA = 1000
 #: A pod has a handful of SSH host keys (one per algorithm).
 MAX_HOST_KEYS = 16
-STEP_DIGITS = 6
-_STEP_DIR = re.compile(r"^step_(\d{1,16})$")
-UPLOAD_DIR_PATTERN = r"^(g[0-9]{6,}-[0-9a-f]{8,32}/)?$"
-_MANIFEST_NAME = re.compile(r"^MANIFEST(?:-g(?P<gen>[0-9]{6,})-(?P<token>[0-9a-f]{8,32}))?\.json$")
-QUARANTINE_DIR = "quarantine"
-REPAIRS_DIR = "repairs"
 
 
 class _Doc(BaseModel):
@@ -171,89 +172,3 @@ class TickRecord(_Doc):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def step_dirname(step: int) -> str:
-    return f"step_{step:0{STEP_DIGITS}d}"
-
-
-def parse_step_dirname(name: str) -> int | None:
-    m = _STEP_DIR.match(name)
-    return int(m.group(1)) if m else None
-
-
-class Keys:
-    """Every key of one run in the store, in one place."""
-
-    def __init__(self, run: str) -> None:
-        self.run = run
-
-    @property
-    def latest(self) -> str:
-        return f"{self.run}/latest.json"
-
-    @property
-    def heartbeat(self) -> str:
-        return f"{self.run}/heartbeat.json"
-
-    @property
-    def tick(self) -> str:
-        return f"{self.run}/tick.json"
-
-    @property
-    def ledger(self) -> str:
-        return f"{self.run}/ledger.json"
-
-    def pod_spec(self, generation: int) -> str:
-        """The pod spec the controller launched a generation with (its sha256 is in the pod's
-        environment)."""
-        return f"{self.run}/pods/g{generation:06d}.json"
-
-    @property
-    def checkpoints(self) -> str:
-        return f"{self.run}/checkpoints/"
-
-    def step_prefix(self, step: int) -> str:
-        return f"{self.run}/checkpoints/{step_dirname(step)}/"
-
-    def step_file(self, step: int, path: str) -> str:
-        return self.step_prefix(step) + path
-
-    def manifest(self, step: int) -> str:
-        """The old layout's one manifest per step (still read; no longer written)."""
-        return self.step_prefix(step) + "MANIFEST.json"
-
-    def upload_dir(self, generation: int, token: str) -> str:
-        """A writer's own directory inside a step: no other writer can overwrite its bytes."""
-        return f"g{generation:06d}-{token}/"
-
-    def manifest_for(self, step: int, generation: int, token: str) -> str:
-        return self.step_prefix(step) + f"MANIFEST-g{generation:06d}-{token}.json"
-
-    def parse_manifest_key(self, key: str) -> tuple[int, int | None] | None:
-        """(step, generation) of a manifest key of this run (generation None: old layout)."""
-        if not key.startswith(self.checkpoints):
-            return None
-        parts = key[len(self.checkpoints) :].split("/")
-        if len(parts) != 2:
-            return None
-        step = parse_step_dirname(parts[0])
-        m = _MANIFEST_NAME.match(parts[1])
-        if step is None or m is None:
-            return None
-        return step, int(m.group("gen")) if m.group("gen") else None
-
-    def object_key(self, manifest: Manifest, path: str) -> str:
-        return self.step_prefix(manifest.step) + manifest.prefix + path
-
-    @property
-    def quarantine(self) -> str:
-        return f"{self.run}/{QUARANTINE_DIR}/"
-
-    def quarantine_for(self, manifest_key: str) -> str:
-        name = manifest_key[len(self.checkpoints) :].replace("/", "--")
-        return f"{self.quarantine}{name}"
-
-    @property
-    def repairs(self) -> str:
-        return f"{self.run}/{REPAIRS_DIR}/"
