@@ -59,6 +59,16 @@ def retention(store: CheckpointStore, run: RunConfig) -> None:
         return
     if gone:
         log.info("%s: retention removed steps %s", run.name, gone)
+    try:
+        old_logs = store.old_logs(LOG_GENERATIONS_KEPT)
+        if old_logs:
+            store.backend.delete(old_logs)
+    except Exception as e:
+        log.warning("%s: old pod logs not deleted (next tick retries): %s", run.name, e)
+
+
+#: Generations whose trainer log (`respawn logs`) is kept; older ones are deleted.
+LOG_GENERATIONS_KEPT = 5
 
 
 def sync_fence(store: CheckpointStore, generation: int) -> None:

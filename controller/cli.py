@@ -501,6 +501,15 @@ def cmd_ckpt(args: argparse.Namespace) -> int:
     return run_ckpt(args)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from respawn.controller.logs_cli import cmd_logs as show
+    from respawn.controller.stores import open_run_store
+
+    fleet = _load(args)
+    run = fleet.run(args.run)
+    return show(args, open_run_store(fleet.store, run.name), args.redact)
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from respawn.controller.history_cli import cmd_history as show
 
@@ -618,6 +627,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.add_argument("--plot", type=Path, metavar="FILE", help="also draw the run's timeline (SVG)")
     sp.set_defaults(func=cmd_history)
+
+    sp = command(sub, "logs", "the trainer's recent output, from any generation (also one gone)")
+    with_config(sp)
+    sp.add_argument("--run", required=True, help="the run to show")
+    sp.add_argument("--generation", type=int, help="this generation (default: the newest)")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    # For tests: stop following after N polls.
+    sp.add_argument("--follow-rounds", type=int, help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_logs)
 
     sp = command(sub, "terminate", "kill switch: halt the run and destroy its instances")
     with_config(sp)

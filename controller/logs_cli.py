@@ -18,15 +18,6 @@ MAX_LOG_BYTES = 256 * 1024
 FOLLOW_SECONDS = 5.0
 
 
-def generations_with_logs(store: CheckpointStore) -> list[int]:
-    out = []
-    for obj in store.backend.list(store.keys.logs):
-        gen = store.keys.parse_log_key(obj.key)
-        if gen is not None:
-            out.append(gen)
-    return sorted(out)
-
-
 def read_log(store: CheckpointStore, generation: int) -> bytes | None:
     key = store.keys.log(generation)
     data = store.backend.read_bytes(key)
@@ -58,7 +49,7 @@ def cmd_logs(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     try:
-        gens = generations_with_logs(store)
+        gens = store.log_generations()
         gen = args.generation if args.generation is not None else (gens[-1] if gens else None)
         if gen is None:
             print(f"run {store.run}: no pod has uploaded a log yet", file=sys.stderr)
@@ -81,7 +72,7 @@ def cmd_logs(
         rounds = None if rounds is None else rounds - 1
         sleep(FOLLOW_SECONDS)
         try:
-            newest = generations_with_logs(store)
+            newest = store.log_generations()
             if newest and newest[-1] > gen and args.generation is None:
                 gen, lines = newest[-1], []
                 print(f"== {store.run} g{gen} (a new generation)", file=sys.stderr, flush=True)

@@ -301,6 +301,16 @@ class StoreCore:
         missing, or why it could not be read."""
         return dict(zip(keys, each_outcome(retried(self.read_manifest_key), keys), strict=True))
 
+    def log_generations(self) -> list[int]:
+        """Generations whose pod uploaded a trainer log tail, oldest first."""
+        found = (self.keys.parse_log_key(o.key) for o in self.backend.list(self.keys.logs))
+        return sorted(g for g in found if g is not None)
+
+    def old_logs(self, keep: int) -> list[str]:
+        """The log keys of all but the newest `keep` generations (retention's to delete)."""
+        gens = self.log_generations()
+        return [self.keys.log(g) for g in gens[: max(0, len(gens) - keep)]]
+
     def exists(self) -> bool:
         """Whether the store holds anything of this run."""
         return bool(self.backend.list(f"{self.run}/"))
