@@ -48,12 +48,19 @@ from respawn.store.store import CheckpointStore, CorruptError, StoreError
 log = logging.getLogger("respawn.controller")
 
 
-def retention(store: CheckpointStore, run: RunConfig) -> None:
+def retention(store: CheckpointStore, run: RunConfig, generation: int) -> None:
     """Old steps are deleted here, by the controller: a pod's key needs no delete capability
-    (docs/keys.md). A failure is retried next tick; it never fails the tick."""
+    (docs/keys.md). Only on manifests no launched generation (`generation`: the ledger's)
+    or step beyond target_step could have made. A failure is retried next tick; it never
+    fails the tick."""
     policy = run.pod.checkpoints
     try:
-        gone = store.gc(policy.keep_last, keep_every=policy.keep_every)
+        gone = store.gc(
+            policy.keep_last,
+            keep_every=policy.keep_every,
+            max_step=run.target_step,
+            max_generation=generation,
+        )
     except Exception as e:  # never the tick's end: the ledger this tick keeps is saved next
         log.warning("%s: retention failed (next tick retries): %s", run.name, e)
         return
@@ -315,7 +322,7 @@ def act(
             log.error("%s failed: %s", actor.redact(describe(action)), detail)
             results.append(ActionResult(action=action, ok=False, detail=detail))
     if store is not None and plan.verdict.health is not Health.UNKNOWN and actor.stopped is None:
-        retention(store, run)
+        retention(store, run, actor.ledger.generation)
     trusted = plan.verdict.ledger_trusted
     if (
         store is not None

@@ -87,7 +87,7 @@ def test_controller_applies_retention(tmp_path: Path) -> None:
         files = make_step(tmp_path, step, {"w.bin": f"{step}".encode()})
         store.publish(step, files, generation=1, writer="pod")
     run = parse_config(GOOD).runs[0]  # keep_last 3
-    retention(store, run)
+    retention(store, run, generation=1)
     assert store.manifested_steps() == [3, 4, 5]
 
 

@@ -279,6 +279,15 @@ class StoreCore:
             refs.sort(key=lambda r: -1 if r.generation is None else r.generation, reverse=True)
         return out
 
+    def listing_mismatch(self, manifest: Manifest, listed: dict[str, ObjectInfo]) -> str | None:
+        """The first file of `manifest` the listing does not show with its size (and sha1,
+        where the listing reports one); None when every file is there. Reads nothing."""
+        for f in manifest.files:
+            obj = listed.get(self.keys.object_key(manifest, f.path))
+            if obj is None or obj.size != f.size or (obj.sha1 is not None and obj.sha1 != f.sha1):
+                return f.path
+        return None
+
     def _objects_by_step(self, listing: list[ObjectInfo]) -> dict[int, list[ObjectInfo]]:
         out: dict[int, list[ObjectInfo]] = {}
         for obj in listing:

@@ -124,16 +124,7 @@ class PointerMoves(StoreCore):
                     continue
                 if manifest is None:
                     continue
-                bad = next(
-                    (
-                        f.path
-                        for f in manifest.files
-                        if (obj := listed.get(self.keys.object_key(manifest, f.path))) is None
-                        or obj.size != f.size
-                        or (obj.sha1 is not None and obj.sha1 != f.sha1)
-                    ),
-                    None,
-                )
+                bad = self.listing_mismatch(manifest, listed)
                 if bad is None:
                     return step, ref.key
                 log.warning("not rebuilding the pointer at %s: %s does not match", ref.key, bad)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from respawn.store.backend import ObjectInfo, StoreError, TooLargeError
+from respawn.store.backend import CorruptError, ObjectInfo, StoreError, TooLargeError
 from respawn.store.core import StoreCore
 from respawn.store.many import each, retried
 from respawn.store.schema import Heartbeat
@@ -21,6 +21,13 @@ log = logging.getLogger("respawn.store")
 LEFTOVER_AGE_S = 6 * 3600.0
 
 
+#: Reads one tick's retention may spend verifying manifests and probing manifest-less steps:
+#: a pod that plants thousands of step directories must not make every tick slower.
+MAX_MANIFEST_READS = 64
+#: (a probe is one read of one manifest name a manifest-less step directory implies)
+MAX_PROBES = 64
+
+
 class Retention(StoreCore):
     def gc(
         self,
@@ -29,17 +36,27 @@ class Retention(StoreCore):
         keep_every: int | None = None,
         now: float | None = None,
         leftover_age_s: float = LEFTOVER_AGE_S,
+        max_step: int | None = None,
+        max_generation: int | None = None,
+        max_reads: int = MAX_MANIFEST_READS,
+        max_probes: int = MAX_PROBES,
     ) -> list[int]:
         """Delete old steps; return the steps deleted.
 
-        Listings may be incomplete (eventual consistency), so gc infers nothing from an
-        object's absence. It deletes only steps it positively knows are below the pointer
-        and unprotected, and reads the manifests that decide protection directly. Never
-        deletes: the pointer's step, the newest older step with a manifest (the fallback),
-        the newest `keep_last` steps with a manifest, milestones (steps divisible by
-        `keep_every`), a step a restoring pod announced in its heartbeat, a quarantined step
-        (kept for inspection), anything at or above the pointer (a publish may be in flight),
-        a step without any manifest whose objects are younger than `leftover_age_s`.
+        Every document gc acts on is pod-writable, so a step is deleted only on the strength
+        of manifests that verify: listed, of their step, not quarantined, every file listed
+        with its size (`listing_mismatch`), of a generation at most `max_generation` (the
+        ledger's) and at a step at most `max_step` (the run's target_step). The pointer sets
+        the ceiling only when its own manifest verifies so; otherwise nothing is deleted.
+        Below the pointer, the newest `keep_last - 1` verified steps are kept; only steps
+        below all of them are deleted (never a milestone, a protected step, the step a
+        restoring pod announced, or a quarantined one). A step directory without a manifest
+        whose objects are all older than `leftover_age_s` is a crash-left or planted
+        leftover, deleted wherever it is once a read by name finds no manifest in it.
+
+        Reads are bounded (`max_reads` manifests verified, `max_probes` manifest-less steps
+        probed, oldest first): a planted step directory is read once, then deleted.
+        Listings may be incomplete, so nothing is inferred from an object's absence.
         """
         if keep_last < 2:
             raise ValueError("keep_last must be at least 2: the pointer's step and its fallback")
@@ -60,52 +77,93 @@ class Retention(StoreCore):
             hb_f = pool.submit(heartbeat)
         leftovers.result()
         pointer = pointer_f.result()
-        if pointer is None:
-            return []
         listing = listing_f.result()
+        listed = {o.key: o for o in listing}
         by_step = self._objects_by_step(listing)
         refs = self.manifest_refs(listing)
         quarantined = set(quarantined_f.result())
-        manifests: dict[int, list[str]] = {}  # step -> manifest keys known to exist
-        unlisted: list[int] = []
-        for step in by_step:
-            if step >= pointer.step:
-                continue
-            manifests[step] = sorted({r.key for r in refs.get(step, [])})
-            if not manifests[step]:
-                unlisted.append(step)
+        held = {p[0] for k in quarantined if (p := self.keys.parse_manifest_key(k)) is not None}
+        reads = [max_reads]
 
-        def by_name(step: int) -> list[str]:
-            # The listing may have dropped the manifest: look for it by name.
-            names = self._manifest_names(step, by_step[step])
-            return sorted(k for k in names if retried(self._manifest_present)(k))
+        def verified(key: str, step: int, generation: int | None) -> bool:
+            if key in quarantined or key not in listed:
+                return False
+            if max_step is not None and step > max_step:
+                return False
+            if max_generation is not None and (generation or 0) > max_generation:
+                return False
+            if reads[0] <= 0:
+                return False
+            reads[0] -= 1
+            try:
+                manifest = retried(self.read_manifest_key)(key)
+            except CorruptError:
+                return False
+            if manifest is None:
+                return False
+            if max_generation is not None and (manifest.generation or 0) > max_generation:
+                return False
+            return self.listing_mismatch(manifest, listed) is None
 
-        for step, found in zip(unlisted, each(by_name, unlisted), strict=True):
-            manifests[step] = found
-        good = sorted(s for s, keys in manifests.items() if any(k not in quarantined for k in keys))
-        keep = {pointer.step, *protect, *good[-(keep_last - 1) :]}
-        # A quarantined manifest is kept (with its step) for inspection until a person
-        # deletes it; it counts for nothing above.
-        keep |= {s for s, keys in manifests.items() if any(k in quarantined for k in keys)}
-        if keep_every:
-            keep |= {s for s in by_step if s % keep_every == 0}
+        keep = {*protect, *held}
         hb = hb_f.result()
         if hb is not None and hb.restoring_step is not None:
             keep.add(hb.restoring_step)
-        doomed: list[int] = []
-        for step in sorted(manifests):
-            if step in keep:
-                continue
-            if not manifests[step]:
-                if any(o.mtime is None or now - o.mtime < leftover_age_s for o in by_step[step]):
-                    continue  # no manifest yet: maybe an upload still at work
-                # No manifest found, yet the listing may have hidden the one upload dir that
-                # has it: only below every kept step could it not have been protected.
-                if not good or step > min(s for s in keep if s in good):
-                    continue
-            doomed.append(step)
+        good: list[int] = []
+        floor: int | None = None  # steps with a manifest below it may be deleted
+        ceiling = pointer.step if pointer is not None else None
+        if pointer is None:
+            pass
+        elif not verified(pointer.manifest, pointer.step, pointer.generation) or not any(
+            r.key == pointer.manifest for r in refs.get(pointer.step, [])
+        ):
+            log.warning(
+                "%s: retention deletes no step: the pointer's %s does not verify",
+                self.run,
+                pointer.manifest,
+            )
+        else:
+            for step in sorted((s for s in refs if s < pointer.step), reverse=True):
+                if len(good) >= keep_last - 1 or reads[0] <= 0:
+                    break
+                if any(verified(r.key, step, r.generation) for r in refs[step]):
+                    good.append(step)
+            if len(good) >= keep_last - 1:
+                floor = min(good)
+        if ceiling is not None:
+            keep |= {ceiling, *good}
+        if keep_every:
+            keep |= {s for s in refs if s % keep_every == 0}
+        doomed = sorted(s for s in refs if floor is not None and s < floor and s not in keep)
+        # Manifest-less step directories, oldest first: a leftover of a crashed upload or a
+        # planted one. Young ones may be an upload still at work.
+        bare = sorted(
+            (max(o.mtime or now for o in objs), s)
+            for s, objs in by_step.items()
+            if s not in refs
+            and s not in keep
+            and all(o.mtime is not None and now - o.mtime >= leftover_age_s for o in objs)
+        )
+        probes: dict[int, list[str]] = {}
+        budget = max_probes
+        for _, step in bare:
+            names = self._manifest_names(step, by_step[step])
+            if len(names) > budget:
+                break
+            probes[step], budget = names, budget - len(names)
+
+        def no_manifest(step: int) -> bool:
+            # The listing may have dropped the manifest: look for it by name.
+            return not any(retried(self._manifest_present)(k) for k in probes[step])
+
+        found = each(no_manifest, list(probes))
+        doomed = sorted(
+            {*doomed, *(s for s, bare_ok in zip(probes, found, strict=True) if bare_ok)}
+        )
         names = {
-            step: sorted(set(manifests[step]) | set(self._manifest_names(step, by_step[step])))
+            step: sorted(
+                set(self._manifest_names(step, by_step[step])) | {r.key for r in refs.get(step, [])}
+            )
             for step in doomed
         }
         delete = retried(self.backend.delete)

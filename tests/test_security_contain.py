@@ -1,0 +1,158 @@
+"""A pod is contained (issue 19): with its run's store key it can spoil its own run's
+checkpoints, nothing more. Each test is an attack made with the pod key, through real ticks
+where the attack needs one."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from respawn.controller.config import load_config
+from respawn.controller.reconcile import tick
+from respawn.store.schema import LatestPointer, Manifest, utcnow
+from respawn.store.retention import MAX_MANIFEST_READS, MAX_PROBES
+from respawn.store.store import CheckpointStore
+from tests.conftest import make_step
+from tests.fakes.runpod import FakeRunPod
+from tests.fakes.vast import FakeVast
+from tests.test_security_controller import SECRET, _fleet
+
+
+@pytest.fixture
+def clouds(
+    clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeVast, FakeRunPod]:
+    monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
+    return clouds
+
+
+def _pod(tmp: Path) -> CheckpointStore:
+    return CheckpointStore.open(f"file://{tmp / 'store'}", "job")
+
+
+def _publish(pod: CheckpointStore, tmp: Path, steps: list[int], generation: int = 1) -> None:
+    for step in steps:
+        files = {f"ck/step_{step}/model.bin": f"model-{step}".encode() * 50}
+        pod.publish(step, make_step(tmp, step, files), generation=generation, writer="pod")
+
+
+def _plant_manifest(pod: CheckpointStore, step: int, generation: int, files: list) -> str:
+    key = pod.keys.manifest_for(step, generation, "0badc0de")
+    doc = Manifest(
+        step=step,
+        files=tuple(files),
+        total_bytes=sum(f["size"] for f in files),
+        created_at=utcnow(),
+        prefix=pod.keys.upload_dir(generation, "0badc0de"),
+        generation=generation,
+        writer="pod",
+    )
+    pod.write_json(key, doc.model_dump(mode="json", by_alias=True))
+    return key
+
+
+def _plant_pointer(pod: CheckpointStore, step: int, manifest: str, generation: int = 1) -> None:
+    ptr = LatestPointer(
+        run="job",
+        step=step,
+        manifest=manifest,
+        generation=generation,
+        written_at=utcnow(),
+        writer="pod",
+    )
+    pod.write_json(pod.keys.latest, ptr.model_dump(mode="json", by_alias=True))
+
+
+JUNK_FILE = {"path": "model.bin", "size": 10**9, "sha1": "0" * 40}
+
+
+def test_junk_manifests_and_a_far_pointer_do_not_make_retention_delete_real_steps(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    """Attack (issue 19.2): without delete rights, a pod plants two junk manifests at steps
+    10^15 and 10^15+1 and a pointer above them (10^18 before strict parsing); the next tick's retention deleted steps 10, 20,
+    30 (on B2, every version): they were below the pointer and not among the newest two."""
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod, target_step=1000))
+    tick(fleet)  # generation 1 launched
+    pod = _pod(tmp_path)
+    _publish(pod, tmp_path, [10, 20, 30])
+    far = 10**15
+    _plant_manifest(pod, far, 1, [JUNK_FILE])  # names a file that is not there
+    _plant_manifest(pod, far + 1, 1, [])  # verifies, but above target_step
+    _plant_pointer(pod, far + 2, pod.keys.manifest_for(far + 2, 1, "0badc0de"))
+    tick(fleet)
+    tick(fleet)
+    assert {10, 20, 30} <= set(pod.manifested_steps())
+
+
+def test_manifests_of_a_generation_never_launched_do_not_count(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    """A pod of generation 1 writes well-formed, listed checkpoints as generation 99 above
+    the real ones and points at them: the controller never launched generation 99."""
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod, target_step=1000))
+    tick(fleet)
+    pod = _pod(tmp_path)
+    _publish(pod, tmp_path, [10, 20, 30])
+    _publish(pod, tmp_path, [40, 50, 60], generation=99)
+    tick(fleet)
+    assert {10, 20, 30} <= set(pod.manifested_steps())
+
+
+def test_retention_still_deletes_old_steps_of_an_honest_run(tmp_path: Path, clouds: tuple) -> None:
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod, target_step=1000))
+    tick(fleet)
+    pod = _pod(tmp_path)
+    _publish(pod, tmp_path, [10, 20, 30, 40, 50])
+    tick(fleet)
+    keep = fleet.run("job").pod.checkpoints.keep_last
+    assert pod.manifested_steps() == [10, 20, 30, 40, 50][-keep:]
+    assert json.loads(pod.backend.read_bytes(pod.keys.latest) or b"{}")["step"] == 50
+
+
+class CountingBackend:
+    """The far side of the wire, instrumented: it counts every call made to the bucket."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_planted_step_directories_cost_bounded_reads_and_are_cleaned(tmp_path: Path) -> None:
+    """Attack (issue 19.4): 2,000 manifest-less step directories cost one read each on every
+    tick (26 s a tick at 200 ms a call; ~40k would outlast the job), and were never cleaned."""
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "job")
+    _publish(store, tmp_path, [3000, 5000, 5001, 5002])
+    planted = list(range(1, 4001, 2))  # 2,000 among real steps
+    for step in planted:
+        store.backend.write_bytes(store.keys.step_file(step, "g000001-0badc0de/x.bin"), b"x")
+    counting = CountingBackend(store.backend)
+    hostile = CheckpointStore(counting, "job")  # type: ignore[arg-type]
+    later = time.time() + 7 * 3600  # old enough to be no upload still at work
+    gone = hostile.gc(keep_last=2, now=later)
+    reads = counting.calls.get("read_bytes", 0)
+    assert reads <= MAX_MANIFEST_READS + MAX_PROBES + 10, counting.calls
+    assert 3000 in set(gone) and len(gone) >= MAX_PROBES // 2  # the oldest planted go
+    hostile.gc(keep_last=2, now=later, max_probes=10_000)  # as many ticks would
+    left = {
+        store.keys.parse_manifest_key(o.key) for o in store.backend.list(store.keys.checkpoints)
+    }
+    assert {p[0] for p in left if p} == {5001, 5002}
+    assert len(store.backend.list(store.keys.checkpoints)) == 4  # 2 manifests, 2 files
