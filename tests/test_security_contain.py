@@ -12,8 +12,8 @@ import pytest
 
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import tick
-from respawn.store.schema import LatestPointer, Manifest, utcnow
 from respawn.store.retention import MAX_MANIFEST_READS, MAX_PROBES
+from respawn.store.schema import LatestPointer, Manifest, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import make_step
 from tests.fakes.runpod import FakeRunPod
@@ -73,8 +73,9 @@ def test_junk_manifests_and_a_far_pointer_do_not_make_retention_delete_real_step
     tmp_path: Path, clouds: tuple
 ) -> None:
     """Attack (issue 19.2): without delete rights, a pod plants two junk manifests at steps
-    10^15 and 10^15+1 and a pointer above them (10^18 before strict parsing); the next tick's retention deleted steps 10, 20,
-    30 (on B2, every version): they were below the pointer and not among the newest two."""
+    10^15 and 10^15+1 and a pointer above them (10^18 before strict parsing); the next
+    tick's retention deleted steps 10, 20, 30 (on B2, every version): they were below the
+    pointer and not among the newest two."""
     vast, runpod = clouds
     fleet = load_config(_fleet(tmp_path, vast, runpod, target_step=1000))
     tick(fleet)  # generation 1 launched
