@@ -154,6 +154,11 @@ class _Actor:
         if self.store is not None:
             self.store.write_fence(generation)
 
+    def _unclaim(self, generation: int) -> None:
+        """A launch skipped before its create is no launch (`cost.rented`)."""
+        launches = tuple(lr for lr in self.ledger.launches if lr.generation != generation)
+        self.ledger = self.ledger.model_copy(update={"launches": launches})
+
     def _still_ours(self) -> None:
         """Before every change: this tick still holds the run. Once it does not (the lease
         was lost, the ledger moved), nothing more is done."""
@@ -190,16 +195,15 @@ class _Actor:
                 if self.termination_failed:
                     # Keep the generation claim (it fences the instance we failed to stop),
                     # but a launch that never happened must not count against the budget.
-                    launches = tuple(
-                        lr for lr in self.ledger.launches if lr.generation != action.generation
-                    )
-                    self.ledger = self.ledger.model_copy(update={"launches": launches})
+                    self._unclaim(action.generation)
                     raise ProviderError("skipped: a termination failed (never two at once)")
                 if self.rollback_failed:
+                    self._unclaim(action.generation)
                     raise StoreError("skipped: the rollback failed (it would resume the bad step)")
                 if self.store is not None:
                     order = read_halt(self.store)  # `terminate` may have run since observe
                     if order is not None and order.halted:
+                        self._unclaim(action.generation)
                         raise ProviderError(f"skipped: stopped by hand ({order.reason})")
                 try:
                     self.claim(action.generation)  # first: it fences the old pod
@@ -219,7 +223,8 @@ class _Actor:
                         self.environ,
                         action.wandb_run_id,
                     )
-                except (ProviderError, MissingSecretError) as e:
+                except (ProviderError, MissingSecretError, StoreError) as e:
+                    # Until this reaches the ledger, the saved claim counts as a launch.
                     self.ledger = _record_launch(self.ledger, gen, error=self.redact(str(e)))
                     raise
                 self.ledger = _record_launch(

@@ -5,6 +5,11 @@ and the budget breaker. The price is the one the provider's read-back confirmed 
 (Vast's `dph_total` includes the disk; RunPod's `costPerHr`), kept in the ledger. A generation
 bills from its launch until the controller saw it end (`LaunchRecord.ended_at`: terminated,
 replaced, finished), else until the next launch, else until now.
+
+A generation's claim is saved before its create, at the run's max_price_per_hour; the
+outcome (the instance and its price, or the error) is saved after. A claim whose outcome
+never reached the ledger (the tick lost the run mid-launch, or died) is billed and counted
+as a launch at that ceiling: what the create may have rented is never left out.
 """
 
 from __future__ import annotations
@@ -39,13 +44,18 @@ def billed_until(lr: LaunchRecord, following: LaunchRecord | None, now: datetime
     return now
 
 
+def rented(lr: LaunchRecord) -> bool:
+    """The launch may have rented an instance: it has one, or no outcome was recorded."""
+    return lr.instance_id is not None or lr.error is None
+
+
 def generation_costs(launches: Sequence[LaunchRecord], now: datetime) -> list[GenerationCost]:
-    """One entry per launch that produced an instance, oldest first."""
+    """One entry per launch that may have rented an instance (`rented`), oldest first."""
     ordered = sorted(launches, key=lambda lr: (lr.at, lr.generation))
     out = []
     for i, lr in enumerate(ordered):
-        if lr.instance_id is None:
-            continue  # nothing was rented
+        if not rented(lr):
+            continue  # it failed: nothing was rented
         end = max(lr.at, billed_until(lr, ordered[i + 1] if i + 1 < len(ordered) else None, now))
         hours = (end - lr.at).total_seconds() / 3600
         out.append(

@@ -15,7 +15,7 @@ from respawn.controller.classify import (
     fencing_generation,
 )
 from respawn.controller.config import Budget, RunConfig
-from respawn.controller.cost import spend_in_window
+from respawn.controller.cost import rented, spend_in_window
 from respawn.controller.model import (
     MAX_LEDGER_EVENTS,
     MAX_LEDGER_LAUNCHES,
@@ -72,13 +72,14 @@ def estimated_spend(ledger: Ledger, now: datetime) -> float:
 def budget_trip(
     budget: Budget, ledger: Ledger, now: datetime, since: datetime | None = None
 ) -> str | None:
-    # Only launches that produced an instance count: a spot market with no capacity for an
-    # hour is retried every tick, not mistaken for a crash loop. Launches before a person's
-    # `resume` (`since`) do not count either: resuming must allow a launch.
+    # Launches that failed without an instance do not count: a spot market with no capacity
+    # for an hour is retried every tick, not mistaken for a crash loop. A claim with no
+    # outcome recorded counts (`rented`). Launches before a person's `resume` (`since`) do
+    # not count either: resuming must allow a launch.
     recent = [
         lr
         for lr in ledger.launches
-        if now - lr.at < DAY and lr.instance_id and (since is None or lr.at > since)
+        if now - lr.at < DAY and rented(lr) and (since is None or lr.at > since)
     ]
     if len(recent) >= budget.max_launches_per_day:
         return (
@@ -153,7 +154,16 @@ def _replace(
     # stays one run across generations, and the controller knows which run to watch.
     wandb_id = primary_run_id(run, ledger)
     actions.append(Provision(generation=gen, resume_step=resume, reason=why, wandb_run_id=wandb_id))
-    launches = (*ledger.launches, LaunchRecord(generation=gen, at=now, resume_step=resume))
+    # The claim is saved before the create and counts as a launch at the run's ceiling price
+    # until its outcome is recorded (`cost.py`): a tick that loses the run mid-launch cannot
+    # leave a rented instance out of the breakers.
+    claim = LaunchRecord(
+        generation=gen,
+        at=now,
+        resume_step=resume,
+        price_per_hour=run.resources.max_price_per_hour,
+    )
+    launches = (*ledger.launches, claim)
     return actions, ledger.model_copy(
         update={
             "generation": gen,

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from respawn.controller.config import load_config
+from respawn.controller.cost import spend_in_window
 from respawn.controller.reconcile import tick
 from respawn.store.retention import MAX_MANIFEST_READS, MAX_PROBES
 from respawn.store.schema import LatestPointer, Manifest, utcnow
@@ -157,3 +159,34 @@ def test_planted_step_directories_cost_bounded_reads_and_are_cleaned(tmp_path: P
     }
     assert {p[0] for p in left if p} == {5001, 5002}
     assert len(store.backend.list(store.keys.checkpoints)) == 4  # 2 manifests, 2 files
+
+
+def test_a_lease_overwritten_during_each_create_does_not_blind_the_breakers(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    """Attack (issue 19.3): the instance id reached the ledger only in the tick's last save,
+    which re-checks the lease. A pod that overwrites the lease while its instance is created,
+    then exits, got 12 launches under max_launches_per_day: 5, none counted, spend $0."""
+    from tests.fakes.vast import DEFAULT_OFFERS
+
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    assert fleet.run("job").budget.max_launches_per_day == 5
+    lease = tmp_path / "store/job/control/lease.json"
+
+    def pod_takes_the_lease() -> None:
+        lease.write_text(json.dumps({"token": "pod", "holder": "pod", "expires_at": "x"}))
+
+    vast.during_create = pod_takes_the_lease
+    start = utcnow()
+    for k in range(12):
+        vast.offers = {o["id"]: dict(o) for o in DEFAULT_OFFERS}  # the market has more
+        tick(fleet, now=start + timedelta(minutes=30 * k))
+        vast.instances.clear()  # the pod exits: its instance is gone
+    assert vast.count("create") + runpod.count("create") == 5
+    report = tick(fleet, now=start + timedelta(hours=7))[0]
+    assert report.plan.ledger.halted is not None
+    assert "crash-loop breaker" in report.plan.ledger.halted
+    # Each unrecorded claim is billed at the run's ceiling price until proven otherwise.
+    spent = spend_in_window(report.plan.ledger.launches, start + timedelta(hours=7))
+    assert spent >= 5 * 0.5 * fleet.run("job").resources.max_price_per_hour

@@ -173,6 +173,8 @@ class FakeVast(FakeAPI):
         self.search_quota_spent = False
         self.search_quota: int | None = None  # searches left today; None: no daily quota
         self.create_seconds = 0.0  # how long a create takes before the contract exists
+        # Runs while a create is being answered (what else happens in the world meanwhile).
+        self.during_create: Callable[[], None] | None = None
         self.limits: dict[str, float] = {}  # per-route minimum interval; see throttle()
         self.retry_after_header = False  # Vast sends none today; a test may ask for one
         self.clock: Callable[[], float] = time.monotonic
@@ -437,6 +439,8 @@ class FakeVast(FakeAPI):
         if self.created_status_msg:
             row.update(actual_status="created", status_msg=self.created_status_msg)
         self.instances[iid] = row
+        if self.during_create is not None:
+            self.during_create()
         return Reply(200, {"success": True, "new_contract": iid, "instance_api_key": key})
 
     def _list(self, query: dict[str, str]) -> Reply:
