@@ -5,21 +5,21 @@ written by a pod. The ledger is the controller's memory — halts, launch histor
 crash-loop and budget breakers), the current generation — so with `store.ledger_secret_env`
 set, the controller signs it with a secret no pod has and refuses one that does not verify:
 the run is `unknown` (alert, nothing destructive) until a person looks. A forged ledger can
-neither clear a halt nor erase the launch history; the halt order (`control/halt.json`) is
-signed the same way. With a verified ledger, generations that only pod-written documents
+neither clear a halt nor erase the launch history; the halt order (`_control/RUN/halt.json`)
+is signed the same way. With a verified ledger, generations that only pod-written documents
 claim (pointer, heartbeat) are ignored: a forged `generation: 1000000000` stalls nothing.
 
 Every signature covers the document's store key too: the secret is fleet-wide, so without it
 run B's signed resume order copied over run A's terminate would verify.
 
-The tick lease (`control/lease.json`) is signed too: a lease this controller did not write
+The tick lease (`_control/RUN/lease.json`) is signed too: a lease this controller did not write
 holds nothing (a pod cannot lock the controller out with a lease that never expires).
 
 A signature alone cannot stop a pod putting back an older document this controller signed
 (a ledger from before a breaker halted the run, a `resume` from before a `terminate`), or
 hiding one (B2 `hide_file` needs only writeFiles). So the ledger and the halt order carry a
 signed sequence number, and the controller keeps the last one it wrote beside them
-(`control/ledger.seq.json`, `control/halt.seq.json`, signed): a document older than its
+(`_control/RUN/ledger.seq.json`, `halt.seq.json`, signed): a document older than its
 counter, or missing while its counter says it was written, is refused like a forgery. What
 remains (docs/keys.md): a pod that puts back a document *and* its counter together.
 """
@@ -51,11 +51,12 @@ class SealError(StoreError):
 
 def _is_sealed(key: str) -> bool:
     """The controller's own documents: the ledger, the halt order, the tick lease, the last
-    breaker halt. Not the fence (`control/fence.json`): pods read it and cannot verify a
-    signature."""
+    breaker halt (where they are, and where a store from before `_control/` kept them). Not
+    the fence (`RUN/control/fence.json`): pods read it and cannot verify a signature."""
     run, _ = split_run_key(key)
     keys = Keys(run)
-    return key in (keys.ledger, keys.halt, keys.lease, keys.breaker)
+    ours = (keys.ledger, keys.halt, keys.lease, keys.breaker)
+    return key in ours or key in {keys.legacy(k) for k in ours}
 
 
 def counter_key(key: str) -> str | None:
@@ -63,11 +64,13 @@ def counter_key(key: str) -> str | None:
     lease is rewritten several times a tick and expires on its own)."""
     run, _ = split_run_key(key)
     keys = Keys(run)
-    return {
+    counted = {
         keys.ledger: keys.ledger_seq,
         keys.halt: keys.halt_seq,
         keys.breaker: keys.breaker_seq,
-    }.get(key)
+    }
+    legacy = {keys.legacy(k): keys.legacy(c) for k, c in counted.items()}
+    return counted.get(key) or legacy.get(key)
 
 
 def _mac(key: str, doc: dict[str, Any], secret: bytes) -> str:

@@ -16,12 +16,13 @@ from respawn.controller.ledger import read_ledger, write_halt
 from respawn.controller.model import HaltOrder, Health
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
+from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, utcnow
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
 from tests.test_security_controller import SECRET, _fleet
 
-LEDGER = "store/job/ledger.json"
+LEDGER = f"store/{Keys('job').ledger}"
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from respawn.controller.model import ProgressMark
 from respawn.controller.reconcile import Mode, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning import calls
+from respawn.store.keys import Keys
 from respawn.store.schema import utcnow
 from tests.conftest import ROOT, run_cli
 from tests.fakes.http import Fault
@@ -122,7 +123,7 @@ def test_secrets_echoed_by_an_api_error_are_redacted(
     runpod.echo_invalid_input = True
     proc = run_cli("reconcile", "-c", str(path), "--json")
     assert proc.returncode == 1
-    everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
+    everything = proc.stdout + proc.stderr + (tmp_path / "store" / Keys("job").ledger).read_text()
     assert "got invalid value" in everything  # the error itself is reported...
     assert "hf_SuperSecretValue123" not in everything  # ...without the secret
     assert "***" in everything
@@ -310,7 +311,7 @@ def test_created_stopped_contract_is_destroyed_and_its_key_never_logged(
     # The refused contract was destroyed; the next offer was rented.
     assert [r["label"] for r in vast.instances.values()] == ["respawn-t-job-g1"]
     assert vast.count("destroy") == 1 and len(vast.api_keys) == 2
-    everything = proc.stdout + proc.stderr + (tmp_path / "store/job/ledger.json").read_text()
+    everything = proc.stdout + proc.stderr + (tmp_path / "store" / Keys("job").ledger).read_text()
     assert "refused" in everything or vast.count("create") == 2
     for key in vast.api_keys:
         assert key not in everything

@@ -31,6 +31,7 @@ from respawn.controller.reconcile import tick
 from respawn.controller.report import exit_code
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
+from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, LatestPointer, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import ROOT, wait_for
@@ -114,7 +115,7 @@ def test_a_damaged_ledger_destroys_nothing_until_repaired(
     tick(fleet)  # g1
     before = vast_live(vast)
     assert [label for _, label in before] == ["respawn-t-job-g1"]
-    ledger_file = tmp_path / "store/job/ledger.json"
+    ledger_file = tmp_path / "store" / Keys("job").ledger
     if damage == "garbage":
         ledger_file.write_text("{garbage")
     elif damage == "deleted":
@@ -136,7 +137,7 @@ def test_a_damaged_ledger_destroys_nothing_until_repaired(
     assert rc == 0, err
     assert "generation 1" in out
     if damage == "garbage":
-        assert list((tmp_path / "store/job").glob("ledger.json.corrupt-*"))
+        assert list((tmp_path / "store/_control/job").glob("ledger.json.corrupt-*"))
     report = tick(fleet)[0]
     assert report.plan.verdict.health == Health.STARTING
     assert report.plan.actions == ()
@@ -180,7 +181,7 @@ def test_repair_refuses_without_every_instance_listing(
     vast.fail("list", *[Fault(status=500)] * 10)
     rc, _, err = cli(capsys, "ledger", "repair", "-c", str(path), "--run", "job")
     assert rc == 1 and "could not be listed" in err
-    assert not (tmp_path / "store/job/ledger.json").exists()
+    assert not (tmp_path / "store" / Keys("job").ledger).exists()
 
 
 # -- 7.2: the kill switch always kills --------------------------------------------------------
@@ -199,9 +200,10 @@ def test_terminate_destroys_first_even_when_the_halt_cannot_be_recorded(
     tick(load_config(path))
     assert len(vast_live(vast)) == 1
     if breakage == "unwritable store":
-        # (the folder holds the fence since the launch: replaced whole)
-        shutil.rmtree(tmp_path / "store/job/control")
-        (tmp_path / "store/job/control").write_text("a file where a folder must be")
+        # (the folder holds the ledger since the launch: replaced whole)
+        control = (tmp_path / "store" / Keys("job").halt).parent
+        shutil.rmtree(control)
+        control.write_text("a file where a folder must be")
     else:
         doc = yaml.safe_load(path.read_text())
         doc["store"] = {"url": "b2://bucket/prefix"}
@@ -283,8 +285,9 @@ def test_the_tick_lease_admits_one_holder(tmp_path: Path) -> None:
 def test_a_tick_that_cannot_take_the_lease_changes_nothing(tmp_path: Path, clouds: tuple) -> None:
     vast, _ = clouds
     fleet = load_config(cloud_fleet(tmp_path, clouds, ["vast"]))
-    (tmp_path / "store/job").mkdir(parents=True)
-    (tmp_path / "store/job/control").write_text("a file where a folder must be")
+    control = (tmp_path / "store" / Keys("job").lease).parent
+    control.parent.mkdir(parents=True)
+    control.write_text("a file where a folder must be")
     report = tick(fleet)[0]
     assert report.plan.actions == () and vast.count("create") == 0
     assert "lease could not be taken" in report.plan.verdict.reason

@@ -13,6 +13,7 @@ from respawn.contract.fencing import Fence
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import tick
 from respawn.store.file_backend import FileBackend
+from respawn.store.keys import Keys
 from respawn.store.schema import utcnow
 from respawn.store.store import CheckpointStore, FencedError
 from tests.conftest import make_step
@@ -27,7 +28,8 @@ def _fence(store: CheckpointStore, generation: int) -> None:
 
 
 def test_the_fence_document_decides_who_may_write(store: CheckpointStore, tmp_path: Path) -> None:
-    store.write_json(store.keys.ledger, {"run": store.run, "generation": 3})
+    # A store from before the fence is one from before `_control/` too.
+    store.write_json(Keys(store.run).legacy(store.keys.ledger) or "", {"generation": 3})
     _fence(store, 5)
     assert store.current_generation() == 5
     with pytest.raises(FencedError):
@@ -36,7 +38,8 @@ def test_the_fence_document_decides_who_may_write(store: CheckpointStore, tmp_pa
 
 
 def test_a_store_without_a_fence_falls_back_to_the_ledger(store: CheckpointStore) -> None:
-    store.write_json(store.keys.ledger, {"run": store.run, "generation": 3})
+    # A store from before the fence is one from before `_control/` too.
+    store.write_json(Keys(store.run).legacy(store.keys.ledger) or "", {"generation": 3})
     assert store.current_generation() == 3
     store.write_json(store.keys.fence, {"generation": "garbage"})  # unreadable: same
     assert store.current_generation() == 3
@@ -54,7 +57,7 @@ def test_a_launch_writes_a_plain_fence_that_fences_the_old_pod(
     assert fence["generation"] == 1 and "mac" not in fence
     # What a pod sees, with its own unsigned view of the store: g0 is fenced, g1 is not.
     pod_view = CheckpointStore(FileBackend.from_url(f"file://{tmp_path / 'store'}"), "job")
-    (tmp_path / "store/job/ledger.json").unlink()  # not read by pods any more
+    (tmp_path / "store" / Keys("job").ledger).unlink()  # not read by pods any more
     with pytest.raises(FencedError):
         pod_view.check_fence(0)
     pod_view.check_fence(1)

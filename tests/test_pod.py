@@ -80,7 +80,7 @@ def store(tmp_path: Path) -> CheckpointStore:
 
 
 def test_pod_fenced_at_start_writes_nothing(tmp_path: Path, store: CheckpointStore) -> None:
-    store.write_json(store.keys.ledger, {"generation": 2})
+    store.write_fence(2)
     proc = start_pod(tmp_path, pod_spec(TOY % (20, "0.05")), generation=1)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
@@ -92,7 +92,7 @@ def test_pod_fenced_mid_run_stops_writing_and_exits(tmp_path: Path, store: Check
     proc = start_pod(tmp_path, pod_spec(TOY % (400, "0.05")), generation=1)
     try:
         wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 5)
-        store.write_json(store.keys.ledger, {"generation": 2})  # the controller launched g2
+        store.write_fence(2)  # the controller launched g2
         at_fence = store.read_pointer()
         proc.wait(timeout=15)
         assert proc.returncode == 0

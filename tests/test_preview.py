@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from respawn.store.keys import Keys
 from tests.conftest import ROOT
 from tests.test_clouds import write_fleet
 
@@ -88,4 +89,4 @@ def test_plan_shows_the_offer_the_next_tick_would_take_and_changes_nothing(
     text = cli("plan", "-c", str(fleet), env=env)
     assert "would launch g1 from a fresh start" in text.stdout and "on:   vast" in text.stdout
     assert not vast.labels()  # no instance created
-    assert not (tmp_path / "store" / "job" / "ledger.json").exists()  # nothing recorded
+    assert not (tmp_path / "store" / Keys("job").ledger).exists()  # nothing recorded

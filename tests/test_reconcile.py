@@ -13,6 +13,7 @@ from respawn.controller.config import FleetConfig, load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
+from respawn.store.keys import Keys
 from respawn.store.schema import utcnow
 from tests.conftest import run_cli, wait_for
 
@@ -104,7 +105,7 @@ def test_dry_run_changes_nothing(fleet_path: Path) -> None:
     assert "would provision g1" in proc.stdout
     fleet = load_config(fleet_path)
     assert local(fleet).list_instances("job") == []
-    assert not (Path(fleet.store.url.removeprefix("file://")) / "job" / "ledger.json").exists()
+    assert not (Path(fleet.store.url.removeprefix("file://")) / Keys("job").ledger).exists()
 
 
 def test_unreadable_pointer_is_unknown_and_nothing_is_destroyed(fleet_path: Path) -> None:

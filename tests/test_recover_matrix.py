@@ -18,17 +18,14 @@ from respawn.controller.config import load_config
 from respawn.controller.ledger import write_halt
 from respawn.controller.model import HaltOrder, Health
 from respawn.controller.reconcile import tick
+from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, utcnow
 from tests.conftest import make_step, run_cli
 from tests.test_control_safety import cli, cloud_fleet, clouds, store_of, vast_live  # noqa: F401
 from tests.test_security_controller import SECRET
 
-DOCS = {
-    "ledger": "ledger.json",
-    "pointer": "latest.json",
-    "heartbeat": "heartbeat.json",
-    "halt": "control/halt.json",
-}
+# Each document by its `Keys` name.
+DOCS = {"ledger": "ledger", "pointer": "latest", "heartbeat": "heartbeat", "halt": "halt"}
 DAMAGES = ("missing", "garbage")
 # Every single damage and every pair of them (of different documents).
 SINGLES = [((doc, dmg),) for doc in DOCS for dmg in DAMAGES]
@@ -83,9 +80,8 @@ def test_every_unknown_names_a_command_that_ends_it(
     if pod == "gone":
         with vast.lock:
             vast.instances.clear()
-    run_dir = tmp_path / "store/job"
     for doc, damage in combo:
-        file = run_dir / DOCS[doc]
+        file = tmp_path / "store" / getattr(Keys("job"), DOCS[doc])
         if damage == "missing":
             file.unlink()
         else:
@@ -131,14 +127,14 @@ def test_resume_and_rollback_with_an_unreadable_ledger_say_what_to_do(
     tick(fleet)
     store.publish(5, make_step(tmp_path, 5, {"ck/step_5/w.bin": b"w" * 5}), 1, "pod g1")
     assert run_cli("terminate", "-c", str(path), "--run", "job").returncode == 0
-    (tmp_path / "store/job/ledger.json").write_bytes(b"{garbage")
+    (tmp_path / "store" / Keys("job").ledger).write_bytes(b"{garbage")
     rollback = run_cli("rollback", "-c", str(path), "--run", "job", "--step", "5")
     assert rollback.returncode == 1 and "Traceback" not in rollback.stderr, rollback.stderr
     assert "respawn ledger repair" in rollback.stderr
     resume = run_cli("resume", "-c", str(path), "--run", "job")
     assert resume.returncode == 0 and "Traceback" not in resume.stderr, resume.stderr
     assert "no longer halted" in resume.stdout and "respawn ledger repair" in resume.stderr
-    (tmp_path / "store/job/control/halt.json").write_bytes(b"{garbage")
+    (tmp_path / "store" / Keys("job").halt).write_bytes(b"{garbage")
     resume = run_cli("resume", "-c", str(path), "--run", "job")
     assert resume.returncode == 0 and "Traceback" not in resume.stderr, resume.stderr
 
@@ -153,14 +149,17 @@ def test_ledger_repair_with_an_unreadable_pointer_and_heartbeat_rebuilds_the_poi
     tick(fleet)
     for step in (5, 10):
         store.publish(step, make_step(tmp_path, step, {f"ck/step_{step}/w": b"w"}), 1, "pod")
-    run_dir = tmp_path / "store/job"
-    for name in ("ledger.json", "latest.json", "heartbeat.json"):
-        (run_dir / name).write_bytes(b'{"generation": 1, garbage')
+    keys = [Keys("job").ledger, Keys("job").latest, Keys("job").heartbeat]
+    for key in keys:
+        (tmp_path / "store" / key).write_bytes(b'{"generation": 1, garbage')
     repair = run_cli("ledger", "repair", "-c", str(path), "--run", "job")
     assert repair.returncode == 0, repair.stderr
     assert "generation 1" in repair.stdout
     pointer = store.read_pointer()
     assert pointer is not None and pointer.step == 10
     assert store.read_heartbeat() is None
-    kept = {p.name.split(".corrupt-")[0] for p in run_dir.glob("*.corrupt-*")}
-    assert kept == {"ledger.json", "latest.json", "heartbeat.json"}
+    kept = {
+        str(p.relative_to(tmp_path / "store")).split(".corrupt-")[0]
+        for p in (tmp_path / "store").rglob("*.corrupt-*")
+    }
+    assert kept == set(keys)

@@ -14,9 +14,10 @@ import pytest
 from respawn.controller.config import load_config
 from respawn.controller.cost import spend_in_window
 from respawn.controller.reconcile import tick
+from respawn.store.keys import Keys
 from respawn.store.retention import MAX_MANIFEST_READS, MAX_PROBES
 from respawn.store.schema import LatestPointer, Manifest, utcnow
-from respawn.store.store import CheckpointStore
+from respawn.store.store import CheckpointStore, StoreError
 from tests.conftest import make_step
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
@@ -172,7 +173,7 @@ def test_a_lease_overwritten_during_each_create_does_not_blind_the_breakers(
     vast, runpod = clouds
     fleet = load_config(_fleet(tmp_path, vast, runpod))
     assert fleet.run("job").budget.max_launches_per_day == 5
-    lease = tmp_path / "store/job/control/lease.json"
+    lease = tmp_path / "store" / Keys("job").lease  # a fleet-wide pod key reaches it
 
     def pod_takes_the_lease() -> None:
         lease.write_text(json.dumps({"token": "pod", "holder": "pod", "expires_at": "x"}))
@@ -190,3 +191,90 @@ def test_a_lease_overwritten_during_each_create_does_not_blind_the_breakers(
     # Each unrecorded claim is billed at the run's ceiling price until proven otherwise.
     spent = spend_in_window(report.plan.ledger.launches, start + timedelta(hours=7))
     assert spent >= 5 * 0.5 * fleet.run("job").resources.max_price_per_hour
+
+
+# -- the controller's prefix ----------------------------------------------------------------
+
+
+CONTROLLER_DOCS = ("ledger", "halt", "lease", "tick", "breaker", "ledger_seq", "halt_seq")
+
+
+def test_a_per_run_pod_key_cannot_write_any_controller_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Design (issue 19): forging the ledger, halt order, lease or counters is impossible on
+    B2 with a per-run pod key, not merely detected: they live under `_control/RUN/`, which
+    the key's name prefix `PREFIX/RUN/` does not cover. The fence stays readable. (B2 also
+    refuses the key's reads there; b2sdk's simulator does not check reads.)"""
+    from respawn.store.b2_backend import B2Backend
+    from tests.test_security_keys import URL, _keyed
+
+    ctl_api, pod_api = _keyed(monkeypatch, ["listFiles", "readFiles", "writeFiles"], "fleet/run/")
+    controller = CheckpointStore(B2Backend(ctl_api, "respawn-test", "fleet"), "run")
+    controller.write_fence(3)
+    pod = CheckpointStore(B2Backend.from_url(URL, api=pod_api, require_delete=False), "run")
+    for name in CONTROLLER_DOCS:
+        key = getattr(pod.keys, name)
+        controller.backend.write_bytes(key, b"{}")
+        with pytest.raises(StoreError):
+            pod.backend.write_bytes(key, b"{}")
+    assert pod.current_generation() == 3
+
+
+def _to_legacy(store: CheckpointStore, names: tuple[str, ...]) -> None:
+    """Put the controller's documents where a respawn from before `_control/` kept them,
+    signed (and counted) there as that respawn did."""
+    for name in names:
+        key = getattr(store.keys, name)
+        raw = store.backend.read_bytes(key)
+        assert raw is not None, key
+        store.backend.write_bytes(store.keys.legacy(key) or "", raw)
+        counter = getattr(store.keys, f"{name}_seq")
+        store.backend.inner.delete([key, counter])  # type: ignore[attr-defined]
+
+
+def test_a_store_from_before_the_controller_prefix_is_moved_under_the_same_verification(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    from respawn.controller.ledger import write_halt
+    from respawn.controller.model import HaltOrder
+    from respawn.controller.stores import open_run_store
+
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    tick(fleet)  # g1
+    store = open_run_store(fleet.store, "job")
+    write_halt(store, HaltOrder(halted=False, reason="resumed", at=utcnow()))
+    _to_legacy(store, ("ledger", "halt"))
+    assert not (tmp_path / "store" / store.keys.ledger).exists()
+
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value != "unknown", report.plan.verdict.reason
+    assert report.plan.ledger.generation == 1 and vast.count("create") == 1
+    for name in ("ledger", "halt"):
+        key = getattr(store.keys, name)
+        assert (tmp_path / "store" / key).exists()
+        assert not (tmp_path / "store" / (store.keys.legacy(key) or "")).exists()
+    assert tick(fleet)[0].plan.verdict.health.value != "unknown"
+
+
+def test_a_forged_old_location_ledger_is_refused_not_moved(tmp_path: Path, clouds: tuple) -> None:
+    """The migration reads the old location only as it was always read: a pod-written
+    (unsigned) ledger there makes the run `unknown` and is not moved."""
+    from respawn.controller.stores import open_run_store
+
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    tick(fleet)
+    store = open_run_store(fleet.store, "job")
+    _to_legacy(store, ("ledger",))
+    legacy = tmp_path / "store" / (store.keys.legacy(store.keys.ledger) or "")
+    doc = json.loads(legacy.read_text())
+    doc.pop("mac")
+    doc["launches"] = []
+    legacy.write_text(json.dumps(doc))
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health.value == "unknown"
+    assert "signature" in report.plan.verdict.reason
+    assert not (tmp_path / "store" / store.keys.ledger).exists()
+    assert vast.count("create") == 1

@@ -15,6 +15,7 @@ from respawn.controller.model import HaltOrder
 from respawn.controller.reconcile import tick
 from respawn.controller.seal import ADOPT_UNSIGNED_ENV
 from respawn.controller.stores import open_run_store
+from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, LatestPointer, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import make_step
@@ -48,7 +49,7 @@ def _pod_store(tmp: Path) -> CheckpointStore:
 
 
 def _forge_ledger(tmp: Path, **changes: object) -> None:
-    path = tmp / "store/job/ledger.json"
+    path = tmp / "store" / Keys("job").ledger
     doc = json.loads(path.read_text())
     doc.pop("mac", None)
     doc.update(changes)
@@ -65,14 +66,14 @@ def test_forged_ledger_cannot_clear_a_breaker_halt(tmp_path: Path, clouds: tuple
     write_ledger(store, halted, ledger.version)
     vast.instances.clear()  # the pod is gone
     _forge_ledger(tmp_path, halted=None)  # undo the breaker with a pod's key
-    forged = (tmp_path / "store/job/ledger.json").read_text()
+    forged = (tmp_path / "store" / Keys("job").ledger).read_text()
     report = tick(fleet)[0]
     assert report.plan.verdict.health.value == "unknown"
     assert "not written by this controller" in report.plan.verdict.reason
     assert [a.kind for a in report.plan.actions] == ["alert"]
     assert vast.instances == {} and vast.count("create") == 1
     # Not overwritten with a blank ledger either (the next tick would say "never launched").
-    assert (tmp_path / "store/job/ledger.json").read_text() == forged
+    assert (tmp_path / "store" / Keys("job").ledger).read_text() == forged
     assert tick(fleet)[0].plan.verdict.health.value == "unknown"
 
 
@@ -86,7 +87,7 @@ def test_forged_resume_cannot_undo_the_kill_switch(tmp_path: Path, clouds: tuple
     assert vast.instances == {}
     # With a pod's key: a resume order of its own.
     order = HaltOrder(halted=False, at=utcnow())
-    (tmp_path / "store/job/control/halt.json").write_text(order.model_dump_json())
+    (tmp_path / "store" / Keys("job").halt).write_text(order.model_dump_json())
     report = tick(fleet)[0]
     assert report.plan.verdict.health.value == "unknown" and not report.plan.destructive
     assert vast.count("create") == 1
@@ -108,7 +109,7 @@ def test_signed_ledger_round_trips_and_unsigned_one_can_be_adopted(
     vast, runpod = clouds
     fleet = load_config(_fleet(tmp_path, vast, runpod))
     tick(fleet)
-    assert '"mac"' in (tmp_path / "store/job/ledger.json").read_text()
+    assert '"mac"' in (tmp_path / "store" / Keys("job").ledger).read_text()
     assert tick(fleet)[0].plan.verdict.health.value == "starting"
     _forge_ledger(tmp_path)  # unsigned: as written before ledger_secret_env was set
     assert tick(fleet)[0].plan.verdict.health.value == "unknown"

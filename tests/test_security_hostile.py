@@ -13,6 +13,7 @@ import yaml
 from respawn.controller.config import load_config
 from respawn.controller.observe import observe
 from respawn.controller.reconcile import tick
+from respawn.store.keys import Keys
 from respawn.store.schema import RepairEvent, utcnow
 from respawn.store.store import CheckpointStore
 from tests.fakes.runpod import FakeRunPod
@@ -43,7 +44,7 @@ def _two_runs(tmp: Path, vast: FakeVast, runpod: FakeRunPod) -> Path:
 
 @pytest.mark.parametrize(
     "document",
-    ["heartbeat.json", "latest.json", "ledger.json", "control/halt.json", "control/lease.json"],
+    ["heartbeat", "latest", "ledger", "halt", "lease"],
 )
 def test_a_recursion_bomb_in_one_runs_store_stops_neither_the_tick_nor_other_runs(
     tmp_path: Path, clouds: tuple, document: str
@@ -53,14 +54,14 @@ def test_a_recursion_bomb_in_one_runs_store_stops_neither_the_tick_nor_other_run
     dies, every run of the fleet unattended."""
     vast, runpod = clouds
     fleet = load_config(_two_runs(tmp_path, vast, runpod))
-    target = tmp_path / "store/other" / document
+    target = tmp_path / "store" / getattr(Keys("other"), document)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(DEEP)
     reports = {r.run: r for r in tick(fleet)}
     assert reports["job"].plan.verdict.health.value == "new"
     assert [r.ok for r in reports["job"].results if r.action.kind == "provision"] == [True]
     other = reports["other"]
-    if document == "control/lease.json":  # a lease that cannot be read holds nothing
+    if document == "lease":  # a lease that cannot be read holds nothing
         assert other.skipped is None
     else:
         assert other.plan.verdict.health.value == "unknown", other.plan.verdict.reason
@@ -98,7 +99,7 @@ def test_a_forged_lease_that_looks_real_holds_nothing_when_signing_is_on(
     vast, runpod = clouds
     fleet = load_config(_fleet(tmp_path, vast, runpod))
     soon = (utcnow() + timedelta(minutes=4)).isoformat()
-    lease = tmp_path / "store/job/control/lease.json"
+    lease = tmp_path / "store" / Keys("job").lease
     lease.parent.mkdir(parents=True, exist_ok=True)
     lease.write_text(json.dumps({"token": "pod", "holder": "gh pid 1", "expires_at": soon}))
     report = tick(fleet)[0]

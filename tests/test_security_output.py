@@ -14,6 +14,7 @@ import yaml
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.redact import Redactor, code_span, one_line
+from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, utcnow
 from tests.conftest import run_cli
 from tests.fakes.http import Fault
@@ -28,7 +29,7 @@ PEM = (
 
 
 def _sinks(tmp_path: Path, proc: object) -> str:
-    ledger = tmp_path / "store/job/ledger.json"
+    ledger = tmp_path / "store" / Keys("job").ledger
     summary = tmp_path / "summary.md"
     return (
         proc.stdout  # type: ignore[attr-defined]

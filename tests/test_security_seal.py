@@ -16,6 +16,7 @@ from respawn.controller.model import HaltOrder
 from respawn.controller.reconcile import tick
 from respawn.controller.repair import repair_ledger
 from respawn.controller.stores import open_run_store
+from respawn.store.keys import Keys
 from respawn.store.schema import utcnow
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
@@ -31,8 +32,8 @@ def clouds(
     return clouds
 
 
-LEDGER = "store/job/ledger.json"
-LEASE = "store/job/control/lease.json"
+LEDGER = f"store/{Keys('job').ledger}"
+LEASE = f"store/{Keys('job').lease}"
 
 
 def _halt_by_breaker(fleet: object, vast: object) -> None:
@@ -81,7 +82,7 @@ def test_a_replayed_resume_order_cannot_undo_a_later_terminate(
     fleet = load_config(_fleet(tmp_path, vast, runpod))
     tick(fleet)
     store = open_run_store(fleet.store, "job")
-    halt = tmp_path / "store/job/control/halt.json"
+    halt = tmp_path / "store" / Keys("job").halt
     write_halt(store, HaltOrder(halted=False, at=utcnow() - timedelta(hours=1)))
     old_resume = halt.read_bytes()
     write_halt(store, HaltOrder(halted=True, reason="by hand", at=utcnow()))
@@ -137,8 +138,8 @@ def test_run_bs_signed_resume_order_cannot_undo_run_as_terminate(
     write_halt(a, HaltOrder(halted=True, reason="by hand", at=utcnow()))  # A's terminate
     assert _health(tick(fleet), "job") == "stopped"
     creates = vast.count("create")
-    halt_a = tmp_path / "store/job/control/halt.json"
-    halt_a.write_bytes((tmp_path / "store/other/control/halt.json").read_bytes())
+    halt_a = tmp_path / "store" / Keys("job").halt
+    halt_a.write_bytes((tmp_path / "store" / Keys("other").halt).read_bytes())
     reports = tick(fleet)
     assert _health(reports, "job") == "unknown"
     (report,) = [r for r in reports if r.run == "job"]
@@ -159,7 +160,7 @@ def test_run_bs_signed_ledger_cannot_replace_run_as(tmp_path: Path, clouds: tupl
         write_ledger(b, ledger_b, ledger_b.version)
     vast.instances.clear()
     creates = vast.count("create")
-    (tmp_path / LEDGER).write_bytes((tmp_path / "store/other/ledger.json").read_bytes())
+    (tmp_path / LEDGER).write_bytes((tmp_path / "store" / Keys("other").ledger).read_bytes())
     reports = tick(fleet, only="job")
     assert _health(reports, "job") == "unknown"
     (report,) = reports
@@ -179,7 +180,7 @@ def test_signatures_from_before_they_named_their_document_are_adopted_once(
     vast, runpod = clouds
     fleet = load_config(_fleet(tmp_path, vast, runpod))
     tick(fleet)
-    for rel in (LEDGER, "store/job/control/ledger.seq.json"):
+    for rel in (LEDGER, f"store/{Keys('job').ledger_seq}"):
         doc = json.loads((tmp_path / rel).read_text())
         doc.pop("mac")
         body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

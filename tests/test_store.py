@@ -155,7 +155,8 @@ def test_ledger_generation_fences_before_any_pointer(
     store: CheckpointStore, tmp_path: Path
 ) -> None:
     store.publish(10, make_step(tmp_path, 10, files_for(10)), generation=1, writer="g1")
-    store.write_json(store.keys.ledger, {"generation": 2})  # the controller launched g2
+    # The controller launched g2 (a store from before the fence and `_control/`).
+    store.write_json(store.keys.legacy(store.keys.ledger) or "", {"generation": 2})
     with pytest.raises(FencedError, match="generation 2 owns"):
         store.publish(15, make_step(tmp_path, 15, files_for(15)), generation=1, writer="g1")
     assert store.read_pointer().step == 10  # type: ignore[union-attr]

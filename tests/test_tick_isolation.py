@@ -19,6 +19,7 @@ import yaml
 from respawn.controller.config import FleetConfig, load_config
 from respawn.controller.reconcile import tick
 from respawn.controller.report import exit_code
+from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, utcnow
 from respawn.store.store import CheckpointStore
 from tests.conftest import make_step
@@ -51,33 +52,34 @@ def _pod(tmp: Path) -> CheckpointStore:
 
 def _document(tmp: Path, name: str) -> dict[str, object]:
     """A well-formed document of `other` to poison: the one already there, or a typical one."""
-    path = tmp / "store/other" / name
+    path = tmp / "store" / getattr(Keys("other"), name)
     if path.exists():
         doc = json.loads(path.read_text())
         doc.pop("mac", None)
         return doc  # type: ignore[no-any-return]
     at = utcnow().isoformat()
-    if name == "control/lease.json":  # long expired: as a document it holds nothing
+    if name == "lease":  # long expired: as a document it holds nothing
         return {"token": "t", "holder": "h", "expires_at": "2020-01-01T00:00:00+00:00"}
-    if name == "control/halt.json":
+    if name == "halt":
         return {"halted": False, "reason": "resumed", "at": at}
-    if name == "heartbeat.json":
+    if name == "heartbeat":
         hb = Heartbeat(run="other", generation=1, writer="w", at=utcnow(), phase="training")
         return hb.model_dump(mode="json", by_alias=True)
     raise AssertionError(name)
 
 
-#: Each document, and the field of it that holds a time (the naive-time poison goes there).
+#: Each document (by its `Keys` name), and the field of it that holds a time (the naive-time
+#: poison goes there).
 DOCUMENTS = {
-    "control/lease.json": "expires_at",
-    "control/halt.json": "at",
-    "tick.json": "at",
-    "ledger.json": "halted_at",
-    "heartbeat.json": "at",
-    "latest.json": "written_at",
+    "lease": "expires_at",
+    "halt": "at",
+    "tick": "at",
+    "ledger": "halted_at",
+    "heartbeat": "at",
+    "latest": "written_at",
 }
 #: Documents that decide nothing: unreadable, they are rewritten, and the run goes on.
-HOLD_NOTHING = {"control/lease.json", "tick.json"}
+HOLD_NOTHING = {"lease", "tick"}
 
 
 def _poison(doc: dict[str, object], poison: str, time_field: str) -> str:
@@ -106,10 +108,10 @@ def test_a_poisoned_document_stops_only_its_own_run(
     monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
     fleet = _fleet(tmp_path, vast, runpod, signed)
     tick(fleet, only="other")  # other: launched, ledger and tick record written; job: new
-    if document == "latest.json":
+    if document == "latest":
         files = make_step(tmp_path, 10, {"ck/step_10/DONE": b"", "ck/step_10/w": b"w"})
         _pod(tmp_path).publish(10, files, generation=1, writer="pod")
-    target = tmp_path / "store/other" / document
+    target = tmp_path / "store" / getattr(Keys("other"), document)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(_poison(_document(tmp_path, document), poison, DOCUMENTS[document]))
 
@@ -124,12 +126,12 @@ def test_a_poisoned_document_stops_only_its_own_run(
         assert verdict.health.value == "starting", verdict.reason
         assert other.skipped is None and not other.failed
         assert exit_code(list(reports.values())) == 0
-        named = [w for w in other.observation.warnings if document in w]
+        named = [w for w in other.observation.warnings if getattr(Keys("other"), document) in w]
         assert named, other.observation.warnings
         # ...and the tick put a good one back (a lease is released: nothing left).
-        if document == "tick.json":
+        if document == "tick":
             assert _pod(tmp_path).read_tick() is not None
-    elif document == "latest.json":
+    elif document == "latest":
         # The pointer is a cache of the verified manifests: this tick rebuilds it (issue 18.1).
         done = [(r.action.kind, r.ok) for r in other.results]
         assert ("repair-pointer", True) in done, done

@@ -12,6 +12,7 @@ import pytest
 
 from respawn.controller.config import load_config
 from respawn.controller.reconcile import Mode, tick
+from respawn.store.keys import Keys
 from respawn.store.schema import utcnow
 from tests.conftest import run_cli
 from tests.fakes.runpod import FakeRunPod
@@ -22,7 +23,7 @@ from tests.test_clouds import write_fleet
 def _killed_tick_lease(tmp: Path, minutes: float = 4) -> str:
     """What a tick killed mid-way leaves: its lease, unexpired. Returns the expiry as shown."""
     until = utcnow() + timedelta(minutes=minutes)
-    lease = tmp / "store/job/control/lease.json"
+    lease = tmp / "store" / Keys("job").lease
     lease.parent.mkdir(parents=True, exist_ok=True)
     doc = {"token": "killed", "holder": "runner-7 pid 4242", "expires_at": until.isoformat()}
     lease.write_text(json.dumps(doc))

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from respawn.store.keys import Keys
 from tests.conftest import ROOT, run_cli
 
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -119,7 +120,7 @@ def test_tick_step_runs_as_in_the_workflow(tmp_path: Path, fleet: Path, dry_run:
     try:
         assert proc.returncode == 0, proc.stderr
         assert "toy" in proc.stdout and "never launched" in proc.stdout
-        launched = (tmp_path / "store" / "toy" / "ledger.json").exists()
+        launched = (tmp_path / "store" / Keys("toy").ledger).exists()
         assert launched == (dry_run == "false")
     finally:
         run_cli("terminate", "-c", str(fleet), "--run", "toy")

@@ -101,6 +101,15 @@ class StoreCore:
         self.run = run
         self.keys = Keys(run)
         self.workers = workers
+        # The controller documents that move from a store from before `_control/` on their
+        # first read (the lease and the tick record do not: they expire or inform only).
+        counted = {
+            self.keys.ledger: self.keys.ledger_seq,
+            self.keys.halt: self.keys.halt_seq,
+            self.keys.breaker: self.keys.breaker_seq,
+        }
+        self._migrating = {k: self.keys.legacy(k) or k for k in counted}
+        self._migrating_counters = {k: self.keys.legacy(c) or c for k, c in counted.items()}
         # What the previous publish of this store learnt, to read each file once in the next:
         # sha1 by (device, inode, size, mtime) of every file it sent or copied (a
         # file that has not changed on disk need not be read to know its hash), and which
@@ -146,7 +155,27 @@ class StoreCore:
         """The document, None when missing; CorruptError naming the key when it is larger
         than `max_bytes` or is not strict JSON (`respawn.store.strict`)."""
         raw = self.backend.read_bytes(key, max_bytes=max_bytes)
+        if raw is None and key in self._migrating:
+            raw = self._migrate(key, self._migrating[key], max_bytes)
         return None if raw is None else loads_document(key, raw)
+
+    def _migrate(self, key: str, old: str, max_bytes: int) -> bytes | None:
+        """A controller document missing from `_control/RUN/`: a store from before the split
+        keeps it under `RUN/`. Read there once, verified as it always was there (a sealed
+        backend checks its signature and counter), written to `key`, and the old copy and
+        its counter deleted, so a pod key cannot plant one to be read again."""
+        raw = self.backend.read_bytes(old, max_bytes=max_bytes)
+        if raw is None:
+            return None
+        loads_document(old, raw)
+        self.backend.write_bytes(key, raw)
+        stale = [old, self._migrating_counters[key]]
+        try:
+            self.backend.delete(stale)
+        except StoreError as e:  # moved already; the next read finds the new copy
+            log.warning("%s moved to %s; the old copy stays: %s", old, key, e)
+        log.info("moved %s to %s (the controller's prefix)", old, key)
+        return self.backend.read_bytes(key, max_bytes=max_bytes)
 
     def write_json(self, key: str, doc: object) -> None:
         self.backend.write_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
@@ -242,7 +271,9 @@ class StoreCore:
         if fence is not None:
             return fence.generation
         gens = [0]
-        ledger = self.read_json(self.keys.ledger)
+        # A store from before the fence is also one from before `_control/` (a pod key
+        # cannot read the controller's prefix).
+        ledger = self.read_json(self.keys.legacy(self.keys.ledger) or self.keys.ledger)
         if ledger and isinstance(ledger.get("generation"), int):
             return int(ledger["generation"])  # type: ignore[arg-type]
         for key in (self.keys.latest, self.keys.heartbeat):

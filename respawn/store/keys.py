@@ -3,6 +3,12 @@
 The pod's documents, the controller's (ledger, halt order, lease, fence and their counters),
 the checkpoints and the folders beside them: anything that reads or writes a run's key names
 it through `Keys`, so a layout change is made here once.
+
+Two prefixes (docs/keys.md): `RUN/` holds what pods write and read (checkpoints, pointer,
+heartbeat, the fence); `_control/RUN/` holds the documents only the controller writes
+(ledger, halt order, lease, tick record, breaker record, their counters), so a pod key
+restricted to `PREFIX/RUN/` can neither write nor read them. Stores written before the
+split have those documents under `RUN/` (`Keys.legacy`): read there once, then moved.
 """
 
 from __future__ import annotations
@@ -21,15 +27,35 @@ _MANIFEST_NAME = re.compile(r"^MANIFEST(?:-g(?P<gen>[0-9]{6,})-(?P<token>[0-9a-f
 QUARANTINE_DIR = "quarantine"
 REPAIRS_DIR = "repairs"
 CONTROL_DIR = "control"
-#: The controller's documents, by their name under the run (`control/...` or the ledger).
+#: Above every run: the controller's own documents, out of every per-run pod key's reach.
+CONTROL_ROOT = "_control"
+#: The controller's documents, by their name under `_control/RUN/`.
 LEDGER_NAME = "ledger.json"
-HALT_NAME = f"{CONTROL_DIR}/halt.json"
-LEASE_NAME = f"{CONTROL_DIR}/lease.json"
+HALT_NAME = "halt.json"
+LEASE_NAME = "lease.json"
+TICK_NAME = "tick.json"
+LEDGER_SEQ_NAME = "ledger.seq.json"
+HALT_SEQ_NAME = "halt.seq.json"
+BREAKER_NAME = "breaker.json"
+BREAKER_SEQ_NAME = "breaker.seq.json"
+CONTROLLER_NAMES = (
+    LEDGER_NAME,
+    HALT_NAME,
+    LEASE_NAME,
+    TICK_NAME,
+    LEDGER_SEQ_NAME,
+    HALT_SEQ_NAME,
+    BREAKER_NAME,
+    BREAKER_SEQ_NAME,
+)
+#: Where a store from before the split keeps each (under `RUN/`).
+_LEGACY_NAMES = {
+    LEDGER_NAME: LEDGER_NAME,
+    TICK_NAME: TICK_NAME,
+    **{n: f"{CONTROL_DIR}/{n}" for n in CONTROLLER_NAMES if n not in (LEDGER_NAME, TICK_NAME)},
+}
+#: The fence stays under `RUN/`: pods read it.
 FENCE_NAME = f"{CONTROL_DIR}/fence.json"
-LEDGER_SEQ_NAME = f"{CONTROL_DIR}/ledger.seq.json"
-HALT_SEQ_NAME = f"{CONTROL_DIR}/halt.seq.json"
-BREAKER_NAME = f"{CONTROL_DIR}/breaker.json"
-BREAKER_SEQ_NAME = f"{CONTROL_DIR}/breaker.seq.json"
 LOGS_DIR = "logs"
 
 
@@ -43,9 +69,12 @@ def parse_step_dirname(name: str) -> int | None:
 
 
 def split_run_key(key: str) -> tuple[str, str]:
-    """(run, the key's name under the run): `a/b/control/halt.json` → ('a/b', 'control/
-    halt.json'). Run names have no '/' of their own, but a store may sit under a prefix."""
-    for name in (HALT_NAME, LEASE_NAME, FENCE_NAME, LEDGER_SEQ_NAME, HALT_SEQ_NAME, LEDGER_NAME):
+    """(run, the key's name under the run): `_control/a/halt.json` → ('a', 'halt.json'),
+    `a/control/halt.json` (a store from before the split) → ('a', 'control/halt.json')."""
+    if key.startswith(CONTROL_ROOT + "/"):
+        run, _, name = key[len(CONTROL_ROOT) + 1 :].rpartition("/")
+        return run, name
+    for name in (*_LEGACY_NAMES.values(), FENCE_NAME):
         if key.endswith("/" + name):
             return key[: -len(name) - 1], name
     run, _, name = key.rpartition("/")
@@ -66,48 +95,60 @@ class Keys:
     def heartbeat(self) -> str:
         return f"{self.run}/heartbeat.json"
 
+    def _control(self, name: str) -> str:
+        return f"{CONTROL_ROOT}/{self.run}/{name}"
+
+    def legacy(self, key: str) -> str | None:
+        """Where a store from before the split kept the controller document `key` (None: not
+        a controller document of this run)."""
+        prefix = f"{CONTROL_ROOT}/{self.run}/"
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        old = _LEGACY_NAMES.get(name) if name is not None else None
+        return f"{self.run}/{old}" if old is not None else None
+
     @property
     def tick(self) -> str:
-        return f"{self.run}/tick.json"
+        """When the controller last ticked for this run."""
+        return self._control(TICK_NAME)
 
     @property
     def ledger(self) -> str:
-        return f"{self.run}/{LEDGER_NAME}"
+        return self._control(LEDGER_NAME)
 
     @property
     def halt(self) -> str:
         """A person's halt order (`respawn terminate` / `resume`)."""
-        return f"{self.run}/{HALT_NAME}"
+        return self._control(HALT_NAME)
 
     @property
     def lease(self) -> str:
         """The tick lease: one acting tick per run at a time."""
-        return f"{self.run}/{LEASE_NAME}"
+        return self._control(LEASE_NAME)
 
     @property
     def fence(self) -> str:
         """The generation that owns the run (`respawn.contract.fencing.Fence`): written by
         the controller whenever it claims one, read by pods. Plain JSON: pods cannot verify
-        the controller's signature."""
+        the controller's signature. Under `RUN/`, where pods can read it."""
         return f"{self.run}/{FENCE_NAME}"
 
     @property
     def ledger_seq(self) -> str:
-        return f"{self.run}/{LEDGER_SEQ_NAME}"
+        return self._control(LEDGER_SEQ_NAME)
 
     @property
     def halt_seq(self) -> str:
-        return f"{self.run}/{HALT_SEQ_NAME}"
+        return self._control(HALT_SEQ_NAME)
 
     @property
     def breaker(self) -> str:
         """The last halt a breaker ordered: kept apart from the ledger, so `ledger repair`
         after a replayed ledger still finds it."""
-        return f"{self.run}/{BREAKER_NAME}"
+        return self._control(BREAKER_NAME)
 
     @property
     def breaker_seq(self) -> str:
-        return f"{self.run}/{BREAKER_SEQ_NAME}"
+        return self._control(BREAKER_SEQ_NAME)
 
     @property
     def logs(self) -> str:
