@@ -17,7 +17,7 @@ from respawn.controller.reconcile import tick
 from respawn.store.keys import Keys
 from respawn.store.retention import MAX_MANIFEST_READS, MAX_PROBES
 from respawn.store.schema import LatestPointer, Manifest, utcnow
-from respawn.store.store import CheckpointStore, StoreError
+from respawn.store.store import CheckpointStore, FencedError, StoreError
 from tests.conftest import make_step
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
@@ -278,3 +278,27 @@ def test_a_forged_old_location_ledger_is_refused_not_moved(tmp_path: Path, cloud
     assert "signature" in report.plan.verdict.reason
     assert not (tmp_path / "store" / store.keys.ledger).exists()
     assert vast.count("create") == 1
+
+
+# -- low: a made-up fence far ahead ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["fence", "unsigned ledger"])
+def test_a_made_up_generation_far_ahead_does_not_fence_the_honest_pod(
+    tmp_path: Path, source: str
+) -> None:
+    """Attack (issue 19, low): a fence, or (with the fence unreadable) an unsigned ledger where
+    a store from before the fence keeps it, saying generation 10^9 stopped the honest pod."""
+    pod = _pod(tmp_path)
+    pod.write_fence(1)
+    if source == "fence":
+        doc = {"run": "job", "generation": 10**9, "at": utcnow().isoformat()}
+        pod.write_json(pod.keys.fence, doc)
+    else:
+        pod.write_json(pod.keys.fence, {"generation": "garbage"})
+        pod.write_json(pod.keys.legacy(pod.keys.ledger) or "", {"generation": 10**9})
+    _publish(pod, tmp_path, [10])
+    assert pod.manifested_steps() == [10]
+    pod.write_fence(2)  # a real claim still fences it
+    with pytest.raises(FencedError):
+        _publish(pod, tmp_path, [20])

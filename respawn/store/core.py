@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel, ValidationError
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from respawn.contract.fencing import Fence
+from respawn.contract.fencing import MAX_FENCE_AHEAD, Fence
 from respawn.store import open_backend
 from respawn.store.backend import (
     Backend,
@@ -288,6 +288,16 @@ class StoreCore:
 
     def check_fence(self, generation: int) -> None:
         current = self.current_generation()
+        if current > generation + MAX_FENCE_AHEAD:
+            log.warning(
+                "%s: ignoring a fence at generation %d, more than %d above this writer's %d: "
+                "no controller claims that many while a pod lives (made up with a pod's key?)",
+                self.run,
+                current,
+                MAX_FENCE_AHEAD,
+                generation,
+            )
+            return
         if current > generation:
             raise FencedError(generation, current)
 
