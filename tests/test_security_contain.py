@@ -16,7 +16,7 @@ from respawn.controller.cost import spend_in_window
 from respawn.controller.reconcile import tick
 from respawn.store.keys import Keys
 from respawn.store.retention import MAX_MANIFEST_READS, MAX_PROBES
-from respawn.store.schema import LatestPointer, Manifest, utcnow
+from respawn.store.schema import LatestPointer, utcnow
 from respawn.store.store import CheckpointStore, FencedError, StoreError
 from tests.conftest import make_step
 from tests.fakes.runpod import FakeRunPod
@@ -43,17 +43,19 @@ def _publish(pod: CheckpointStore, tmp: Path, steps: list[int], generation: int 
 
 
 def _plant_manifest(pod: CheckpointStore, step: int, generation: int, files: list) -> str:
+    """A manifest as a hostile pod writes it: JSON, whatever our own model would refuse."""
     key = pod.keys.manifest_for(step, generation, "0badc0de")
-    doc = Manifest(
-        step=step,
-        files=tuple(files),
-        total_bytes=sum(f["size"] for f in files),
-        created_at=utcnow(),
-        prefix=pod.keys.upload_dir(generation, "0badc0de"),
-        generation=generation,
-        writer="pod",
-    )
-    pod.write_json(key, doc.model_dump(mode="json", by_alias=True))
+    doc = {
+        "schema": 1,
+        "step": step,
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files),
+        "created_at": utcnow().isoformat(),
+        "prefix": pod.keys.upload_dir(generation, "0badc0de"),
+        "generation": generation,
+        "writer": "pod",
+    }
+    pod.write_json(key, doc)
     return key
 
 
@@ -302,3 +304,57 @@ def test_a_made_up_generation_far_ahead_does_not_fence_the_honest_pod(
     pod.write_fence(2)  # a real claim still fences it
     with pytest.raises(FencedError):
         _publish(pod, tmp_path, [20])
+
+
+# -- low: a manifest no filesystem can hold -------------------------------------------------
+
+
+def _step_with(store: CheckpointStore, step: int, files: dict[str, bytes]) -> str:
+    """A step a pod wrote with these files (uploaded as named), pointed at."""
+    import hashlib
+
+    token = "0badc0de"
+    prefix = store.keys.upload_dir(1, token)
+    entries = []
+    for path, data in files.items():
+        if max(len(part.encode()) for part in path.split("/")) <= 250:  # what B2 can hold
+            store.backend.write_bytes(store.keys.step_file(step, prefix + path), data)
+        entries.append({"path": path, "size": len(data), "sha1": hashlib.sha1(data).hexdigest()})
+    key = _plant_manifest(store, step, 1, entries)
+    _plant_pointer(store, step, key)
+    return key
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"ck/" + "x" * 300: b"long"},  # one name over 255 bytes
+        {"ck/a": b"file", "ck/a/b": b"under it"},  # a file and a directory of one name
+    ],
+    ids=["name-too-long", "file-directory-clash"],
+)
+def test_a_manifest_no_filesystem_can_hold_is_quarantined_and_restore_falls_back(
+    tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    """Restore crashed with OSError (ENAMETOOLONG, ENOTDIR) instead of quarantining the step
+    and restoring the one before."""
+    from respawn.store.b2_backend import B2Backend
+    from tests.conftest import b2_simulator
+
+    api, _ = b2_simulator()  # B2 holds any name; the pod's disk cannot
+    store = CheckpointStore(B2Backend(api, "respawn-test", "fleet"), "job")
+    _publish(store, tmp_path, [10])
+    bad = _step_with(store, 20, files)
+    pulled = store.pull(tmp_path / "dest", quiet=True, repair_as=(1, "pod"))
+    assert pulled is not None and pulled.step == 10
+    assert bad in store.quarantined()
+
+
+def test_a_name_of_255_bytes_still_publishes_and_restores(tmp_path: Path) -> None:
+    """The bound is the filesystem's, not lower: a trainer's 255-byte file name round-trips
+    (the download's temporary name must not push it over)."""
+    store = _pod(tmp_path)
+    name = "ck/step_10/" + "n" * 255
+    store.publish(10, make_step(tmp_path, 10, {name: b"w"}), generation=1, writer="pod")
+    pulled = store.pull(tmp_path / "dest", quiet=True)
+    assert pulled is not None and (tmp_path / "dest" / name).read_bytes() == b"w"

@@ -264,7 +264,8 @@ class B2Backend:
 
     def download(self, key: str, dst: Path, progress: Progress | None = None) -> str | None:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".respawn-tmp-{dst.name}.{uuid.uuid4().hex[:8]}"
+        # Shortened: a 255-byte name (the most a filesystem holds) must still have a temporary.
+        tmp = dst.parent / f".respawn-tmp-{dst.name[:200]}.{uuid.uuid4().hex[:8]}"
 
         def fetch() -> None:
             try:

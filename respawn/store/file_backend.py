@@ -68,7 +68,8 @@ class FileBackend:
 
     def _tmp_for(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
+        # Shortened: a 255-byte name (the most a filesystem holds) must still have a temporary.
+        return path.parent / f"{_TMP_PREFIX}{path.name[:200]}.{uuid.uuid4().hex[:8]}"
 
     @staticmethod
     def _fsync_dir(path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Keys live in respawn/store/keys.py; imported here for callers of the old location.
 from respawn.store.keys import (  # noqa: F401
@@ -31,6 +31,8 @@ SCHEMA_VERSION = 1
 MAX_SCHEMA = 1000
 #: A pod has a handful of SSH host keys (one per algorithm).
 MAX_HOST_KEYS = 16
+#: The longest file or directory name common filesystems hold (ext4, xfs: 255 bytes).
+MAX_NAME_BYTES = 255
 
 
 class _Doc(BaseModel):
@@ -81,6 +83,22 @@ class Manifest(_Doc):
     writer: Name | None = None
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _restorable(self) -> Manifest:
+        # A manifest is written to the pod's disk as it names it: a name no filesystem holds,
+        # or a file that is also another file's directory, is a manifest no restore can
+        # finish (an OSError mid-restore), so it is refused as malformed like any other.
+        paths = {f.path for f in self.files}
+        for path in paths:
+            part = max(path.split("/"), key=lambda p: len(p.encode()))
+            if len(part.encode()) > MAX_NAME_BYTES:
+                raise ValueError(f"{path!r}: a name over {MAX_NAME_BYTES} bytes ({part[:40]}...)")
+            parents = path.split("/")[:-1]
+            for i in range(1, len(parents) + 1):
+                if "/".join(parents[:i]) in paths:
+                    raise ValueError(f"{path!r}: {'/'.join(parents[:i])!r} is also a file")
+        return self
 
     def by_path(self) -> dict[str, ManifestFile]:
         return {f.path: f for f in self.files}
