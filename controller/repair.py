@@ -176,9 +176,17 @@ def _readable_copies(store: CheckpointStore) -> list[Ledger]:
     """Every copy of the ledger that parses, verified or not: the current document and those
     earlier repairs kept beside it."""
     backend = unverified(store)
-    keys = [store.keys.ledger]
-    with contextlib.suppress(StoreError):  # the kept copies only add to the current one
-        keys += [o.key for o in backend.list(f"{store.keys.ledger}.corrupt-")]
+    where = [store.keys.ledger]
+    legacy = store.keys.legacy(store.keys.ledger)
+    with contextlib.suppress(StoreError):
+        # A store never moved to `_control/` (its ledger unreadable there): the old key's
+        # copies, pod-writable, count only until the controller's prefix has a ledger.
+        if legacy and backend.read_bytes(store.keys.ledger, max_bytes=DOC_MAX_BYTES) is None:
+            where.append(legacy)
+    keys = list(where)
+    for key in where:
+        with contextlib.suppress(StoreError):  # the kept copies only add to the current one
+            keys += [o.key for o in backend.list(f"{key}.corrupt-")]
     out = []
     for key in keys:
         try:

@@ -358,3 +358,26 @@ def test_a_name_of_255_bytes_still_publishes_and_restores(tmp_path: Path) -> Non
     store.publish(10, make_step(tmp_path, 10, {name: b"w"}), generation=1, writer="pod")
     pulled = store.pull(tmp_path / "dest", quiet=True)
     assert pulled is not None and (tmp_path / "dest" / name).read_bytes() == b"w"
+
+
+def test_ledger_repair_of_a_store_never_moved_keeps_the_old_ledgers_halt(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    """A store from before `_control/` whose old-location ledger no longer verifies (its
+    counter damaged): `ledger repair` rebuilds from the old copy too, so its halt stands."""
+    from respawn.controller.ledger import read_ledger, write_ledger
+    from respawn.controller.repair import repair_ledger
+    from respawn.controller.stores import open_run_store
+
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    tick(fleet)
+    store = open_run_store(fleet.store, "job")
+    ledger = read_ledger(store)
+    halted = ledger.model_copy(update={"halted": "crash-loop breaker", "halted_at": utcnow()})
+    write_ledger(store, halted, ledger.version)
+    _to_legacy(store, ("ledger",))
+    legacy_seq = tmp_path / "store" / (store.keys.legacy(store.keys.ledger_seq) or "")
+    legacy_seq.write_text("{damaged")
+    repaired, _ = repair_ledger(store, [], utcnow())
+    assert repaired.halted == "crash-loop breaker"
