@@ -47,7 +47,8 @@ class Retention(StoreCore):
         of manifests that verify: listed, of their step, not quarantined, every file listed
         with its size (`listing_mismatch`), of a generation at most `max_generation` (the
         ledger's) and at a step at most `max_step` (the run's target_step). The pointer sets
-        the ceiling only when its own manifest verifies so; otherwise nothing is deleted.
+        the ceiling only when its own manifest verifies so; otherwise no step with a manifest
+        is deleted.
         Below the pointer, the newest `keep_last - 1` verified steps are kept; only steps
         below all of them are deleted (never a milestone, a protected step, the step a
         restoring pod announced, or a quarantined one). A step directory without a manifest
@@ -111,27 +112,24 @@ class Retention(StoreCore):
             keep.add(hb.restoring_step)
         good: list[int] = []
         floor: int | None = None  # steps with a manifest below it may be deleted
-        ceiling = pointer.step if pointer is not None else None
-        if pointer is None:
-            pass
-        elif not verified(pointer.manifest, pointer.step, pointer.generation) or not any(
-            r.key == pointer.manifest for r in refs.get(pointer.step, [])
-        ):
-            log.warning(
-                "%s: retention deletes no step: the pointer's %s does not verify",
-                self.run,
-                pointer.manifest,
-            )
-        else:
-            for step in sorted((s for s in refs if s < pointer.step), reverse=True):
-                if len(good) >= keep_last - 1 or reads[0] <= 0:
-                    break
-                if any(verified(r.key, step, r.generation) for r in refs[step]):
-                    good.append(step)
-            if len(good) >= keep_last - 1:
-                floor = min(good)
-        if ceiling is not None:
-            keep |= {ceiling, *good}
+        if pointer is not None:
+            keep.add(pointer.step)
+            of_its_step = any(r.key == pointer.manifest for r in refs.get(pointer.step, []))
+            if not of_its_step or not verified(pointer.manifest, pointer.step, pointer.generation):
+                log.warning(
+                    "%s: retention deletes no step: the pointer's %s does not verify",
+                    self.run,
+                    pointer.manifest,
+                )
+            else:
+                for step in sorted((s for s in refs if s < pointer.step), reverse=True):
+                    if len(good) >= keep_last - 1 or reads[0] <= 0:
+                        break
+                    if any(verified(r.key, step, r.generation) for r in refs[step]):
+                        good.append(step)
+                if len(good) >= keep_last - 1:
+                    floor = min(good)
+        keep |= set(good)
         if keep_every:
             keep |= {s for s in refs if s % keep_every == 0}
         doomed = sorted(s for s in refs if floor is not None and s < floor and s not in keep)
