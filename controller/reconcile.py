@@ -234,6 +234,9 @@ def tick(
         backend if isinstance(backend, Exception) else CheckpointStore(backend, r.name)
         for r in runs
     ]
+    for store in stores:
+        if isinstance(store, CheckpointStore):
+            store.move_legacy = mode is Mode.ACT
     when = now or utcnow()
     start = time.monotonic()
 

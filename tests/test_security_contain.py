@@ -381,3 +381,20 @@ def test_ledger_repair_of_a_store_never_moved_keeps_the_old_ledgers_halt(
     legacy_seq.write_text("{damaged")
     repaired, _ = repair_ledger(store, [], utcnow())
     assert repaired.halted == "crash-loop breaker"
+
+
+def test_a_read_only_tick_reads_an_old_location_ledger_and_moves_nothing(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    from respawn.controller.reconcile import Mode
+    from respawn.controller.stores import open_run_store
+
+    vast, runpod = clouds
+    fleet = load_config(_fleet(tmp_path, vast, runpod))
+    tick(fleet)
+    store = open_run_store(fleet.store, "job")
+    _to_legacy(store, ("ledger",))
+    report = tick(fleet, mode=Mode.OBSERVE)[0]
+    assert report.plan.ledger.generation == 1, report.plan.verdict.reason
+    assert not (tmp_path / "store" / store.keys.ledger).exists()
+    assert (tmp_path / "store" / (store.keys.legacy(store.keys.ledger) or "")).exists()

@@ -92,6 +92,9 @@ class ManifestRef:
 
 
 class StoreCore:
+    #: Whether a controller document found only at its old key is moved to `_control/RUN/`
+    #: (False for read-only commands, which change nothing in the store).
+    move_legacy: bool = True
     #: How long a restore keeps retrying reads that fail without proving anything bad
     #: (an outage), before it gives up as unavailable (never as corrupt).
     read_deadline_s: float = 300.0
@@ -165,8 +168,8 @@ class StoreCore:
         backend checks its signature and counter), written to `key`, and the old copy and
         its counter deleted, so a pod key cannot plant one to be read again."""
         raw = self.backend.read_bytes(old, max_bytes=max_bytes)
-        if raw is None:
-            return None
+        if raw is None or not self.move_legacy:
+            return raw  # a read-only command reads the old copy where it is
         loads_document(old, raw)
         self.backend.write_bytes(key, raw)
         stale = [old, self._migrating_counters[key]]
