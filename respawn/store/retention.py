@@ -145,10 +145,10 @@ class Retention(StoreCore):
         probes: dict[int, list[str]] = {}
         budget = max_probes
         for _, step in bare:
-            names = self._manifest_names(step, by_step[step])
-            if len(names) > budget:
+            implied = self._manifest_names(step, by_step[step])
+            if len(implied) > budget:
                 break
-            probes[step], budget = names, budget - len(names)
+            probes[step], budget = implied, budget - len(implied)
 
         def no_manifest(step: int) -> bool:
             # The listing may have dropped the manifest: look for it by name.
