@@ -294,8 +294,7 @@ class Supervisor:
             if not left:
                 with self._lock:
                     # A directory the trainer left incomplete is not a step it reached.
-                    if self.steps.published is not None:
-                        self.steps.disk_step = self.steps.published
+                    self.steps.disk_step = self.steps.published
                 self._set_phase("finished")
                 self.beat()
                 log.info("trainer finished; last published step %s", self.steps.published)
@@ -305,8 +304,10 @@ class Supervisor:
                 return 0
             if self._stop.is_set():
                 return self._on_sigterm(pod.term_grace.total_seconds())
-            steps = ", ".join(map(str, left))
-            why = self.steps.last_error or "not published yet"
+            steps = ", ".join(map(str, left[-5:])) + (
+                f" (+{len(left) - 5} older)" if left[5:] else ""
+            )
+            why = (self.steps.last_error or "not published yet")[:200]
             if time.monotonic() >= deadline:
                 return self._give_up(
                     f"the trainer finished but step(s) {steps} could not be published within "
@@ -314,9 +315,10 @@ class Supervisor:
                 )
             self._set_phase(
                 "publishing",
-                f"publishing step {left[-1]}: store failing ({why[:200]}), "
+                f"publishing step {left[-1]}: store failing ({why}), "
                 f"retrying until {until:%Y-%m-%dT%H:%M:%SZ}",
             )
+            log.warning("%s", self.message)
             self.beat()
             if self._stop.wait(min(pause, max(0.0, deadline - time.monotonic()))):
                 continue

@@ -22,6 +22,7 @@ from respawn.store.schema import Heartbeat, step_dirname
 from respawn.store.store import CheckpointStore
 from tests.conftest import wait_for
 from tests.test_decide import NOW, RUN, M, hb, ledger, obs, pointer, seen
+from tests.test_pod import TOY, pod_spec, start_pod
 
 
 def _finished(step: int, published: int | None) -> Heartbeat:
@@ -183,3 +184,20 @@ def test_store_outage_at_the_final_save_still_finishes_with_the_target_published
     after = tick(fleet)[0]
     assert after.plan.verdict.health is Health.FINISHED, after.plan.verdict.reason
     assert store.read_pointer().step == 10  # type: ignore[union-attr]
+
+
+def test_a_pod_that_cannot_publish_within_finish_grace_fails_naming_the_steps(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+    blocker = tmp_path / "store" / "r" / "checkpoints" / step_dirname(10)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("store outage")  # step 10 can never be written
+    proc = start_pod(tmp_path, pod_spec(TOY % (10, "0"), finish_grace="2s"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    beat = store.read_heartbeat()
+    assert beat is not None and beat.phase == "failed" and not beat.will_repeat, beat
+    assert "10 could not be published within finish_grace (2s)" in beat.message
+    assert "only on this instance's disk" in beat.message
+    assert "publishing step 10: store failing (" in out and "retrying until" in out
