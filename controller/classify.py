@@ -232,6 +232,12 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
                 f"{ago(run.health.finish_grace - waited)} more for its pod to publish",
             )
         why = "its instance is gone" if not current_instances(obs) else "finish_grace is over"
+        if target is not None and obs.pointer is not None and obs.pointer.step >= target:
+            # Past the target anyway: a new instance would only resume and exit again.
+            return verdict(
+                Health.FINISHED,
+                f"checkpoint step {obs.pointer.step} reached target {target}; {gap[1]} ({why})",
+            )
         return verdict(Health.DEAD, f"g{gen} trainer exited, but {gap[1]}; {why}")
     if target is not None and obs.pointer is not None and obs.pointer.step >= target:
         # The trainer may still be saving, evaluating or pushing after its last checkpoint:

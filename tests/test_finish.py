@@ -46,6 +46,16 @@ def test_unpublished_final_step_after_finish_grace_is_replaced_saying_why() -> N
     assert [a.kind for a in decide(RUN, o, NOW).actions] == ["terminate", "provision"]
 
 
+def test_steps_past_the_target_unpublished_after_finish_grace_still_finish() -> None:
+    beat = _finished(1005, 1000)
+    o = obs(pointer=pointer(1000), heartbeat=beat, ledger=ledger(heartbeat_seen=seen(beat, 2 * M)))
+    assert classify(RUN, o, NOW).health is Health.HEALTHY  # kept while its pod may publish
+    late = o.model_copy(update={"ledger": ledger(heartbeat_seen=seen(beat, 11 * M))})
+    v = classify(RUN, late, NOW)
+    assert v.health is Health.FINISHED and "step 1005 is not in the store" in v.reason
+    assert [a.kind for a in decide(RUN, late, NOW).actions] == ["terminate"]  # no relaunch
+
+
 def test_finished_below_target_step_is_not_finished() -> None:
     o = obs(pointer=pointer(500), heartbeat=_finished(500, 500), instances=())
     v = classify(RUN, o, NOW)
