@@ -140,24 +140,24 @@ class Supervisor:
     # -- trainer -------------------------------------------------------------------------
 
     def _start_trainer(self) -> None:
+        # Read once, pinned at once: a publish landing meanwhile must not clean what it loads.
+        resume = self.steps.pin_resume()
         command = render_command(
             self.ctx.pod,
             self.ctx.run,
             self.ctx.generation,
             self.ctx.workdir,
-            self.steps.published,
+            resume,
             sys.executable,
         )
-        log.info("starting trainer (resume step %s): %s", self.steps.published, command)
+        log.info("starting trainer (resume step %s): %s", resume, command)
         with self._lock:
             self.gpu_watch.reset()
             self._gpu_trip = None
-        # Before the trainer exists: a publish landing while it loads must not clean its step.
-        self.steps.pin(self.steps.published)
         self._proc = subprocess.Popen(
             shlex.split(command),
             cwd=self.ctx.workdir,
-            env={**self.env, ENV_RESUME_STEP: str(self.steps.published or 0)},
+            env={**self.env, ENV_RESUME_STEP: str(resume or 0)},
             process_group=0,
         )
         self.steps.step_seen_at = time.monotonic()

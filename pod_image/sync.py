@@ -48,15 +48,23 @@ class StepSync:
         # The step a (re)started trainer loads, and the steps on disk when it started: the
         # pinned step stays on disk until this trainer's own newer step is published.
         self._pinned: int | None = None
-        self._pinned_leftovers: frozenset[int] = frozenset()
+        self._pinned_leftovers: frozenset[int] | None = frozenset()
 
-    def pin(self, step: int | None) -> None:
-        """A trainer is (re)starting from `step`: never clean it while that trainer may still
-        be loading it. Steps a crashed trainer left newer than it do not count as the new
-        trainer's progress (it rewrites them under the same numbers)."""
-        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+    def pin_resume(self) -> int | None:
+        """The step a (re)starting trainer resumes from, pinned: it is never cleaned while
+        that trainer may still be loading it. Read and pinned at once, so a publish landing
+        in between cannot clean it first. Steps a crashed trainer left newer than it do not
+        count as the new trainer's progress (it rewrites them under the same numbers)."""
+        try:
+            leftovers: frozenset[int] | None = frozenset(
+                step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+            )
+        except OSError as e:
+            log.warning("cannot list the checkpoint directories (%s): keeping the resume step", e)
+            leftovers = None  # unknown: pinned for this trainer's whole life
         with self._lock:
-            self._pinned, self._pinned_leftovers = step, frozenset(on_disk)
+            self._pinned, self._pinned_leftovers = self.published, leftovers
+            return self.published
 
     def unpublished(self) -> list[int]:
         """Complete steps on disk newer than the newest published one, oldest first (the
@@ -156,7 +164,8 @@ class StepSync:
         )
         with self._lock:
             self.published = step.step
-            if self._pinned is not None and step.step not in self._pinned_leftovers:
+            leftovers = self._pinned_leftovers
+            if self._pinned is not None and leftovers is not None and step.step not in leftovers:
                 self._pinned = None  # the new trainer wrote a step of its own: it has loaded
         self.clean_disk()
         if not getattr(self.ctx.store.backend, "can_delete", True):
