@@ -221,8 +221,20 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
             return verdict(
                 Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}"
             )
-        if not gap[0]:  # all published, below target_step: the trainer stopped early
-            return verdict(Health.DEAD, f"g{gen} trainer exited cleanly, but {gap[1]}")
+        if not gap[0]:
+            # All published, below target_step: the trainer stopped early on its own, and a
+            # new instance would resume and stop the same way, unless a person resumed the
+            # run after this was first seen (their call).
+            order = obs.halt
+            tried = order is not None and not order.halted and seen is not None
+            fatal = not (tried and order.at > seen.at)  # type: ignore[union-attr]
+            why = f"g{gen} trainer exited cleanly, but {gap[1]}"
+            if fatal:
+                why += (
+                    ": a new instance would stop the same way; raise the trainer's own target "
+                    f"or lower target_step, then `respawn resume --run {run.name}`"
+                )
+            return verdict(Health.DEAD, why).model_copy(update={"fatal": fatal})
         # Only the instance's disk holds those steps: it is kept while its pod may publish.
         waited = now - seen.at if seen is not None else timedelta(0)
         if current_instances(obs) and waited < run.health.finish_grace:

@@ -15,7 +15,7 @@ import yaml
 from respawn.controller.classify import classify
 from respawn.controller.config import ConfigError, load_config, parse_config
 from respawn.controller.decide import decide
-from respawn.controller.model import Health
+from respawn.controller.model import HaltOrder, Health
 from respawn.controller.reconcile import tick
 from respawn.provisioning.local import LocalProvider
 from respawn.store.schema import Heartbeat, step_dirname
@@ -57,10 +57,15 @@ def test_steps_past_the_target_unpublished_after_finish_grace_still_finish() -> 
 
 
 def test_finished_below_target_step_is_not_finished() -> None:
-    o = obs(pointer=pointer(500), heartbeat=_finished(500, 500), instances=())
+    beat = _finished(500, 500)
+    o = obs(pointer=pointer(500), heartbeat=beat, instances=())
     v = classify(RUN, o, NOW)
-    assert v.health is Health.DEAD and "below target_step 1000" in v.reason
-    assert [a.kind for a in decide(RUN, o, NOW).actions] == ["provision"]
+    assert v.health is Health.DEAD and v.fatal and "below target_step 1000" in v.reason
+    assert [a.kind for a in decide(RUN, o, NOW).actions] == ["halt", "alert"]
+    # A person who resumed after it was first seen gets a relaunch: their call.
+    first = ledger(heartbeat_seen=seen(beat, 5 * M))
+    resumed = o.model_copy(update={"ledger": first, "halt": HaltOrder(halted=False, at=NOW - M)})
+    assert [a.kind for a in decide(RUN, resumed, NOW).actions] == ["provision"]
 
 
 def test_finished_with_the_pointer_at_target_terminates() -> None:
