@@ -117,6 +117,22 @@ def fencing_generation(obs: Observation) -> tuple[int, str]:
     return max(sources, key=lambda s: s[0])
 
 
+def unpublished_gap(run: RunConfig, obs: Observation, hb: Heartbeat) -> tuple[bool, str] | None:
+    """Why a pod's `finished` does not finish the run: (steps exist only on its disk, why).
+    Finished means the pointer names a verified step at or past both the trainer's newest
+    step and target_step."""
+    have = obs.pointer.step if obs.pointer is not None else None
+    last = max((s for s in (hb.step, hb.published_step) if s is not None), default=None)
+    if last is not None and (have is None or have < last):
+        return True, f"its step {last} is not in the store (newest published: {_step(have)})"
+    if run.target_step is not None and (have is None or have < run.target_step):
+        return (
+            False,
+            f"the store's newest step {_step(have)} is below target_step {run.target_step}",
+        )
+    return None
+
+
 def heartbeat_digest(hb: Heartbeat) -> str:
     return hashlib.sha256(hb.model_dump_json().encode()).hexdigest()[:16]
 
@@ -204,7 +220,41 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     gen = ledger.generation
     hb = obs.heartbeat if obs.heartbeat and obs.heartbeat.generation == gen else None
     if hb is not None and hb.phase == "finished":
-        return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}")
+        gap = unpublished_gap(run, obs, hb)
+        if gap is None:
+            return verdict(
+                Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}"
+            )
+        if not gap[0]:
+            # All published, below target_step: the trainer stopped early on its own, and a
+            # new instance would resume and stop the same way, unless a person resumed the
+            # run after this was first seen (their call).
+            order = obs.halt
+            tried = order is not None and not order.halted and seen is not None
+            fatal = not (tried and order.at > seen.at)  # type: ignore[union-attr]
+            why = f"g{gen} trainer exited cleanly, but {gap[1]}"
+            if fatal:
+                why += (
+                    ": a new instance would stop the same way; raise the trainer's own target "
+                    f"or lower target_step, then `respawn resume --run {run.name}`"
+                )
+            return verdict(Health.DEAD, why).model_copy(update={"fatal": fatal})
+        # Only the instance's disk holds those steps: it is kept while its pod may publish.
+        waited = now - seen.at if seen is not None else timedelta(0)
+        if current_instances(obs) and waited < run.health.finish_grace:
+            return verdict(
+                Health.HEALTHY,
+                f"g{gen} trainer exited, but {gap[1]}: keeping its instance up to "
+                f"{ago(run.health.finish_grace - waited)} more for its pod to publish",
+            )
+        why = "its instance is gone" if not current_instances(obs) else "finish_grace is over"
+        if target is not None and obs.pointer is not None and obs.pointer.step >= target:
+            # Past the target anyway: a new instance would only resume and exit again.
+            return verdict(
+                Health.FINISHED,
+                f"checkpoint step {obs.pointer.step} reached target {target}; {gap[1]} ({why})",
+            )
+        return verdict(Health.DEAD, f"g{gen} trainer exited, but {gap[1]}; {why}")
     if target is not None and obs.pointer is not None and obs.pointer.step >= target:
         # The trainer may still be saving, evaluating or pushing after its last checkpoint:
         # it gets finish_grace to exit by itself before its instance is terminated.
@@ -259,7 +309,7 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         beating = (
             hb is not None
             and seen is not None
-            and hb.phase in ("restoring", "training")
+            and hb.phase in ("restoring", "training", "publishing")
             and now - seen.at < 2 * run.pod.heartbeat_interval
         )
         if beating:
@@ -298,6 +348,10 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
             Health.DEAD, f"no heartbeat from g{gen} for {ago(silent)} (unchanged since then)"
         )
 
+    if hb.phase == "publishing":
+        # The trainer is done; the pod retries its last steps and gives up by itself after
+        # finish_grace (then `failed`): its instance, whose disk holds them, is kept.
+        return verdict(Health.HEALTHY, f"g{gen} {hb.message or 'publishing its last steps'}")
     if progress is None or progress.at <= launched_at:
         if since_launch < policy.startup_grace:
             what = (

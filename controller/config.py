@@ -209,6 +209,21 @@ class RunConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _pod_learns_finish_grace(self) -> RunConfig:
+        """The pod retries its final publish for as long as the controller waits for it: one
+        setting, `health.finish_grace`, travels to the pod in its spec."""
+        grace = self.health.finish_grace
+        if "finish_grace" in self.pod.model_fields_set and self.pod.finish_grace != grace:
+            raise ValueError(
+                f"pod.finish_grace ({format_duration(self.pod.finish_grace)}) differs from "
+                f"health.finish_grace ({format_duration(grace)}): set health.finish_grace only"
+            )
+        if self.pod.finish_grace != grace:
+            # Frozen model: the spec is completed here, once, before anything reads it.
+            object.__setattr__(self, "pod", self.pod.model_copy(update={"finish_grace": grace}))
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_fits(self) -> RunConfig:
         if self.health.dead_after <= self.pod.heartbeat_interval:
             raise ValueError(

@@ -34,12 +34,18 @@ def test_raising_target_step_extends_a_finished_run() -> None:
 
 
 def test_trainer_that_stops_short_of_target_does_not_loop() -> None:
-    """Finished by the trainer's own clean exit below target_step: not an 'extension'."""
+    """A clean exit below target_step is not finished (issue 18 item 3: finished means the
+    pointer reached target_step), and not a relaunch loop either: the run halts naming the
+    remedy."""
     exited = obs(pointer=pointer(900), heartbeat=hb(1, step=900, phase="finished"))
     done = decide(RUN, exited, NOW)
-    assert done.verdict.health == Health.FINISHED
+    assert done.verdict.health == Health.DEAD and done.verdict.fatal
+    assert (
+        "below target_step 1000" in done.verdict.reason and "respawn resume" in done.verdict.reason
+    )
+    assert [a.kind for a in done.actions] == ["terminate", "halt", "alert"]
     later = decide(RUN, obs(ledger=done.ledger, pointer=pointer(900), instances=()), NOW)
-    assert later.verdict.health == Health.FINISHED
+    assert later.verdict.health == Health.HALTED
     assert not any(isinstance(a, Provision) for a in later.actions)
 
 
