@@ -252,6 +252,9 @@ class Soak:
         self.recoveries = 0
         self.remedies: list[str] = []
         self.double_ticks = 0
+        self.failed_ticks = 0
+        self.tick_errors: set[str] = set()  # reported in the current episode
+        self.kinds = tuple(k for k in FAULTS if k not in args.skip)
         self.pending: list[tuple[float, Callable[[], None]]] = []  # (when, undo)
         self.records: dict[str, dict[str, Any]] = {}  # every instance ever seen, by id
         self._stop_poll = threading.Event()
@@ -306,7 +309,7 @@ class Soak:
         """The same six draws every tick, whatever happens: the schedule is the seed's."""
         r = self.rng
         fire = r.random() < self.args.fault_rate
-        kind = r.choice(FAULTS)
+        kind = r.choice(self.kinds)
         run_i = r.randrange(len(self.runs))
         a, b = r.random(), r.random()
         double = r.random() < self.args.double_rate
@@ -357,6 +360,8 @@ class Soak:
         if rec is None:
             return None
         inst, sid = str(rec["id"]), int(rec["sid"])
+        if kind in ("kill-supervisor", "term-pod") and sid not in _session_processes(sid):
+            return None  # the supervisor is already gone; its trainer lives on
         if kind == "kill-pod":
             n = self.provider.signal(inst, signal.SIGKILL)
             return f"SIGKILL {n} processes of {inst} g{rec['generation']}"
@@ -397,7 +402,7 @@ class Soak:
     def _unreadable(self, rs: RunState, b: float) -> str | None:
         if rs.unreadable_until or not rs.root.exists():
             return None
-        seconds = 1.0 + 7.0 * b
+        seconds = 1.0 + 5.0 * b
         mode = rs.root.stat().st_mode & 0o7777
         rs.root.chmod(0)
         rs.unreadable_until = time.monotonic() + seconds
@@ -498,11 +503,15 @@ class Soak:
             if isinstance(res, BaseException):
                 for rs in self.runs:
                     rs.health, rs.reason = Health.UNKNOWN, f"tick raised {type(res).__name__}"
-                self.violate(
-                    "tick-completes", None, f"tick() raised {type(res).__name__}: {str(res)[:200]}"
-                )
+                why = f"tick() raised {type(res).__name__}: {str(res)[:200]}"
+                if why not in self.tick_errors:
+                    self.violate("tick-completes", None, why)
+                self.tick_errors.add(why)
+                self.failed_ticks += 1
             elif reports is None:
                 reports = res
+        if reports is not None:
+            self.tick_errors.clear()  # a new episode may report the same error again
         return reports
 
     # -- invariants ------------------------------------------------------------------------
@@ -759,7 +768,7 @@ class Soak:
         print(f"\nsoak seed {a.seed}: {a.runs} runs to step {a.target}, {a.minutes} min of faults")
         print(
             f"ticks                : {self.tick_no} ({fault_ticks} with faults drawn, "
-            f"{self.double_ticks} double)"
+            f"{self.double_ticks} double, {self.failed_ticks} raised)"
         )
         print(
             f"faults               : {len(self.faults)} "
@@ -802,10 +811,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle-ticks", type=int, default=4, help="a launch race's allowance")
     p.add_argument("--stuck-ticks", type=int, default=8)
     p.add_argument("--lease-ttl", type=float, default=20.0, help="seconds (the product: 300)")
+    p.add_argument(
+        "--skip",
+        type=lambda s: tuple(k for k in s.split(",") if k),
+        default=(),
+        help=f"fault kinds never drawn, comma-separated (of {', '.join(FAULTS)})",
+    )
     p.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     p.add_argument("--one-tick", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--cli", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if unknown := set(args.skip) - set(FAULTS):
+        p.error(f"--skip: no fault kind {', '.join(sorted(unknown))}")
     if args.cli is not None:  # the operator's remedy, with the soak's lease TTL
         from respawn.controller.cli import main as cli_main
 
