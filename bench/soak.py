@@ -230,6 +230,7 @@ class Soak:
         self.base = base
         self.rng = random.Random(args.seed)
         doc = fleet_doc(base, args.runs, args.target, args.step_seconds)
+        base.mkdir(parents=True, exist_ok=True)
         self.config_path = base / "fleet.yaml"
         self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.fleet = FleetConfig.model_validate(doc)
@@ -566,7 +567,8 @@ class Soak:
         if pointer is None:
             return
         self.clear("pointer-verifies", rs)
-        step_dir = pointer.manifest.rsplit("/", 2)[-2]
+        parts = pointer.manifest.split("/")
+        step_dir = parts[parts.index("checkpoints") + 1] if "checkpoints" in parts else ""
         if step_dir not in rs.damaged:
             mf = rs.root.parent / pointer.manifest
             try:
@@ -639,7 +641,7 @@ class Soak:
         self.remedies.append(line)
         print(f"operator: {line}", flush=True)
         if proc.returncode != 0 or "Traceback" in proc.stderr:
-            self.violate("not-stuck", rs, f"the named remedy failed: {line}")
+            self.violate("not-stuck", rs, f"the named remedy failed: {line}", once=False)
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -760,10 +762,7 @@ class Soak:
     def totals(self, fault_ticks: int, wall: float) -> None:
         a = self.args
         kinds = Counter(f.kind for f in self.faults)
-        launches = []
-        for rs in self.runs:
-            ledger = self._ledger(rs)
-            launches.append(str(ledger.generation) if ledger else "?")
+        launches = Counter(str(r.get("run")) for r in self.records.values())
         by_inv = Counter(v.invariant for v in self.violations)
         print(f"\nsoak seed {a.seed}: {a.runs} runs to step {a.target}, {a.minutes} min of faults")
         print(
@@ -777,7 +776,7 @@ class Soak:
         for kind in FAULTS:
             print(f"  {kind:<19}: {kinds[kind]}")
         print(f"recoveries           : {self.recoveries} (bad -> healthy/finished)")
-        print(f"launches per run     : {' '.join(launches)}")
+        print(f"instances per run    : {' '.join(str(launches[rs.name]) for rs in self.runs)}")
         print(f"operator remedies    : {len(self.remedies)}")
         for line in self.remedies:
             print(f"  {line}")
