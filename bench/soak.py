@@ -210,6 +210,7 @@ class RunState:
     high_water: int | None = None
     dup_ticks: int = 0
     stuck_ticks: int = 0
+    skipped: str | None = None  # why the last tick could not act on the run
     remedied_at: int | None = None
     bad: bool = False
     health: Health | None = None
@@ -481,7 +482,8 @@ class Soak:
     # -- ticks -----------------------------------------------------------------------------
 
     def run_ticks(self, double: bool) -> list[RunReport] | None:
-        """One tick, or two at once (a cron tick meeting a person's); the first's reports."""
+        """One tick, or two at once (a cron tick meeting a person's); every run's report from
+        the tick that acted on it (the other only looked), None when every tick raised."""
         results: list[list[RunReport] | BaseException] = []
         lock = threading.Lock()
 
@@ -499,7 +501,7 @@ class Soak:
         for t in threads:
             t.join()
         self.double_ticks += double
-        reports = None
+        reports: list[RunReport] | None = None
         for res in results:
             if isinstance(res, BaseException):
                 for rs in self.runs:
@@ -511,6 +513,11 @@ class Soak:
                 self.failed_ticks += 1
             elif reports is None:
                 reports = res
+            else:
+                acted = {r.run for r in res if r.skipped is None}
+                reports = [r for r in reports if r.run not in acted] + [
+                    r for r in res if r.run in acted
+                ]
         if reports is not None:
             self.tick_errors.clear()  # a new episode may report the same error again
         return reports
@@ -524,6 +531,7 @@ class Soak:
             if report is not None:
                 rs.health = report.plan.verdict.health
                 rs.reason = report.plan.verdict.reason
+                rs.skipped = report.skipped
             self._check_instances(rs)
             if rs.unreadable_until is None:
                 self._check_pointer(rs)
@@ -597,12 +605,18 @@ class Soak:
         rs.high_water = pointer.step
 
     def _check_stuck(self, rs: RunState) -> None:
-        if rs.health not in STUCK:
+        """`unknown`/`halted`, or no tick able to act on the run (its lease unusable): a
+        killed tick's lease holds the run for up to a TTL, so that allowance is added."""
+        done = rs.health in (Health.FINISHED, Health.STOPPED)
+        locked = rs.skipped is not None and not done
+        if rs.health not in STUCK and not locked:
             rs.stuck_ticks, rs.remedied_at = 0, None
             self.clear("not-stuck", rs)
             return
         rs.stuck_ticks += 1
         limit = self.args.stuck_ticks
+        if rs.health not in STUCK:
+            limit += int(self.args.lease_ttl / self.args.tick_seconds) + 1
         if rs.stuck_ticks <= limit:
             return
         remedy = REMEDY.search(rs.reason)
@@ -610,7 +624,8 @@ class Soak:
             self.violate(
                 "not-stuck",
                 rs,
-                f"{rs.health.value} for {rs.stuck_ticks} ticks, no remedy named: {rs.reason}",
+                f"{rs.health.value} for {rs.stuck_ticks} ticks, no remedy named: {rs.reason}"
+                + (f" [no tick could act: {rs.skipped}]" if rs.skipped else ""),
             )
         elif rs.remedied_at is None:
             rs.remedied_at = self.tick_no
