@@ -727,23 +727,38 @@ class Soak:
                 problems.append(f"no trainer logged step {target}")
             if problems:
                 self.violate("reaches-target", rs, "; ".join(problems))
-        leaked = self.leaked()
+        # An unfinished run's live instance is not a leak (reaches-target has reported it).
+        unfinished = {rs.name for rs in self.runs if rs.health != Health.FINISHED}
+        allowed = set()
+        for inst in self.provider.list_all():
+            rec = self.provider.record(inst.id)
+            if rec is not None and inst.run in unfinished:
+                allowed.add(int(rec["sid"]))
+        leaked = self.leaked(allowed)
         if leaked:
             self.violate("no-leak", None, f"processes left: {leaked[:10]}")
 
-    def leaked(self) -> list[int]:
-        disks = str(self.state_dir / "disks")
-        sids = {int(r["sid"]) for r in self.records.values()}
+    def leaked(self, allowed: set[int] | None = None) -> list[int]:
+        """Processes of any pod (in a recorded pod's session, or working in an instance disk:
+        a pod whose record was never written) outside the sessions in `allowed`."""
+        allowed = allowed or set()
+        disks = str(self.state_dir / "disks") + "/"
         out = set()
-        for sid in sids:
+        for sid in {int(r["sid"]) for r in self.records.values()} - allowed:
             out.update(_session_processes(sid))
         for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    if os.readlink(f"/proc/{entry.name}/cwd").startswith(disks):
-                        out.add(int(entry.name))
-                except OSError:
-                    continue
+            if not entry.name.isdigit():
+                continue
+            try:
+                cwd = os.readlink(f"/proc/{entry.name}/cwd") + "/"
+                with open(f"/proc/{entry.name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            live = fields[0] not in ("Z", "X")
+            if cwd.startswith(disks) and live and int(fields[3]) not in allowed:
+                out.add(int(entry.name))
         return sorted(out)
 
     def cleanup(self) -> None:
