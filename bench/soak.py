@@ -627,6 +627,8 @@ class Soak:
                 f"{rs.health.value} for {rs.stuck_ticks} ticks, no remedy named: {rs.reason}"
                 + (f" [no tick could act: {rs.skipped}]" if rs.skipped else ""),
             )
+        elif rs.unreadable_until is not None:
+            return  # a person would see the store down and wait: the soak itself took it away
         elif rs.remedied_at is None:
             rs.remedied_at = self.tick_no
             self.operator(rs, remedy.group(1))
