@@ -256,7 +256,7 @@ class Soak:
         self.double_ticks = 0
         self.failed_ticks = 0
         self.tick_errors: set[str] = set()  # reported in the current episode
-        self.kinds = tuple(k for k in FAULTS if k not in args.skip)
+        self.kinds = tuple(k for k in FAULTS if k not in args.skip and k in args.only)
         self.pending: list[tuple[float, Callable[[], None]]] = []  # (when, undo)
         self.records: dict[str, dict[str, Any]] = {}  # every instance ever seen, by id
         self._stop_poll = threading.Event()
@@ -670,8 +670,13 @@ class Soak:
             self.undo_due()
             fire, kind, run_i, a, b, double = self.draw()
             if fire:
-                rs = self.runs[run_i]
-                detail = self.inject(kind, rs, a, b)
+                # The drawn run first; one with nothing to hit (no live pod, no store yet)
+                # passes the fault on to the next run, in order.
+                detail = None
+                for k in range(len(self.runs)):
+                    rs = self.runs[(run_i + k) % len(self.runs)]
+                    if (detail := self.inject(kind, rs, a, b)) is not None:
+                        break
                 if detail is None:
                     self.skipped[kind] += 1
                 else:
@@ -848,12 +853,18 @@ def main(argv: list[str] | None = None) -> int:
         default=(),
         help=f"fault kinds never drawn, comma-separated (of {', '.join(FAULTS)})",
     )
+    p.add_argument(
+        "--only",
+        type=lambda s: tuple(k for k in s.split(",") if k),
+        default=FAULTS,
+        help="the fault kinds drawn (default: all), comma-separated",
+    )
     p.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     p.add_argument("--one-tick", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--cli", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if unknown := set(args.skip) - set(FAULTS):
-        p.error(f"--skip: no fault kind {', '.join(sorted(unknown))}")
+    if unknown := (set(args.skip) | set(args.only)) - set(FAULTS):
+        p.error(f"--skip/--only: no fault kind {', '.join(sorted(unknown))}")
     if args.cli is not None:  # the operator's remedy, with the soak's lease TTL
         from respawn.controller.cli import main as cli_main
 

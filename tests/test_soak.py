@@ -29,6 +29,7 @@ def _args(seed: int) -> SimpleNamespace:
         fault_rate=0.5,
         double_rate=0.2,
         skip=(),
+        only=FAULTS,
     )
 
 
