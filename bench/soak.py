@@ -80,6 +80,7 @@ from respawn.examples.toy_trainer import trajectory
 from respawn.provisioning.local import LocalProvider, _session_processes
 from respawn.store.backend import StoreError
 from respawn.store.file_backend import FileBackend
+from respawn.store.schema import step_dirname
 from respawn.store.store import CheckpointStore
 
 FAULTS = (
@@ -594,7 +595,14 @@ class Soak:
         if rs.high_water is not None and pointer.step < rs.high_water:
             ledger = self._ledger(rs)
             rolled = ledger is not None and any(r.to_step == pointer.step for r in ledger.rollbacks)
-            if not rolled:
+            # Falling back past steps the soak corrupted is what a reader must do.
+            try:
+                steps = rs.store.manifest_refs()
+                newer = [st for st in steps if pointer.step < st <= rs.high_water]
+            except StoreError:
+                newer = []
+            past_damage = bool(newer) and all(step_dirname(st) in rs.damaged for st in newer)
+            if not rolled and not past_damage:
                 self.violate(
                     "never-backwards",
                     rs,
