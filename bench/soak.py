@@ -424,7 +424,12 @@ class Soak:
         files = sorted(
             p
             for p in ckpts.rglob("*")
-            if p.is_file() and not p.name.startswith(("MANIFEST", ".")) and p.stat().st_size
+            if p.is_file()
+            and not p.name.startswith(("MANIFEST", "."))
+            and p.stat().st_size
+            # The final step is left whole: nothing re-reads a finished run's checkpoint, so
+            # its damage could only be found by the soak, not recovered from.
+            and p.relative_to(ckpts).parts[0] != step_dirname(self.args.target)
         )
         if not files:
             return None
