@@ -91,6 +91,8 @@ FAULTS = (
     "term-pod",
     "term-trainer",
     "store-unreadable",
+    "outage-at-restore",
+    "outage-at-finish",
     "flip-bytes",
     "pointer-delete",
     "pointer-garbage",
@@ -220,6 +222,7 @@ class RunState:
     damaged: set[str] = field(default_factory=set)  # step directories the soak flipped
     verified: dict[tuple[str, float, int], str | None] = field(default_factory=dict)
     unreadable_until: float | None = None
+    armed: tuple[str, float, set[str]] | None = None  # (kind, draw, instances known then)
     reported: set[str] = field(default_factory=set)  # one violation per invariant episode
 
 
@@ -259,6 +262,9 @@ class Soak:
         self.tick_errors: set[str] = set()  # reported in the current episode
         self.kinds = tuple(k for k in FAULTS if k not in args.skip and k in args.only)
         self.pending: list[tuple[float, Callable[[], None]]] = []  # (when, undo)
+        self.lock = threading.RLock()  # the poller springs outages and undoes them too
+        self.fired: Counter[str] = Counter()
+        self.gone: set[str] = set()  # instances whose session has ended
         self.records: dict[str, dict[str, Any]] = {}  # every instance ever seen, by id
         self._stop_poll = threading.Event()
         self._killers: list[threading.Thread] = []
@@ -268,17 +274,24 @@ class Soak:
     def poll_records(self) -> None:
         """Instance records vanish when the provider forgets a dead instance: keep a copy of
         each (its disk holds the trainer's metrics, its session the processes to account)."""
-        for path in (self.state_dir / "instances").glob("*.json"):
-            if path.stem in self.records:
-                continue
-            try:
-                self.records[path.stem] = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
+        with self.lock:
+            present = set()
+            for path in (self.state_dir / "instances").glob("*.json"):
+                present.add(path.stem)
+                if path.stem in self.records:
+                    continue
+                try:
+                    self.records[path.stem] = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+            # The provider forgets an instance whose processes are gone.
+            self.gone = set(self.records) - present
 
     def _poller(self) -> None:
         while not self._stop_poll.wait(0.1):
             self.poll_records()
+            self._fire_armed()
+            self.undo_due()
 
     def history(self, run: str) -> list[Fault]:
         return [f for f in self.faults if f.run in (run, "*")]
@@ -326,6 +339,8 @@ class Soak:
             return self._signal_trainer(kind, rs, a)
         if kind == "store-unreadable":
             return self._unreadable(rs, b)
+        if kind in ("outage-at-restore", "outage-at-finish"):
+            return self._arm(kind, rs, b)
         if kind == "flip-bytes":
             return self._flip(rs, a, b)
         if kind in ("pointer-delete", "ledger-delete"):
@@ -403,19 +418,70 @@ class Soak:
         return f"{sig.name} trainer group(s) {sorted(groups)} of {rec['id']}"
 
     def _unreadable(self, rs: RunState, b: float) -> str | None:
-        if rs.unreadable_until or not rs.root.exists():
-            return None
-        seconds = 1.0 + 5.0 * b
-        mode = rs.root.stat().st_mode & 0o7777
-        rs.root.chmod(0)
-        rs.unreadable_until = time.monotonic() + seconds
+        with self.lock:
+            if rs.unreadable_until or not rs.root.exists():
+                return None
+            seconds = 1.0 + 5.0 * b
+            mode = rs.root.stat().st_mode & 0o7777
+            rs.root.chmod(0)
+            rs.unreadable_until = time.monotonic() + seconds
 
-        def undo() -> None:
-            rs.root.chmod(mode)
-            rs.unreadable_until = None
+            def undo() -> None:
+                rs.root.chmod(mode)
+                rs.unreadable_until = None
 
-        self.pending.append((rs.unreadable_until, undo))
+            self.pending.append((rs.unreadable_until, undo))
         return f"chmod 000 {rs.root.name}/ for {seconds:.1f}s"
+
+    def _arm(self, kind: str, rs: RunState, b: float) -> str | None:
+        """An outage that waits for its moment: the next instance's start (its restore), or
+        the trainer nearing the target (the final save and publish)."""
+        with self.lock:
+            if rs.armed is not None:
+                return None
+            known = {i for i, rec in self.records.items() if rec.get("run") == rs.name}
+            rs.armed = (kind, b, known)
+        moment = "the next instance starts" if kind == "outage-at-restore" else "the final save"
+        return f"armed: the store goes away when {moment}"
+
+    def _fire_armed(self) -> None:
+        """From the poller (every 0.1 s): spring the armed outages whose moment came."""
+        for rs in self.runs:
+            with self.lock:
+                if rs.armed is None or rs.unreadable_until is not None:
+                    continue
+                kind, b, known = rs.armed
+                mine = {i: r for i, r in self.records.items() if r.get("run") == rs.name}
+                if kind == "outage-at-restore":
+                    due = bool(set(mine) - known)
+                else:
+                    due = any(
+                        self._last_step(Path(str(r["disk"]))) >= self.args.target - 3
+                        for i, r in mine.items()
+                        if i not in self.gone
+                    )
+                if not due:
+                    continue
+                rs.armed = None
+                detail = self._unreadable(rs, b)
+            if detail is not None:
+                self.fired[kind] += 1
+                print(f"t{self.tick_no:<4} fired {kind:<17} {rs.name}: {detail}", flush=True)
+
+    @staticmethod
+    def _last_step(disk: Path) -> int:
+        try:
+            with open(disk / "metrics.jsonl", "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 300))
+                tail = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return -1
+        for line in reversed(tail):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return -1
 
     def _flip(self, rs: RunState, a: float, b: float) -> str | None:
         ckpts = rs.root / "checkpoints"
@@ -475,15 +541,16 @@ class Soak:
         return f"`respawn reconcile` in pid {proc.pid}, SIGKILL after {delay:.1f}s"
 
     def undo_due(self, everything: bool = False) -> None:
-        now = time.monotonic()
-        keep = []
-        for when, undo in self.pending:
-            if everything or when <= now:
-                with contextlib.suppress(OSError):
-                    undo()
-            else:
-                keep.append((when, undo))
-        self.pending = keep
+        with self.lock:
+            now = time.monotonic()
+            keep = []
+            for when, undo in self.pending:
+                if everything or when <= now:
+                    with contextlib.suppress(OSError):
+                        undo()
+                else:
+                    keep.append((when, undo))
+            self.pending = keep
 
     # -- ticks -----------------------------------------------------------------------------
 
@@ -677,7 +744,7 @@ class Soak:
 
     def soak(self) -> None:
         end = time.monotonic() + self.args.minutes * 60
-        while time.monotonic() < end:
+        while time.monotonic() < end and self.tick_no < (self.args.ticks or sys.maxsize):
             started = time.monotonic()
             self.tick_no += 1
             self.undo_due()
@@ -783,6 +850,8 @@ class Soak:
 
     def cleanup(self) -> None:
         self._stop_poll.set()
+        for rs in self.runs:
+            rs.armed = None
         self.undo_due(everything=True)
         for inst in self.provider.list_all():
             self.provider.signal(inst.id, signal.SIGCONT)
@@ -824,7 +893,8 @@ class Soak:
             f"({sum(self.skipped.values())} drawn with nothing to hit)"
         )
         for kind in FAULTS:
-            print(f"  {kind:<19}: {kinds[kind]}")
+            fired = f" (fired {self.fired[kind]})" if kind.startswith("outage-at") else ""
+            print(f"  {kind:<19}: {kinds[kind]}{fired}")
         print(f"recoveries           : {self.recoveries} (bad -> healthy/finished)")
         print(f"instances per run    : {' '.join(str(launches[rs.name]) for rs in self.runs)}")
         print(f"operator remedies    : {len(self.remedies)}")
@@ -851,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--minutes", type=float, default=3.0, help="how long faults are injected")
+    p.add_argument("--ticks", type=int, help="end the faults after this many ticks")
     p.add_argument("--settle-minutes", type=float, default=None, help="then, to finish")
     p.add_argument("--target", type=int, default=None, help="each run's target step")
     p.add_argument("--step-seconds", type=float, default=0.1)
