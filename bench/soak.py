@@ -101,6 +101,7 @@ FAULTS = (
     "lease-garbage",
     "tick-killed",
 )
+PROCESS_FAULTS = (*FAULTS[:6], "tick-killed")
 INVARIANTS = (
     "tick-completes",
     "one-instance",
@@ -333,6 +334,12 @@ class Soak:
 
     def inject(self, kind: str, rs: RunState, a: float, b: float) -> str | None:
         """Apply one fault; its detail, or None when it had nothing to hit."""
+        with self.lock:  # the poller may take the store away meanwhile
+            if rs.unreadable_until is not None and kind not in PROCESS_FAULTS:
+                return None
+            return self._inject(kind, rs, a, b)
+
+    def _inject(self, kind: str, rs: RunState, a: float, b: float) -> str | None:
         if kind in ("kill-pod", "stop-pod", "term-pod", "kill-supervisor"):
             return self._signal_pod(kind, rs, a, b)
         if kind in ("kill-trainer", "term-trainer"):
@@ -606,8 +613,9 @@ class Soak:
                 rs.reason = report.plan.verdict.reason
                 rs.skipped = report.skipped
             self._check_instances(rs)
-            if rs.unreadable_until is None:
-                self._check_pointer(rs)
+            with self.lock:  # an outage the poller springs must not read as damage
+                if rs.unreadable_until is None:
+                    self._check_pointer(rs)
             self._check_stuck(rs)
             was_bad, rs.bad = rs.bad, rs.health in BAD
             if was_bad and rs.health in (Health.HEALTHY, Health.STARTING, Health.FINISHED):
@@ -784,6 +792,10 @@ class Soak:
             time.sleep(max(0.0, self.args.tick_seconds - (time.monotonic() - started)))
 
     def final(self) -> None:
+        with self.lock:
+            for rs in self.runs:
+                rs.armed = None
+        self.undo_due(everything=True)
         target = self.args.target
         for rs in self.runs:
             problems = []
