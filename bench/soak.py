@@ -703,7 +703,7 @@ class Soak:
             return
         rs.stuck_ticks += 1
         limit = self.args.stuck_ticks
-        if rs.health not in STUCK:
+        if rs.skipped is not None:  # a lease left by a killed or cut-off tick: one TTL
             limit += int(self.args.lease_ttl / self.args.tick_seconds) + 1
         if rs.stuck_ticks <= limit:
             return
