@@ -8,12 +8,16 @@ The stack is the demo's (examples/local.yaml through `demo_doc`): a file:// stor
 process provider, the toy trainer, each run with its own seed and a longer target. The fault
 schedule is a function of the seed and the tick number only (every tick draws the same
 numbers whatever happened), so a seed names one sequence of faults; what the processes do
-in between is timing.
+in between is timing. A fault with nothing to hit in its drawn run (no live pod) passes to
+the next run; `--only`/`--skip` choose the kinds drawn (one kind alone shows which
+invariants it breaks), `--ticks` bounds the fault phase.
 
 Faults: SIGKILL / SIGSTOP (SIGCONT later) / SIGTERM of a whole pod, of its supervisor, or of
 its trainer; the run's store directory unreadable for a while (chmod 000: when run as root
 the soak first drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH and re-executes itself, so a
-mode means what it says); flipped bytes in a checkpoint file; `latest.json`, the ledger or
+mode means what it says), also sprung at the moment it hurts: as the next instance starts
+(its restore) or as a trainer nears the target (the final save and publish); flipped bytes
+in a checkpoint file (never the final step's); `latest.json`, the ledger or
 the tick lease deleted or replaced by garbage (torn JSON, a naive timestamp, a 5,000-digit
 integer, a lone surrogate); a tick run as the CLI runs it (`respawn reconcile`, in a
 subprocess) and SIGKILLed mid-way.
@@ -26,10 +30,13 @@ run's fault history):
   pointer-verifies   a readable pointer names a manifest whose files verify (a step the soak
                      itself damaged is exempt); a pointer the soak did not garble parses
   never-backwards    the pointer never moves to a lower step unless the ledger records a
-                     rollback to it
-  not-stuck          no run `unknown`/`halted` for more than --stuck-ticks ticks without a
-                     reason naming a remedy command; a named remedy is run (as a person would,
-                     and counted), and must end the state within --stuck-ticks more ticks
+                     rollback to it (or every step it passed back over was damaged by the
+                     soak)
+  not-stuck          no run `unknown`/`halted` (or that no tick can act on: its lease
+                     unusable; one lease TTL more) for more than --stuck-ticks ticks without
+                     a reason naming a remedy command; a named remedy (`respawn ledger
+                     repair`, `respawn resume`) is run as a person would, counted, and must
+                     succeed and end the state within --stuck-ticks more ticks
   reaches-target     after the faults stop, every run finishes: the pointer names a verified
                      step >= target, and every step any of its trainers logged has the loss of
                      the uninterrupted run (`toy_trainer.trajectory`)
