@@ -501,16 +501,21 @@ class Soak:
         ckpts = rs.root / "checkpoints"
         if rs.unreadable_until or not ckpts.is_dir():
             return None
-        files = sorted(
-            p
-            for p in ckpts.rglob("*")
-            if p.is_file()
-            and not p.name.startswith(("MANIFEST", "."))
-            and p.stat().st_size
+        # The pod's retention deletes steps meanwhile: walk what is there, tolerate losses.
+        final = step_dirname(self.args.target)
+        files = []
+        for root, _, names in os.walk(ckpts):
+            rel = Path(root).relative_to(ckpts).parts
             # The final step is left whole: nothing re-reads a finished run's checkpoint, so
             # its damage could only be found by the soak, not recovered from.
-            and p.relative_to(ckpts).parts[0] != step_dirname(self.args.target)
-        )
+            if rel and rel[0] == final:
+                continue
+            for name in names:
+                p = Path(root) / name
+                with contextlib.suppress(OSError):
+                    if not name.startswith(("MANIFEST", ".")) and p.stat().st_size:
+                        files.append(p)
+        files.sort()
         if not files:
             return None
         victim = files[int(a * len(files))]
