@@ -47,7 +47,7 @@ def test_a_seed_names_one_fault_schedule(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_short_soak_keeps_every_invariant(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "bench.soak", *SHORT, "--settle-minutes", "0.5"]
+    cmd = [sys.executable, "-m", "bench.soak", *SHORT, "--settle-minutes", "0.75"]
     cmd += ["--workdir", str(tmp_path / "soak")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
