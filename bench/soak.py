@@ -272,6 +272,7 @@ class Soak:
         self.pending: list[tuple[float, Callable[[], None]]] = []  # (when, undo)
         self.lock = threading.RLock()  # the poller springs outages and undoes them too
         self.fired: Counter[str] = Counter()
+        self.last_killed_tick = -(10**9)
         self.gone: set[str] = set()  # instances whose session has ended
         self.records: dict[str, dict[str, Any]] = {}  # every instance ever seen, by id
         self._stop_poll = threading.Event()
@@ -311,7 +312,7 @@ class Soak:
                 return
             rs.reported.add(invariant)
         name = rs.name if rs is not None else "fleet"
-        history = self.history(rs.name) if rs is not None else self.faults
+        history = self.history(rs.name) if rs is not None else list(self.faults)
         v = Violation(invariant, name, self.tick_no, detail, history)
         self.violations.append(v)
         print(f"VIOLATION{v.line(self.args.seed)[1:]}", flush=True)
@@ -380,6 +381,7 @@ class Soak:
                 rs.my_garbage = junk
             return f"{key} := {junk[:40]!r}{'...' if len(junk) > 40 else ''}"
         if kind == "tick-killed":
+            self.last_killed_tick = self.tick_no
             return self._killed_tick(a)
         raise AssertionError(kind)
 
@@ -713,10 +715,14 @@ class Soak:
             rs.stuck_ticks, rs.remedied_at = 0, None
             self.clear("not-stuck", rs)
             return
+        ttl_ticks = int(self.args.lease_ttl / self.args.tick_seconds) + 1
+        if locked and self.tick_no - self.last_killed_tick <= ttl_ticks:
+            rs.stuck_ticks = 0  # each killed tick may hold the lease for a TTL, by design
+            return
         rs.stuck_ticks += 1
         limit = self.args.stuck_ticks
-        if rs.skipped is not None:  # a lease left by a killed or cut-off tick: one TTL
-            limit += int(self.args.lease_ttl / self.args.tick_seconds) + 1
+        if rs.skipped is not None:  # a lease left by a cut-off tick's release: one TTL
+            limit += ttl_ticks
         if rs.stuck_ticks <= limit:
             return
         remedy = REMEDY.search(rs.reason)
@@ -730,13 +736,14 @@ class Soak:
         elif rs.unreadable_until is not None:
             return  # a person would see the store down and wait: the soak itself took it away
         elif rs.remedied_at is None:
-            rs.remedied_at = self.tick_no
+            # A new count starts: the remedy must end the state within `limit` ticks.
+            rs.remedied_at, rs.stuck_ticks = self.tick_no, 0
             self.operator(rs, remedy.group(1))
-        elif self.tick_no - rs.remedied_at > limit:
+        else:
             self.violate(
                 "not-stuck",
                 rs,
-                f"still {rs.health.value} {limit} ticks after `{remedy.group(1)}`: {rs.reason}",
+                f"still {rs.health.value} {limit} ticks after a named remedy: {rs.reason}",
             )
 
     def operator(self, rs: RunState, command: str) -> None:
