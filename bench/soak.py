@@ -600,6 +600,7 @@ class Soak:
             if isinstance(res, BaseException):
                 for rs in self.runs:
                     rs.health, rs.reason = Health.UNKNOWN, f"tick raised {type(res).__name__}"
+                    rs.skipped = None
                 why = f"tick() raised {type(res).__name__}: {str(res)[:200]}"
                 if why not in self.tick_errors:
                     self.violate("tick-completes", None, why)
