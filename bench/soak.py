@@ -949,7 +949,7 @@ def one_tick(config: Path, lease_ttl: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--minutes", type=float, default=3.0, help="how long faults are injected")
