@@ -100,16 +100,17 @@ class FileBackend:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = self._tmp_for(path)
+        tmp: Path | None = None
         try:
+            tmp = self._tmp_for(path)  # its directory is made here: that can fail too
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             self._commit(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {key}: {e.strerror}") from e
+            _discard(tmp)
+            raise StoreError(f"cannot write {key}: {e.strerror or e}") from e
 
     def _copy_hashing(self, src: Path, dst: Path, progress: Progress | None) -> str:
         """Copy src to a temporary file beside dst, fsync, rename; return the sha1 of the bytes."""
@@ -137,7 +138,7 @@ class FileBackend:
                 os.fsync(fout.fileno())
             self._commit(tmp, dst)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise
         return digest.hexdigest()
 
@@ -184,7 +185,7 @@ class FileBackend:
             self._commit(tmp, dst)
             return True
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StoreError(f"cannot copy {src_key} to {dst_key}: {e.strerror}") from e
 
     def list(self, prefix: str) -> list[ObjectInfo]:
@@ -269,3 +270,12 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
             return False
         raise
     return True
+
+
+def _discard(tmp: Path | None) -> None:
+    """Remove a failed write's temporary file. In a directory that cannot be read or written
+    even that fails (PermissionError is no FileNotFoundError): the write's own StoreError
+    must still be what the caller sees, and a leftover is collected later by age."""
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
