@@ -354,6 +354,8 @@ def _track_generation(
     if launch is None or launch.ended_at is not None:
         return ledger
     update: dict[str, object] = {}
+    if launch.listed_at is None and current_instances(obs):
+        update["listed_at"] = now
     step = verdict.step
     if step is not None and (launch.last_step is None or step > launch.last_step):
         update |= {"last_step": step, "last_progress_at": now}

@@ -62,6 +62,9 @@ class LaunchRecord(_Frozen):
     )
     last_step: Step | None = Field(None, description="the newest step seen while it was current")
     last_progress_at: AwareDatetime | None = None
+    listed_at: AwareDatetime | None = Field(
+        None, description="when a listing first showed its instance (a later absence is no lag)"
+    )
 
 
 class RestartRecord(_Frozen):
