@@ -226,19 +226,28 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
                 Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}"
             )
         if not gap[0]:
-            # All published, below target_step: the trainer stopped early on its own, and a
-            # new instance would resume and stop the same way, unless a person resumed the
-            # run after this was first seen (their call).
+            # All published, below target_step. A trainer stopped by a signal (it saved and
+            # exited 0) goes on from its checkpoint on a new instance; one whose own target
+            # is below target_step stops at the same step again. So: relaunch once, and halt
+            # when a generation stops cleanly where the last one did — unless a person
+            # resumed the run after this was first seen (their call).
+            have = obs.pointer.step if obs.pointer is not None else None
+            again = ledger.early_exit_step is not None and ledger.early_exit_step == have
             order = obs.halt
             tried = order is not None and not order.halted and seen is not None
-            fatal = not (tried and order.at > seen.at)  # type: ignore[union-attr]
+            fatal = again and not (tried and order.at > seen.at)  # type: ignore[union-attr]
             why = f"g{gen} trainer exited cleanly, but {gap[1]}"
             if fatal:
                 why += (
-                    ": a new instance would stop the same way; raise the trainer's own target "
-                    f"or lower target_step, then `respawn resume --run {run.name}`"
+                    ": it stopped at this step twice, a new instance would stop the same way; "
+                    "raise the trainer's own target or lower target_step, then "
+                    f"`respawn resume --run {run.name}`"
                 )
-            return verdict(Health.DEAD, why).model_copy(update={"fatal": fatal})
+            else:
+                why += ": relaunching once (a trainer stopped by a signal goes on from there)"
+            return verdict(Health.DEAD, why).model_copy(
+                update={"fatal": fatal, "early_exit_step": have}
+            )
         # Only the instance's disk holds those steps: it is kept while its pod may publish.
         waited = now - seen.at if seen is not None else timedelta(0)
         if current_instances(obs) and waited < run.health.finish_grace:

@@ -309,6 +309,8 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         ]
     if verdict.health is not Health.UNKNOWN:
         ledger = _track_generation(ledger, obs, verdict, actions, now)
+    if verdict.early_exit_step is not None:
+        ledger = ledger.model_copy(update={"early_exit_step": verdict.early_exit_step})
     if not verdict.ledger_trusted:
         # Never overwrite a ledger that could not be read or lost its memory: the plan
         # carries it unchanged and act does not write it (nor can it remember a notification).

@@ -60,10 +60,15 @@ def test_finished_below_target_step_is_not_finished() -> None:
     beat = _finished(500, 500)
     o = obs(pointer=pointer(500), heartbeat=beat, instances=())
     v = classify(RUN, o, NOW)
+    assert v.health is Health.DEAD and not v.fatal and "below target_step 1000" in v.reason
+    assert [a.kind for a in decide(RUN, o, NOW).actions] == ["provision"]  # once
+    # Stopped cleanly at the same step before: it would stop there again. Halt.
+    o = o.model_copy(update={"ledger": o.ledger.model_copy(update={"early_exit_step": 500})})
+    v = classify(RUN, o, NOW)
     assert v.health is Health.DEAD and v.fatal and "below target_step 1000" in v.reason
     assert [a.kind for a in decide(RUN, o, NOW).actions] == ["halt", "alert"]
     # A person who resumed after it was first seen gets a relaunch: their call.
-    first = ledger(heartbeat_seen=seen(beat, 5 * M))
+    first = ledger(heartbeat_seen=seen(beat, 5 * M), early_exit_step=500)
     resumed = o.model_copy(update={"ledger": first, "halt": HaltOrder(halted=False, at=NOW - M)})
     assert [a.kind for a in decide(RUN, resumed, NOW).actions] == ["provision"]
 
