@@ -306,8 +306,13 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         # A person's order given since the launch (`terminate` destroyed it) is no lag.
         ordered = obs.halt is not None and launch is not None and obs.halt.at >= launch.at
         # Only before any listing showed it: once listed, its absence is news, not lag.
-        unseen = launch is not None and launch.listed_at is None
-        if not mine and unseen and launch.error is None and not ordered:  # type: ignore[union-attr]
+        if (
+            launch is not None
+            and launch.listed_at is None
+            and launch.error is None
+            and not mine
+            and not ordered
+        ):
             # Listings lag behind a create (eventual consistency): an instance that was just
             # launched and is not listed at all is not yet missing.
             young, grace = now - launch.at, run.health.listing_grace

@@ -419,10 +419,10 @@ def _notify(
     if halt is not None:
         told = Notify(level="error", message=f"{run.name} halted: {halt.reason}")
         return told, ledger.model_copy(update={"notified": Health.HALTED})
-    told = notification(run.name, verdict, obs.ledger)
-    if told is None:
+    change = notification(run.name, verdict, obs.ledger)
+    if change is None:
         return None, ledger
-    return told, ledger.model_copy(update={"notified": verdict.health})
+    return change, ledger.model_copy(update={"notified": verdict.health})
 
 
 def _with_event(ledger: Ledger, verdict: Verdict, actions: list[Action], now: datetime) -> Ledger:

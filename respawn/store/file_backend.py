@@ -9,6 +9,7 @@ one rotten block with every later step.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -192,7 +193,7 @@ class FileBackend:
         # Walk only the deepest directory the prefix names; filter the rest by string prefix.
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(base_key) if base_key else self.root
-        out: list[ObjectInfo] = []
+        out: builtins.list[ObjectInfo] = []
         for dirpath, _dirs, files in os.walk(base, onerror=_unlistable(prefix)):
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in files:
@@ -206,11 +207,11 @@ class FileBackend:
         out.sort(key=lambda o: o.key)
         return out
 
-    def list_leftovers(self, prefix: str) -> list[ObjectInfo]:
+    def list_leftovers(self, prefix: str) -> builtins.list[ObjectInfo]:
         """Temporaries a crashed writer left (never visible to list()), with their age."""
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(base_key) if base_key else self.root
-        out: list[ObjectInfo] = []
+        out: builtins.list[ObjectInfo] = []
         for dirpath, _dirs, files in os.walk(base, onerror=_unlistable(prefix)):
             rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for name in files:
@@ -221,7 +222,7 @@ class FileBackend:
                         out.append(ObjectInfo(key, st.st_size, st.st_mtime))
         return out
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         parents: set[Path] = set()
         for key in keys:
             path = self._path(key)
