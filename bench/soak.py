@@ -231,6 +231,7 @@ class RunState:
     verified: dict[tuple[str, float, int], str | None] = field(default_factory=dict)
     unreadable_until: float | None = None
     armed: tuple[str, float, set[str]] | None = None  # (kind, draw, instances known then)
+    operating: bool = False  # a person is running a remedy: an armed outage waits for them
     reported: set[str] = field(default_factory=set)  # one violation per invariant episode
 
 
@@ -464,7 +465,7 @@ class Soak:
         """From the poller (every 0.1 s): spring the armed outages whose moment came."""
         for rs in self.runs:
             with self.lock:
-                if rs.armed is None or rs.unreadable_until is not None:
+                if rs.armed is None or rs.unreadable_until is not None or rs.operating:
                     continue
                 kind, b, known = rs.armed
                 mine = {i: r for i, r in self.records.items() if r.get("run") == rs.name}
@@ -753,13 +754,19 @@ class Soak:
         if "--run" not in words:
             words += ["--run", rs.name]
         words += ["-c", str(self.config_path)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.soak", "--cli", *words],
-            cwd=Path(__file__).resolve().parent.parent,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        with self.lock:
+            rs.operating = True
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.soak", "--cli", *words],
+                cwd=Path(__file__).resolve().parent.parent,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            with self.lock:
+                rs.operating = False
         out = (proc.stdout + proc.stderr).strip().splitlines()
         last = out[-1] if out else ""
         line = f"t{self.tick_no} {rs.name}: `{command}` -> exit {proc.returncode}: {last[:160]}"
@@ -767,6 +774,7 @@ class Soak:
         print(f"operator: {line}", flush=True)
         if proc.returncode != 0 or "Traceback" in proc.stderr:
             self.violate("not-stuck", rs, f"the named remedy failed: {line}", once=False)
+            rs.remedied_at = None  # a person would try again, and so does the soak
 
     # -- phases ----------------------------------------------------------------------------
 
