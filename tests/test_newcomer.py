@@ -1,0 +1,108 @@
+"""What a new user meets first (issue 20.10): the commands' own answers, the examples, the
+errors. Each test is one defect a newcomer hit."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from respawn.controller.cli import main
+from tests.conftest import ROOT, run_cli
+
+PRODUCTION = ROOT / "examples" / "production.yaml"
+
+
+def _production_with_every_kind_of_secret(tmp: Path) -> Path:
+    doc = yaml.safe_load(PRODUCTION.read_text())
+    doc["runs"][0]["pod"]["registry_auth_env"] = "REGISTRY_LOGIN"
+    path = tmp / "fleet.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _named(text: str) -> set[str]:
+    return set(re.findall(r"\b[A-Z][A-Z0-9_]{3,}\b", text))
+
+
+def test_validate_env_and_doctor_check_one_set_of_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _production_with_every_kind_of_secret(tmp_path)
+    for name in _named(path.read_text()):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["validate", "-c", str(path), "--env"]) != 0
+    validate = capsys.readouterr().err
+    assert main(["doctor", "-c", str(path)]) != 0
+    doctor = capsys.readouterr().out
+    expected = {
+        "B2_APPLICATION_KEY_ID",
+        "B2_APPLICATION_KEY",
+        "B2_POD_KEY_ID",
+        "B2_POD_KEY",
+        "RESPAWN_LEDGER_SECRET",
+        "VAST_API_KEY",
+        "RUNPOD_API_KEY",
+        "RESPAWN_SSH_PRIVATE_KEY",
+        "RESPAWN_WEBHOOK_URL",
+        "WANDB_API_KEY",
+        "HF_TOKEN",
+        "REGISTRY_LOGIN",
+    }
+    assert expected <= _named(validate), expected - _named(validate)
+    assert expected <= _named(doctor), expected - _named(doctor)
+
+
+def test_production_example_validates_without_warnings() -> None:
+    proc = run_cli("validate", "-c", str(PRODUCTION))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr.lower(), proc.stderr
+
+
+def test_respawn_pod_help_describes_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from respawn.pod.bootstrap import entrypoint; "
+            "sys.argv = ['respawn-pod', '--help']; entrypoint()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "usage: respawn-pod" in proc.stdout and "RESPAWN_STORE" in proc.stdout
+    assert "ERROR" not in proc.stdout + proc.stderr
+
+
+def test_config_errors_name_only_the_real_errors(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "store:\n  url: file:///tmp/x\nruns:\n  - name: Bad_Name\n    providers: [local]\n"
+    )
+    proc = run_cli("validate", "-c", str(path))
+    assert proc.returncode == 2
+    assert "runs[0].name" in proc.stderr and "runs[0].budget" in proc.stderr
+    assert "at least 1 item" not in proc.stderr, proc.stderr
+    path.write_text("store:\n  url: file:///tmp/x\nruns: []\n")
+    proc = run_cli("validate", "-c", str(path))
+    assert proc.returncode == 2 and "at least 1 item" in proc.stderr  # a real error stays
+
+
+def test_diagnose_on_a_halted_run_says_what_there_is(tmp_path: Path) -> None:
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    assert run_cli("terminate", "-c", str(path), "--run", "job").returncode == 0
+    proc = run_cli("diagnose", "-c", str(path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "no instance" in out
+    assert "stopped by hand: `respawn terminate`" in out
+    assert "respawn logs" in out and "respawn history" in out
