@@ -106,3 +106,27 @@ def test_diagnose_on_a_halted_run_says_what_there_is(tmp_path: Path) -> None:
     assert "no instance" in out
     assert "stopped by hand: `respawn terminate`" in out
     assert "respawn logs" in out and "respawn history" in out
+
+
+def test_a_missing_secret_does_not_spend_a_generation_per_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from respawn.controller.config import load_config
+    from respawn.controller.ledger import read_ledger
+    from respawn.controller.reconcile import tick
+    from respawn.controller.stores import open_run_store
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"][0]["wandb"] = {"entity": "me", "project": "p", "api_key_env": "NEWCOMER_WANDB"}
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.delenv("NEWCOMER_WANDB", raising=False)
+    fleet = load_config(path)
+    for _ in range(3):
+        (report,) = tick(fleet)
+        (launch,) = [r for r in report.results if r.action.kind == "provision"]
+        assert not launch.ok and "NEWCOMER_WANDB" in launch.detail
+    ledger = read_ledger(open_run_store(fleet.store, "job"))
+    assert ledger.generation == 0, f"3 ticks claimed g{ledger.generation} and launched nothing"
+    assert ledger.launches == ()  # nothing counted against the crash-loop breaker either
