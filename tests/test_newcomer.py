@@ -130,3 +130,32 @@ def test_a_missing_secret_does_not_spend_a_generation_per_tick(
     ledger = read_ledger(open_run_store(fleet.store, "job"))
     assert ledger.generation == 0, f"3 ticks claimed g{ledger.generation} and launched nothing"
     assert ledger.launches == ()  # nothing counted against the crash-loop breaker either
+
+
+def _commands() -> set[str]:
+    import argparse
+
+    from respawn.controller.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/contracts.md"])
+def test_every_command_is_in_the_command_lists(page: str) -> None:
+    text = (ROOT / page).read_text()
+    listed = set(re.findall(r"respawn ([a-z]+)", text))
+    assert "doctor" in _commands()
+    assert _commands() <= listed, _commands() - listed
+
+
+def test_instance_names_in_the_contracts_are_the_ones_respawn_gives() -> None:
+    from respawn.provisioning.base import instance_name, parse_instance_name
+
+    text = (ROOT / "docs" / "contracts.md").read_text()
+    names = re.findall(r"respawn-[A-Za-z0-9-]+-g\d+", text)
+    assert names
+    for name in names:  # FLEET and RUN are placeholders: a fleet id and a run name
+        real = name.replace("FLEET", "f00d").replace("RUN", "run")
+        assert parse_instance_name(real, "f00d") is not None, name
+    assert instance_name("RUN", 7, "FLEET") in text
