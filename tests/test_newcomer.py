@@ -159,3 +159,24 @@ def test_instance_names_in_the_contracts_are_the_ones_respawn_gives() -> None:
         real = name.replace("FLEET", "f00d").replace("RUN", "run")
         assert parse_instance_name(real, "f00d") is not None, name
     assert instance_name("RUN", 7, "FLEET") in text
+
+
+@pytest.mark.slow
+def test_demo_table_is_whole_and_shows_every_published_step(tmp_path: Path) -> None:
+    """stdout and stderr as a terminal shows them: one stream, in order."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "respawn", "demo", "--workdir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    table = out[out.index("  time  event") : out.index("demo passed")]
+    logged = [ln for ln in table.splitlines() if re.match(r"\s*(WARNING|INFO|ERROR)\b", ln)]
+    assert not logged, logged
+    published = [int(m.group(1)) for m in re.finditer(r"checkpoint published\s+(\d+)\s+g2", table)]
+    resumed = int(re.search(r"launch\s+(\d+)\s+g2", table).group(1))  # type: ignore[union-attr]
+    assert published == list(range(resumed + 5, 41, 5)), table
