@@ -173,7 +173,8 @@ class _HeldLog(logging.Handler):
 
 
 def run_demo(workdir: Path | None = None, keep: bool = False, scenario: str = "reclaim") -> int:
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="respawn-demo-"))
+    # Absolute: the store URL must be (file:///…), and the pods run in their own directories.
+    base = Path(workdir).resolve() if workdir else Path(tempfile.mkdtemp(prefix="respawn-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     print(f"respawn demo ({scenario}) in {base}\n")
     if scenario == "degenerate":

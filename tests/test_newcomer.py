@@ -180,3 +180,50 @@ def test_demo_table_is_whole_and_shows_every_published_step(tmp_path: Path) -> N
     published = [int(m.group(1)) for m in re.finditer(r"checkpoint published\s+(\d+)\s+g2", table)]
     resumed = int(re.search(r"launch\s+(\d+)\s+g2", table).group(1))  # type: ignore[union-attr]
     assert published == list(range(resumed + 5, 41, 5)), table
+
+
+def test_demo_takes_a_relative_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`respawn demo --workdir demo` made the store URL file://demo/store: no URL at all."""
+    from respawn.examples import demo
+
+    seen: list[str] = []
+
+    def play(self: demo.Demo, reference: subprocess.Popen[bytes]) -> int:
+        seen.append(self.fleet.store.url)  # the loop itself is the slow demo test's
+        return 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo.Demo, "play", play)
+    assert demo.run_demo(workdir=Path("rel-demo")) == 0
+    assert seen == [f"file://{tmp_path / 'rel-demo' / 'store'}"]
+
+
+def test_local_instances_each_get_their_own_workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from respawn.provisioning.base import LaunchSpec, Resources
+    from respawn.provisioning.local import LocalProvider
+    from tests.test_reconcile import write_fleet
+
+    monkeypatch.chdir(tmp_path)
+    provider = LocalProvider("state", term_grace=2)  # relative, as in a fleet config
+    offer = provider.offers(Resources(max_price_per_hour=1))[0]
+    disks = []
+    for gen in (1, 2):
+        spec = LaunchSpec(
+            run="r", generation=gen, image=None, disk_gb=1, max_price_per_hour=1, env={}
+        )
+        inst = provider.launch(offer, spec)
+        rec = provider.record(inst.id)
+        assert rec is not None and Path(str(rec["disk"])).is_absolute()
+        disks.append(Path(str(rec["disk"])))
+        provider.terminate(inst.id)
+    assert disks[0] != disks[1]
+
+    path = write_fleet(tmp_path)
+    for shared in ("/tmp/shared-work", "../shared"):
+        doc = yaml.safe_load(path.read_text())
+        doc["runs"][0]["pod"]["workdir"] = shared
+        path.write_text(yaml.safe_dump(doc))
+        proc = run_cli("validate", "-c", str(path))
+        assert proc.returncode == 0 and "every generation" in proc.stderr, proc.stderr
