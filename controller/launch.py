@@ -72,12 +72,9 @@ def launch_env(
         store_creds = {ENV_STORE_KEY_ID: key_id_env, ENV_STORE_KEY: key_env}
     if run.wandb is not None:
         secrets.append(run.wandb.api_key_env)
-    missing = [name for name in [*secrets, *store_creds.values()] if not environ.get(name)]
-    if missing:
-        raise MissingSecretError(
-            f"environment variable(s) {', '.join(missing)} are not set on the controller; "
-            "the pod needs them (add them as secrets to the workflow)"
-        )
+    missing = missing_launch_secrets(fleet, run, environ)
+    if missing is not None:
+        raise missing
     _refuse_controller_values(fleet, secrets, environ)
     env = dict(run.pod.env)
     env.update({name: environ[name] for name in secrets})
