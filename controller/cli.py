@@ -313,9 +313,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     run = fleet.run(args.run)
 
     host_keys = _published_host_keys(fleet, run.name)
+    listed = 0
 
     def show(name: str, provider: Provider) -> None:
+        nonlocal listed
         for inst in provider.list_instances(run.name):
+            listed += 1
             _say(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
             diagnose = getattr(provider, "diagnose", None)
             if diagnose is None or not inst.live:
@@ -325,7 +328,39 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                 print(f"-- {section}")
                 _say(text.rstrip())  # the pod's own output: anything may be in it
 
-    return EXIT_OK if _per_provider(fleet, run, show) else EXIT_FAILED
+    ok = _per_provider(fleet, run, show)
+    if ok and not listed:
+        _say(_no_instance(fleet, run.name, args.config))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _no_instance(fleet: FleetConfig, run_name: str, config: str) -> str:
+    """What `diagnose` says when there is nothing to look into: why, and where to look."""
+    from respawn.controller.ledger import read_halt, read_ledger
+    from respawn.controller.stores import open_run_store
+
+    lines = [f"run {run_name}: no instance on {', '.join(fleet.run(run_name).providers)}"]
+    try:
+        store = open_run_store(fleet.store, run_name)
+        ledger, order = read_ledger(store), read_halt(store)
+        if order is not None and order.halted:
+            lines.append(f"  stopped by hand: {order.reason}")
+        if ledger.halted:
+            lines.append(f"  halted: {ledger.halted}")
+        if ledger.finished_at is not None:
+            lines.append("  finished: it reached its target_step")
+        if not ledger.launches:
+            lines.append("  never launched")
+    except Exception as e:  # the store is down or a document unreadable: say so, go on
+        lines.append(f"  its ledger cannot be read: {type(e).__name__}: {e}")
+    c = f"-c {config} --run {run_name}"
+    lines += [
+        "look at:",
+        f"  respawn logs {c}        the trainer's last output (any generation)",
+        f"  respawn history {c}     every generation and why it ended",
+        f"  respawn status -c {config}   health, step and the halt reason",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

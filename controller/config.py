@@ -464,8 +464,13 @@ def parse_config(text: str, source: str = "<config>") -> FleetConfig:
         raise ConfigError(f"{source}: nested too deeply to be a fleet config") from None
     except ValidationError as e:
         lines = []
-        for err in e.errors():
+        errors = e.errors()
+        for err in errors:
             loc = tuple(err["loc"])
+            if err["type"] == "too_short" and any(
+                len(o["loc"]) > len(loc) and tuple(o["loc"][: len(loc)]) == loc for o in errors
+            ):
+                continue  # "runs: at least 1 item" only because an item is invalid: said below
             line = _line_of(root, loc)
             where = f"{source}:{line}" if line else source
             lines.append(f"{where}: {_field_path(loc)}: {_describe(err)}")

@@ -77,7 +77,9 @@ class LocalProvider(WithTrainerControl, Provider):
     def __init__(
         self, state_dir: str | Path, term_grace: float = 30.0, keep_disks: bool = False
     ) -> None:
-        self.state_dir = Path(state_dir)
+        # Absolute, once: each pod runs in its own directory, where a relative path (its
+        # pidfile under the instance's disk) would point somewhere else.
+        self.state_dir = Path(state_dir).resolve()
         self.term_grace = term_grace
         self.keep_disks = keep_disks
         self._records = self.state_dir / "instances"
