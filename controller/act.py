@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 
 from respawn.controller.config import FleetConfig, RunConfig
-from respawn.controller.launch import MissingSecretError, provision
+from respawn.controller.launch import MissingSecretError, missing_launch_secrets, provision
 from respawn.controller.lease import Lease
 from respawn.controller.ledger import (
     StaleLedgerError,
@@ -67,7 +67,7 @@ def retention(store: CheckpointStore, run: RunConfig, generation: int) -> None:
     if gone:
         log.info("%s: retention removed steps %s", run.name, gone)
     try:
-        old_logs = store.old_logs(LOG_GENERATIONS_KEPT)
+        old_logs = store.old_logs(LOG_GENERATIONS_KEPT, generation)
         if old_logs:
             store.backend.delete(old_logs)
     except Exception as e:
@@ -108,6 +108,21 @@ def _record_launch(ledger: Ledger, generation: int, **update: object) -> Ledger:
     return ledger.model_copy(update={"launches": tuple(launches)})
 
 
+def _unclaimed(ledger: Ledger, before: Ledger, generation: int, claimed: bool) -> Ledger:
+    """The plan's ledger without a launch that never started: its generation unclaimed
+    (unless this tick's rollback already claimed it) and nothing counted for it."""
+    launches = tuple(lr for lr in ledger.launches if lr.generation != generation)
+    keep = ledger.generation if claimed else before.generation
+    return ledger.model_copy(
+        update={
+            "launches": launches,
+            "generation": keep,
+            "wandb_run_id": before.wandb_run_id,
+            "progress": before.progress,
+        }
+    )
+
+
 class _Actor:
     """Carries out one plan's actions in order, keeping the ledger it will write."""
 
@@ -125,6 +140,8 @@ class _Actor:
         self.run, self.fleet, self.store = run, fleet, store
         self.providers, self.ledger, self.environ = providers, ledger, environ
         self.version, self.lease = version, lease
+        self.before = ledger  # the ledger as observed (`act` sets it)
+        self.claimed: set[int] = set()
         self.termination_failed = False
         self.stopped: StoreError | None = None
         self.rollback_failed = False
@@ -151,6 +168,7 @@ class _Actor:
         pods read (`RUN/control/fence.json`). A fence that cannot be written stops the
         action: an old pod would not know it is fenced."""
         self.save_ledger()
+        self.claimed.add(generation)
         if self.store is not None:
             self.store.write_fence(generation)
 
@@ -205,6 +223,11 @@ class _Actor:
                     if order is not None and order.halted:
                         self._unclaim(action.generation)
                         raise ProviderError(f"skipped: stopped by hand ({order.reason})")
+                missing = missing_launch_secrets(self.fleet, self.run, self.environ)
+                if missing is not None:
+                    claimed = action.generation in self.claimed
+                    self.ledger = _unclaimed(self.ledger, self.before, action.generation, claimed)
+                    raise missing
                 try:
                     self.claim(action.generation)  # first: it fences the old pod
                 except StoreError as e:
@@ -314,6 +337,7 @@ def act(
     writes over. `lease`: the run's tick lease, checked before every change."""
     env = os.environ if environ is None else environ
     actor = _Actor(run, fleet, store, providers, plan.ledger, env, previous_ledger.version, lease)
+    actor.before = previous_ledger
     results: list[ActionResult] = []
     for action in plan.actions:
         try:

@@ -20,4 +20,13 @@ def run_warnings(run: RunConfig) -> list[str]:
             f"pod.image {image!r} is not pinned by digest: pin it as IMAGE@sha256:<digest> "
             "(`docker buildx imagetools inspect IMAGE`; docs/pod-image.md)"
         )
+    workdir = run.pod.workdir
+    if "local" in run.providers and (workdir.startswith("/") or ".." in workdir.split("/")):
+        # A cloud instance starts with a fresh disk; a local one's disk is its own directory,
+        # and only a workdir inside it is its own.
+        out.append(
+            f"pod.workdir {workdir!r} is outside the local instance's own directory: every "
+            "generation on this machine shares it (a cloud instance starts empty); use a "
+            "relative workdir without '..' for the local provider"
+        )
     return out

@@ -74,7 +74,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     from respawn.controller.reconcile import Mode, tick
     from respawn.controller.report import (
-        annotations,
+        annotation_lines,
         dumps,
         exit_code,
         to_text,
@@ -89,7 +89,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if fleet.notify.github_annotations and in_actions and not args.json:
         from respawn.controller.workflow_output import workflow_command
 
-        for line in annotations(reports, args.redact):
+        for line in annotation_lines(reports, args.redact):
             workflow_command(line)
     write_step_summary(reports, args.redact)
     _draw_timelines(reports, os.environ.get(ENV_PLOT_DIR))
@@ -149,12 +149,13 @@ def cmd_offers(args: argparse.Namespace) -> int:
     )
     from respawn.provisioning.base import Resources
 
+    global _redact
     if args.config is not None:
         if not args.run:
             raise UsageError("offers -c FLEET needs --run NAME (whose resources to match)")
         from respawn.controller.providers import open_providers
 
-        fleet = _load(args)
+        fleet = _load(args)  # sets _redact from the secrets the fleet names
         run = fleet.run(args.run)
         res, names = run.resources, list(run.providers)
         providers = open_providers(fleet, set(names))
@@ -171,7 +172,6 @@ def cmd_offers(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(f"offers: {e}") from None
         names = list(args.provider or MARKET_PROVIDERS)
-        global _redact
         from respawn.controller.redact import Redactor
 
         # No config names the secrets: mask the clouds' usual key variables.
@@ -313,9 +313,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     run = fleet.run(args.run)
 
     host_keys = _published_host_keys(fleet, run.name)
+    listed = 0
 
     def show(name: str, provider: Provider) -> None:
+        nonlocal listed
         for inst in provider.list_instances(run.name):
+            listed += 1
             _say(f"== {name}:{inst.id} {inst.name} ({inst.state.value})")
             diagnose = getattr(provider, "diagnose", None)
             if diagnose is None or not inst.live:
@@ -325,7 +328,39 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                 print(f"-- {section}")
                 _say(text.rstrip())  # the pod's own output: anything may be in it
 
-    return EXIT_OK if _per_provider(fleet, run, show) else EXIT_FAILED
+    ok = _per_provider(fleet, run, show)
+    if ok and not listed:
+        _say(_no_instance(fleet, run.name, args.config))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _no_instance(fleet: FleetConfig, run_name: str, config: str) -> str:
+    """What `diagnose` says when there is nothing to look into: why, and where to look."""
+    from respawn.controller.ledger import read_halt, read_ledger
+    from respawn.controller.stores import open_run_store
+
+    lines = [f"run {run_name}: no instance on {', '.join(fleet.run(run_name).providers)}"]
+    try:
+        store = open_run_store(fleet.store, run_name)
+        ledger, order = read_ledger(store), read_halt(store)
+        if order is not None and order.halted:
+            lines.append(f"  stopped by hand: {order.reason}")
+        if ledger.halted:
+            lines.append(f"  halted: {ledger.halted}")
+        if ledger.finished_at is not None:
+            lines.append("  finished: it reached its target_step")
+        if not ledger.launches:
+            lines.append("  never launched")
+    except Exception as e:  # the store is down or a document unreadable: say so, go on
+        lines.append(f"  its ledger cannot be read: {type(e).__name__}: {e}")
+    c = f"-c {config} --run {run_name}"
+    lines += [
+        "look at:",
+        f"  respawn logs {c}        the trainer's last output (any generation)",
+        f"  respawn history {c}     every generation and why it ended",
+        f"  respawn status -c {config}   health, step and the halt reason",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

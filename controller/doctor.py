@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from respawn.controller.advice import run_warnings
 from respawn.controller.config import FleetConfig
+from respawn.controller.preflight import check_env
 from respawn.controller.providers import open_providers
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.base import ProviderError
@@ -22,20 +23,14 @@ def run_doctor(
     env = os.environ if environ is None else environ
     lines: list[str] = []
     ok = True
-    store = fleet.store
-    for what, name in (
-        ("pod key id", store.pod_key_id_env),
-        ("pod key", store.pod_key_env),
-        ("ledger secret", store.ledger_secret_env),
-    ):
-        if name is not None and not env.get(name):
-            ok = False
-            lines.append(f"store: {name} ({what}, docs/keys.md) is not set")
+    # The same verdict as `validate --env`: one list of variables (controller/preflight.py).
+    pre = check_env(fleet, env)
+    if pre.errors:
+        ok = False
+        lines += [f"not set: {e}" for e in pre.errors]
+    lines += [f"warning: {w}" for w in pre.warnings]
     for run in fleet.runs:
         lines += [f"warning: run {run.name}: {w}" for w in run_warnings(run)]
-        if run.wandb is not None and not env.get(run.wandb.api_key_env):
-            ok = False
-            lines.append(f"run {run.name}: {run.wandb.api_key_env} (W&B key) is not set")
     if not live:
         lines.append("config ok; pass --live to check the clouds and the store with your keys")
         return lines, ok

@@ -34,6 +34,28 @@ def _refuse_controller_values(
                 )
 
 
+def missing_launch_secrets(
+    fleet: FleetConfig, run: RunConfig, environ: Mapping[str, str]
+) -> MissingSecretError | None:
+    """What no launch of this run could start without, checked before a generation is
+    claimed: a launch refused for it every tick would otherwise spend one generation a tick."""
+    needed = [*run.pod.secret_env]
+    if run.wandb is not None:
+        needed.append(run.wandb.api_key_env)
+    if fleet.store.url.startswith("b2://"):
+        needed += fleet.store.pod_credential_envs
+    if run.pod.registry_auth_env:
+        needed.append(run.pod.registry_auth_env)
+    missing = [name for name in dict.fromkeys(needed) if not environ.get(name)]
+    if not missing:
+        return None
+    return MissingSecretError(
+        f"not launched: environment variable(s) {', '.join(missing)} are not set on the "
+        "controller and the pod needs them (add them as secrets to the workflow's "
+        "environment; `respawn validate --env` checks them all)"
+    )
+
+
 def launch_env(
     fleet: FleetConfig, run: RunConfig, pod_env: PodEnv, environ: Mapping[str, str]
 ) -> tuple[dict[str, str], list[str]]:
@@ -50,12 +72,9 @@ def launch_env(
         store_creds = {ENV_STORE_KEY_ID: key_id_env, ENV_STORE_KEY: key_env}
     if run.wandb is not None:
         secrets.append(run.wandb.api_key_env)
-    missing = [name for name in [*secrets, *store_creds.values()] if not environ.get(name)]
-    if missing:
-        raise MissingSecretError(
-            f"environment variable(s) {', '.join(missing)} are not set on the controller; "
-            "the pod needs them (add them as secrets to the workflow)"
-        )
+    missing = missing_launch_secrets(fleet, run, environ)
+    if missing is not None:
+        raise missing
     _refuse_controller_values(fleet, secrets, environ)
     env = dict(run.pod.env)
     env.update({name: environ[name] for name in secrets})

@@ -1,4 +1,5 @@
-"""Secrets preflight: every environment variable the fleet config names, checked at once.
+"""Secrets preflight: every environment variable the fleet config names, checked at once. The
+one list: `validate --env`, `doctor`, `status` and the launch itself all read `env_needs`.
 
 Without it a missing secret surfaces one layer per run, and only at launch (after the old
 instance is gone and a generation is spent). What each missing variable costs:
@@ -36,12 +37,18 @@ def env_needs(fleet: FleetConfig) -> list[EnvNeed]:
         needs += [
             EnvNeed(n, "checkpoint store (B2)", "required") for n in fleet.store.credential_envs
         ]
-    if fleet.store.ledger_secret_env:
-        needs.append(
-            EnvNeed(fleet.store.ledger_secret_env, "ledger secret (docs/keys.md)", "required")
-        )
+    for name, what in (
+        (fleet.store.pod_key_id_env, "pod key id, docs/keys.md"),
+        (fleet.store.pod_key_env, "pod key, docs/keys.md"),
+        (fleet.store.ledger_secret_env, "ledger secret, docs/keys.md"),
+    ):
+        if name:
+            needs.append(EnvNeed(name, what, "required"))
     for run in fleet.runs:
         needs += [EnvNeed(n, f"run {run.name}: pod secret", "required") for n in run.pod.secret_env]
+        if run.pod.registry_auth_env:
+            what = f"run {run.name}: image registry login (pod.registry_auth_env)"
+            needs.append(EnvNeed(run.pod.registry_auth_env, what, "required"))
         if run.wandb is not None:
             needs.append(EnvNeed(run.wandb.api_key_env, f"run {run.name}: W&B", "required"))
         for i, provider in enumerate(run.providers):
@@ -49,7 +56,7 @@ def env_needs(fleet: FleetConfig) -> list[EnvNeed]:
             if key is not None:
                 kind: Kind = "required" if i == 0 else "fallback"
                 needs.append(EnvNeed(key, f"run {run.name}: provider {provider}", kind))
-    ssh = fleet.providers.ssh_private_key_env  # type: ignore[attr-defined]
+    ssh = fleet.providers.ssh_private_key_env
     if ssh:
         needs.append(EnvNeed(ssh, "SSH key (restart-in-place, diagnose)", "optional"))
     if fleet.notify.webhook_url_env:

@@ -11,6 +11,7 @@ uninterrupted run's, and no process of the run is left.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
 import signal
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -31,6 +33,7 @@ from respawn.controller.model import Health, Provision, Rollback, Terminate
 from respawn.controller.reconcile import RunReport, tick
 from respawn.controller.stores import open_run_store
 from respawn.provisioning.local import LocalProvider
+from respawn.store.store import StoreError
 
 TICK_SECONDS = 0.5
 DEADLINE_SECONDS = 55.0
@@ -53,13 +56,19 @@ class Timeline:
         print(f"{t:6.2f}s  {event:<24} {s:>5} {g:>4}  {detail}", flush=True)
 
 
-def demo_config(base: Path) -> FleetConfig:
+def demo_doc(base: Path) -> dict[str, Any]:
+    """examples/local.yaml with its store and instances moved under `base` (the demo's fleet,
+    and the one bench/soak.py copies for each of its runs)."""
     text = resources.files("respawn.examples").joinpath("local.yaml").read_text()
-    doc = yaml.safe_load(text)
+    doc: dict[str, Any] = yaml.safe_load(text)
     doc["store"]["url"] = f"file://{base / 'store'}"
     doc["providers"]["local"]["state_dir"] = str(base / "instances")
     doc["providers"]["local"]["keep_disks"] = True  # the demo compares the trainers' metrics
-    return FleetConfig.model_validate(doc)
+    return doc
+
+
+def demo_config(base: Path) -> FleetConfig:
+    return FleetConfig.model_validate(demo_doc(base))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -86,6 +95,7 @@ class Demo:
         self.log = Timeline()
         self.last_health: Health | None = None
         self.last_pointer: int | None = None
+        self.published: set[tuple[int, int | None]] = set()  # (step, generation) logged
         self.disks: dict[int, Path] = {}
 
     def tick(self) -> RunReport:
@@ -114,9 +124,21 @@ class Demo:
         return report
 
     def watch_pointer(self) -> int | None:
+        """Log every step published since the last look, from the store's listing: the
+        pointer alone skips a step published between two looks."""
         pointer = self.store.read_pointer()
-        if pointer is not None and pointer.step != self.last_pointer:
-            self.log("checkpoint published", pointer.step, pointer.generation, pointer.writer)
+        for step, refs in sorted(self.store.manifest_refs().items()):
+            for ref in reversed(refs):  # oldest generation first
+                if (step, ref.generation) in self.published:
+                    continue
+                self.published.add((step, ref.generation))
+                try:
+                    manifest = self.store.read_manifest_key(ref.key)
+                except StoreError:  # removed by retention since the listing: still published
+                    manifest = None
+                writer = (manifest.writer if manifest is not None else None) or ""
+                self.log("checkpoint published", step, ref.generation, writer)
+        if pointer is not None:
             self.last_pointer = pointer.step
         return pointer.step if pointer else None
 
@@ -139,8 +161,27 @@ class Demo:
         return _scenario(self, reference)
 
 
+class _HeldLog(logging.Handler):
+    """Keeps log records while the demo prints its table; `show` writes them to stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def show(self) -> None:
+        if self.lines:
+            sys.stdout.flush()
+            print(f"\ncontroller log ({len(self.lines)} lines):", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in self.lines), file=sys.stderr, flush=True)
+
+
 def run_demo(workdir: Path | None = None, keep: bool = False, scenario: str = "reclaim") -> int:
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="respawn-demo-"))
+    # Absolute: the store URL must be (file:///…), and the pods run in their own directories.
+    base = Path(workdir).resolve() if workdir else Path(tempfile.mkdtemp(prefix="respawn-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     print(f"respawn demo ({scenario}) in {base}\n")
     if scenario == "degenerate":
@@ -150,9 +191,16 @@ def run_demo(workdir: Path | None = None, keep: bool = False, scenario: str = "r
     else:
         demo = Demo(base)
     reference = demo.start_reference()
+    # The controller's log lines would cut into the table: held back, shown after it.
+    held = _HeldLog()
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers = [held]
     try:
         return demo.play(reference)
     finally:
+        root.handlers = handlers
+        held.show()
         demo.cleanup()
         if reference.poll() is None:
             reference.kill()

@@ -164,7 +164,31 @@ def _report_failure(ctx: PodContext, message: str, will_repeat: bool = False) ->
         log.warning("could not report the failure: %s", e)
 
 
-def main() -> int:
+def _parse_args(argv: list[str]) -> None:
+    """`respawn-pod --help`: it takes no arguments; everything arrives in the environment."""
+    import argparse
+
+    from respawn.contract.pod import ENV_GENERATION, ENV_POD, ENV_POD_SHA256, ENV_RUN, ENV_STORE
+
+    argparse.ArgumentParser(
+        prog="respawn-pod",
+        description=(
+            "respawn's pod side: the first thing an instance runs. Restores the newest "
+            "verified checkpoint from the store, then runs the trainer under the supervisor "
+            "(heartbeats, publishing complete steps, SIGTERM handling). It takes no arguments: "
+            "the provider sets its environment at launch."
+        ),
+        epilog=(
+            f"environment: {ENV_STORE} (store URL), {ENV_RUN}, {ENV_GENERATION}, and "
+            f"{ENV_POD_SHA256} (the pod spec in the store) or {ENV_POD} (the spec inline); "
+            f"{ENV_STORE_KEY_ID} / {ENV_STORE_KEY} for a b2:// store; plus the secrets "
+            "the fleet config names. Started by the pod image's onstart.sh (docs/pod-image.md)."
+        ),
+    ).parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _parse_args(argv or [])
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s respawn-pod %(levelname)s %(message)s",
@@ -206,7 +230,7 @@ def entrypoint() -> None:
     """`respawn-pod`: exit as soon as the supervisor is done. An upload still running past
     term_grace must not hold the process (the interpreter would join its threads) until the
     provider's SIGKILL."""
-    rc = main()
+    rc = main(sys.argv[1:])
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

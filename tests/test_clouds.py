@@ -382,7 +382,10 @@ def test_every_spot_offer_is_tried_before_any_on_demand(tmp_path: Path, clouds: 
 
 
 def test_validate_warns_when_term_grace_outlasts_runpods(tmp_path: Path) -> None:
-    proc = run_cli("validate", "-c", str(ROOT / "examples/production.yaml"))
+    path = tmp_path / "fleet.yaml"
+    text = (ROOT / "examples/production.yaml").read_text()
+    path.write_text(text.replace("term_grace: 5s ", "term_grace: 25s"))
+    proc = run_cli("validate", "-c", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "term_grace is 25s but runpod kills a pod about 5s after SIGTERM" in proc.stderr
 

@@ -91,6 +91,22 @@ def test_controller_applies_retention(tmp_path: Path) -> None:
     assert store.manifested_steps() == [3, 4, 5]
 
 
+def test_retention_keeps_recent_trainer_logs_and_ignores_planted_ones(tmp_path: Path) -> None:
+    """`respawn logs` shows the last generations' output; a pod planting logs of generations
+    no launch reached must not push the real ones out."""
+    api, _ = b2_simulator()
+    backend = B2Backend(api, "respawn-test", "fleet")
+    store = CheckpointStore(backend, "toy", workers=1)
+    for gen in range(1, 9):
+        backend.write_bytes(store.keys.log(gen), f"gen {gen} output\n".encode())
+    for planted in range(10**9, 10**9 + 5):  # the most digits a log key may have
+        backend.write_bytes(store.keys.log(planted), b"junk\n")
+    run = parse_config(GOOD).runs[0]
+    retention(store, run, generation=8)
+    kept = [g for g in store.log_generations() if g <= 8]
+    assert kept == [4, 5, 6, 7, 8]
+
+
 def test_doctor_names_an_unset_pod_key_or_ledger_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     from respawn.controller.doctor import run_doctor
 

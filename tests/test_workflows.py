@@ -258,3 +258,99 @@ def test_the_build_backend_is_locked_and_hashed_and_nothing_else_is_fetched() ->
         locked = "--require-hashes" in cmd and " -r " in cmd
         built = "--no-build-isolation" in cmd and "--no-deps" in cmd
         assert locked or built, f"installs something neither locked nor built offline: {cmd}"
+
+
+def test_callers_pass_secrets_inherit_so_environment_secrets_arrive() -> None:
+    """Issue 20.9: in a `workflow_call` job, environment secrets resolve empty unless the
+    caller passes `secrets: inherit` (docs/use-from-your-repository.md cites why)."""
+    text = (DOCS / "use-from-your-repository.md").read_text()
+    caller = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert caller["jobs"]["respawn"].get("secrets") == "inherit"
+    assert load("control.yml")["jobs"]["tick"].get("secrets") == "inherit"
+    for cited in (
+        "docs.github.com/en/actions/how-tos/reuse-automations/reuse-workflows",
+        "actions/runner/issues/4453",
+        "control-workflow-concurrency",
+    ):
+        assert cited in text
+
+
+def _concurrency_group(action: str, run_id: int) -> str:
+    """The tick job's concurrency group as GitHub evaluates it, for one call."""
+    from types import SimpleNamespace
+
+    group = str(load("tick.yml")["jobs"]["tick"]["concurrency"]["group"]).strip()
+    if not group.startswith("${{"):
+        return group
+    expr = group.removeprefix("${{").removesuffix("}}")
+    expr = expr.replace("&&", " and ").replace("||", " or ").replace("!=", " != ")
+
+    def fmt(template: str, *args: object) -> str:
+        return template.format(*args)
+
+    namespace = {
+        "inputs": SimpleNamespace(action=action),
+        "github": SimpleNamespace(repository="me/train", run_id=run_id, workflow="respawn"),
+        "format": fmt,
+    }
+    return str(eval(" ".join(expr.split()), {"__builtins__": {}}, namespace))
+
+
+def test_a_queued_terminate_is_never_replaced_by_the_next_cron_tick() -> None:
+    """GitHub keeps one pending run per concurrency group and cancels it when another is
+    queued: a terminate waiting behind a running tick must not share the ticks' group."""
+    job = load("tick.yml")["jobs"]["tick"]
+    assert job["concurrency"]["cancel-in-progress"] is False
+    ticks = {_concurrency_group("reconcile", run_id) for run_id in (101, 102, 103)}
+    assert len(ticks) == 1  # reconciles never overlap
+    for action in ("terminate", "resume", "rollback", "status"):
+        mine = {_concurrency_group(action, run_id) for run_id in (104, 105)}
+        assert len(mine) == 2 and not mine & ticks, (action, mine, ticks)
+    assert "concurrency" not in load("control.yml")  # a caller's group would undo it
+
+
+def preflight_step() -> str:
+    steps = load("tick.yml")["jobs"]["tick"]["steps"]
+    names = [s.get("name", "") for s in steps]
+    first = next(i for i, s in enumerate(steps) if "secrets" in json.dumps(s.get("env", {})))
+    assert names[first] == "Check the secrets the fleet config names", names
+    return str(steps[first]["run"])
+
+
+@pytest.mark.parametrize(
+    ("action", "secrets", "rc"),
+    [
+        ("reconcile", {}, 1),
+        ("terminate", {}, 0),
+        ("reconcile", {"NEWCOMER_TOKEN": "t0ken-v4lue"}, 0),
+    ],
+)
+def test_the_tick_fails_first_naming_the_missing_secrets(
+    tmp_path: Path, fleet: Path, action: str, secrets: dict[str, str], rc: int
+) -> None:
+    doc = yaml.safe_load(fleet.read_text())
+    doc["runs"][0]["pod"]["secret_env"] = ["NEWCOMER_TOKEN"]
+    fleet.write_text(yaml.safe_dump(doc))
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "FLEET_CONFIG": str(fleet),
+        "ACTION": action,
+        "ENVIRONMENT": "respawn",
+        "RESPAWN_SECRETS_JSON": json.dumps({"github_token": "ghs_x", **secrets}),
+    }
+    env.pop("NEWCOMER_TOKEN", None)
+    proc = subprocess.run(
+        ["bash", "-e", "-c", preflight_step()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == rc, proc.stdout + proc.stderr
+    if not secrets:
+        kind = "::error" if action == "reconcile" else "::warning"
+        (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith(kind)]
+        assert "NEWCOMER_TOKEN" in line and "secrets: inherit" in line
+    assert "t0ken-v4lue" not in proc.stdout + proc.stderr

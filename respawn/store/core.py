@@ -277,16 +277,18 @@ class StoreCore:
         # A store from before the fence is also one from before `_control/` (a pod key
         # cannot read the controller's prefix).
         ledger = self.read_json(self.keys.legacy(self.keys.ledger) or self.keys.ledger)
-        if ledger and isinstance(ledger.get("generation"), int):
-            return int(ledger["generation"])  # type: ignore[arg-type]
+        claimed = ledger.get("generation") if ledger else None
+        if isinstance(claimed, int):
+            return claimed
         for key in (self.keys.latest, self.keys.heartbeat):
             try:
                 doc = self.read_json(key)
             except CorruptError as e:
                 log.warning("ignoring %s", e)
                 continue
-            if doc and isinstance(doc.get("generation"), int):
-                gens.append(int(doc["generation"]))  # type: ignore[arg-type]
+            named = doc.get("generation") if doc else None
+            if isinstance(named, int):
+                gens.append(named)
         return max(gens)
 
     def check_fence(self, generation: int) -> None:
@@ -359,9 +361,11 @@ class StoreCore:
         found = (self.keys.parse_log_key(o.key) for o in self.backend.list(self.keys.logs))
         return sorted(g for g in found if g is not None)
 
-    def old_logs(self, keep: int) -> list[str]:
-        """The log keys of all but the newest `keep` generations (retention's to delete)."""
-        gens = self.log_generations()
+    def old_logs(self, keep: int, max_generation: int) -> list[str]:
+        """The log keys of all but the newest `keep` generations (retention's to delete).
+        Logs above `max_generation` (the ledger's) are not counted: no launch wrote them, and
+        a pod planting them must not push the real ones out."""
+        gens = [g for g in self.log_generations() if g <= max_generation]
         return [self.keys.log(g) for g in gens[: max(0, len(gens) - keep)]]
 
     def exists(self) -> bool:
@@ -383,7 +387,7 @@ class StoreCore:
         self, kind: str, generation: int, writer: str, step: int | None, detail: str
     ) -> None:
         ev = RepairEvent(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             step=step,
             detail=detail[:500],
             at=utcnow(),
