@@ -8,6 +8,7 @@ bad requests are raised at once.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -128,6 +129,28 @@ def _wait(state: RetryCallState) -> float:
     return min(MAX_WAIT_SECONDS, max(backoff, after)) if after else backoff
 
 
+log = logging.getLogger("respawn.provisioning")
+
+
+def say_wait(what: str) -> Callable[[RetryCallState], None]:
+    """A retry's wait, logged before it sleeps: a tick waiting on a throttled or failing
+    provider shows what it waits for and how long, not a silent pause."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.info(
+            "%s: %s; trying again in %.0f s (attempt %d of %d)",
+            what,
+            exc,
+            wait,
+            state.attempt_number + 1,
+            ATTEMPTS,
+        )
+
+    return before_sleep
+
+
 def once(fn: Callable[[], T], what: str, key_env: str) -> T:
     """One attempt with typed errors: for calls that are not idempotent (a create)."""
     try:
@@ -144,6 +167,7 @@ def call(fn: Callable[[], T], what: str, key_env: str) -> T:
         stop=stop_after_attempt(ATTEMPTS),
         wait=_wait,
         sleep=lambda seconds: sleep(seconds),
+        before_sleep=say_wait(what),
         reraise=True,
     )
     def attempt() -> T:

@@ -109,6 +109,13 @@ class _Pacer:
             at = max(now, self._next.get(route, now))
             self._next[route] = at + interval
         if at > now:
+            if at - now >= 1.0:
+                calls.log.info(
+                    "vast: waiting %.0f s before the next %s (Vast allows one per %.0f s)",
+                    at - now,
+                    route,
+                    interval,
+                )
             _sleep(at - now)
 
 
@@ -367,6 +374,7 @@ class VastProvider(ShellAccess, Provider):
             stop=stop_after_attempt(calls.ATTEMPTS),
             wait=lambda state: _create_wait(state.outcome),
             sleep=lambda seconds: calls.sleep(seconds),
+            before_sleep=calls.say_wait(what),
             reraise=True,
         )(self._limited("create", create, what))
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -371,6 +372,19 @@ def test_rate_limit_waits_for_retry_after(fake: FakeVast, monkeypatch: pytest.Mo
     provider(fake).list_instances("job")
     assert waits == [7.0]  # backoff is 0 here: only Retry-After made it wait
     assert fake.count("list") == 2
+
+
+def test_a_throttled_call_says_what_it_waits_for(
+    fake: FakeVast, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tick paused on a throttled provider shows why and for how long (issue 21.6)."""
+    monkeypatch.setattr(calls, "sleep", lambda _s: None)
+    fake.fail("list", Fault(status=429, headers={"Retry-After": "7"}))
+    with caplog.at_level(logging.INFO, logger="respawn.provisioning"):
+        provider(fake).list_instances("job")
+    waits = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(waits) == 1 and "in 7 s (attempt 2 of" in waits[0]
+    assert "vast" in waits[0] and "429" in waits[0]
 
 
 def test_a_read_back_over_the_cap_moves_on_to_the_next_offer(fake: FakeVast) -> None:
