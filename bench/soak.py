@@ -798,6 +798,10 @@ class Soak:
                 else:
                     target = "*" if kind == "tick-killed" else rs.name
                     self.faults.append(Fault(self.tick_no, kind, target, detail))
+                    # A fault after a remedy starts a new episode: a person applies the
+                    # remedy again (the soak saw a ledger deleted twice, 2 ticks apart).
+                    if target == rs.name and rs.remedied_at is not None:
+                        rs.remedied_at, rs.stuck_ticks = None, 0
                     print(f"t{self.tick_no:<4} fault {kind:<17} {rs.name}: {detail}", flush=True)
             self.check(self.run_ticks(double))
             self.poll_records()
