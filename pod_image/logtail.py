@@ -61,6 +61,20 @@ class LogTail:
                 del self._buf[: len(self._buf) - keep]
             self._version += 1
 
+    @property
+    def version(self) -> int:
+        """Grows with every chunk added: what was printed after a moment is `since(version)`."""
+        with self._lock:
+            return self._version
+
+    def text(self) -> str:
+        """The masked tail as text (for a failure's reason)."""
+        with self._lock:
+            data = bytes(self._buf)
+        for secret in self._secrets:
+            data = data.replace(secret, MASK)
+        return data[-self.limit :].decode(errors="replace")
+
     def changed(self) -> bytes | None:
         """The masked tail if it changed since the last call, else None."""
         with self._lock:

@@ -39,6 +39,9 @@ from respawn.pod.context import PodContext
 from respawn.pod.dispatch import TickRequester
 from respawn.pod.gpu_watch import GpuWatch
 from respawn.pod.gpu_watch import query as gpu_query
+from respawn.pod.interpreter import trainer_python
+from respawn.pod.logtail import LogTail, pod_secrets
+from respawn.pod.start_failures import StartFailures
 from respawn.pod.sync import StepSync
 from respawn.store.schema import Phase, utcnow
 from respawn.store.store import FencedError, StoreError
@@ -67,6 +70,9 @@ class Supervisor:
         self._fenced = threading.Event()
         self._done = threading.Event()  # the main loop has returned
         self._proc: subprocess.Popen[bytes] | None = None
+        self.tail = LogTail(pod_secrets(env, ctx.pod.secret_env))
+        self.start_failures = StartFailures()
+        self._started = (0.0, None, 0)  # (monotonic, disk step, tail version) at the start
         self.steps = StepSync(ctx, resume_step, self._lock, self._stop, self._fenced, self._done)
 
     # -- heartbeat -----------------------------------------------------------------------
@@ -142,7 +148,7 @@ class Supervisor:
             self.ctx.generation,
             self.ctx.workdir,
             self.steps.published,
-            sys.executable,
+            trainer_python(self.ctx.pod, self.env),
         )
         log.info("starting trainer (resume step %s): %s", self.steps.published, command)
         with self._lock:
@@ -153,8 +159,16 @@ class Supervisor:
             cwd=self.ctx.workdir,
             env={**self.env, ENV_RESUME_STEP: str(self.steps.published or 0)},
             process_group=0,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        # The output passes through to the pod's own; its tail is kept for a failure's reason.
+        out = getattr(sys.stdout, "buffer", None)
+        threading.Thread(
+            target=self.tail.pump, args=(self._proc.stdout, out), name="trainer-out", daemon=True
+        ).start()
         self.steps.step_seen_at = time.monotonic()
+        self._started = (time.monotonic(), self.steps.disk_step, self.tail.version)
 
     def _stop_trainer(self, grace: float) -> int | None:
         proc = self._proc
@@ -266,6 +280,9 @@ class Supervisor:
                     self.beat()
                     log.info("trainer finished; last published step %s", self.steps.published)
                     return 0
+                repeats = self._fails_at_start(rc)
+                if repeats is not None:
+                    return self._give_up(repeats, will_repeat=True)
                 self.restarts += 1
                 if self.restarts > pod.max_trainer_restarts:
                     return self._give_up(f"trainer exited {rc}, {self.restarts - 1} restarts")
@@ -277,6 +294,15 @@ class Supervisor:
                 )
                 self._start_trainer()
                 continue
+
+    def _fails_at_start(self, rc: int) -> str | None:
+        """The reason, when the trainer just failed at start the same way as last time."""
+        started, disk_step, version = self._started
+        time.sleep(0.1)  # the last of its output may still be in the pipe
+        printed = self.tail.text() if self.tail.version > version else ""
+        return self.start_failures.observe(
+            rc, time.monotonic() - started, self.steps.disk_step != disk_step, printed
+        )
 
     def _on_sigterm(self, grace: float) -> int:
         """The trainer is signalled at once; its final checkpoint is published with whatever

@@ -15,7 +15,7 @@ import threading
 import time
 
 from respawn.pod.context import PodContext
-from respawn.store.disk import complete_steps, step_dirs
+from respawn.store.disk import SNAPSHOT_DIR, complete_steps, snapshot, step_dirs
 from respawn.store.progress import TransferProgress
 from respawn.store.store import BackwardsError, FencedError, StoreError
 
@@ -102,7 +102,10 @@ class StepSync:
         done = complete_steps(workdir, pod.checkpoints.sources, now)
         if not done or (self.published is not None and done[-1].step <= self.published):
             return
-        step = done[-1]
+        step = snapshot(workdir, done[-1], pod.checkpoints.sources)
+        if step is None:
+            log.info("step %d changed while it was copied aside; next round", done[-1].step)
+            return
         bar = TransferProgress(f"push step {step.step}", step.total_bytes, stream=sys.stdout)
         try:
             result = self.ctx.store.publish(
@@ -124,6 +127,7 @@ class StepSync:
             log.warning("publishing step %d failed, will retry: %s", step.step, e)
             return
         bar.finish()
+        shutil.rmtree(workdir / SNAPSHOT_DIR, ignore_errors=True)
         log.info(
             "published step %d (%d B sent, %d B unchanged)",
             step.step,
@@ -151,8 +155,11 @@ class StepSync:
         """Keep the newest `keep_local` published steps; never touch anything newer."""
         if self.published is None:
             return
-        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources, deletable=True)
         older = sorted((s for s in on_disk if s <= self.published), reverse=True)
         for s in older[self.ctx.pod.checkpoints.keep_local :]:
             for d in on_disk[s]:
-                shutil.rmtree(d, ignore_errors=True)
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)

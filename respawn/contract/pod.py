@@ -16,6 +16,7 @@ import string
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -121,6 +122,18 @@ class PodSpec(_Strict):
     fresh_command: str | None = Field(
         None, description="command when there is no checkpoint yet (default: command, step 0)"
     )
+    resume: Literal["step", "latest"] = Field(
+        "step",
+        description="'step': command names the step to resume with {resume_step}; 'latest': "
+        "the trainer finds its own newest checkpoint in the restored files (nanoGPT's "
+        "--init_from resume, Lightning's ckpt_path='last', HF's resume_from_checkpoint=True), "
+        "so {resume_step} is optional",
+    )
+    python: str | None = Field(
+        None,
+        description="the interpreter {python} names; default: the image's own python3 on PATH "
+        "(never respawn's isolated venv), else the pod side's interpreter",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="plain, non-secret variables")
     secret_env: tuple[str, ...] = Field(
         (), description="names of environment variables passed through to the pod"
@@ -181,9 +194,18 @@ class PodSpec(_Strict):
                 f"unknown placeholder {{{sorted(unknown)[0]}}}; "
                 f"allowed: {', '.join('{' + n + '}' for n in sorted(COMMAND_FIELDS))}"
             )
-        if getattr(info, "field_name", None) == "command" and "resume_step" not in names:
-            raise ValueError("must contain {resume_step}, the step the trainer resumes from")
         return v
+
+    @model_validator(mode="after")
+    def _command_resumes(self) -> PodSpec:
+        names = {n for _, n, _, _ in string.Formatter().parse(self.command) if n is not None}
+        if self.resume == "step" and "resume_step" not in names:
+            raise ValueError(
+                "command must contain {resume_step}, the step the trainer resumes from; for a "
+                "trainer that resumes from its own newest checkpoint (nanoGPT's --init_from "
+                "resume, Lightning's ckpt_path='last'), set resume: latest"
+            )
+        return self
 
     @field_validator("env")
     @classmethod
