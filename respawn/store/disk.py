@@ -117,10 +117,26 @@ def _temp_beside(source: CheckpointSource, f: Path) -> bool:
     """A temporary sibling of a step file (`ckpt.pt.tmp`, `.tmp-step=5.ckpt`): mid-write."""
     with contextlib.suppress(OSError):
         for other in f.parent.iterdir():
-            if other.name != f.name and f.name in other.name:
-                if any(fnmatch.fnmatch(other.name, pat) for pat in source.temp_patterns):
-                    return True
+            if (
+                other.name != f.name
+                and f.name in other.name
+                and any(fnmatch.fnmatch(other.name, pat) for pat in source.temp_patterns)
+            ):
+                return True
     return False
+
+
+def _after_its_step_file(workdir: Path, source: CheckpointSource, step: int, path: Path) -> bool:
+    """A file overwritten in place whose step is the newest step-named file (Lightning's
+    last.ckpt beside step=N.ckpt) holds that step only once rewritten after it."""
+    sf = source.step_from
+    if sf is None or sf.name is None:
+        return True
+    try:
+        named = workdir / sf.name.replace("{step}", str(step))
+        return path.stat().st_mtime_ns >= named.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
 
 
 def _is_complete(
@@ -140,6 +156,8 @@ def _is_complete(
         if any(_temp_beside(source, f) for f in files):
             return False
         mtimes_of = files
+        if not _after_its_step_file(workdir, source, step, path):
+            return False
         marker = source.marker
         if marker is None and source.quiet_for is None:
             # The sidecar is the marker: written after the file, so never older than it.
@@ -219,9 +237,9 @@ def snapshot(
             return None
         files.append(replace(f, abs=target, size=target.stat().st_size, live=False))
     for source in sources:
-        if source.in_place and (workdir / source.path).exists():
-            if read_step(workdir, source) != step.step:
-                return None
+        moved = source.in_place and read_step(workdir, source) != step.step
+        if moved and (workdir / source.path).exists():
+            return None
     return replace(step, files=tuple(files))
 
 
