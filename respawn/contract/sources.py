@@ -141,8 +141,6 @@ class CheckpointSource(BaseModel):
                 "step_from is only for a path without {step} (a file overwritten in place); "
                 "here the step is in the path"
             )
-        if self.marker is not None and ("/" in self.marker or self.marker in ("", ".", "..")):
-            raise ValueError("marker must be a file name, not a path (e.g. 'STABLE')")
         return self
 
     @property
