@@ -72,7 +72,8 @@ class Supervisor:
         self._proc: subprocess.Popen[bytes] | None = None
         self.tail = LogTail(pod_secrets(env, ctx.pod.secret_env))
         self.start_failures = StartFailures()
-        self._started = (0.0, None, 0)  # (monotonic, disk step, tail version) at the start
+        # (monotonic time, disk step, output version) when the trainer last started.
+        self._started: tuple[float, int | None, int] = (0.0, None, 0)
         self.steps = StepSync(ctx, resume_step, self._lock, self._stop, self._fenced, self._done)
 
     # -- heartbeat -----------------------------------------------------------------------

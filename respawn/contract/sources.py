@@ -170,4 +170,4 @@ class CheckpointSource(BaseModel):
         if len(parts) < depth:
             return False
         m = self.regex().match("/".join(parts[:depth]))
-        return bool(m) and (step is None or int(m.group("step")) == step)
+        return m is not None and (step is None or int(m.group("step")) == step)
