@@ -248,7 +248,7 @@ runs:
         (
             "{python} train.py --init_from resume",
             "{path: out/ckpt.pt, step_from: {json: out/ckpt.json, key: iter_num}}",
-            "runs[0].pod",
+            "runs[0].pod.command",
             "set resume: latest",
         ),
     ],

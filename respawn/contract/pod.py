@@ -118,16 +118,16 @@ class DispatchSpec(_Strict):
 class PodSpec(_Strict):
     image: str | None = Field(None, description="container image (cloud providers)")
     workdir: str = Field(".", description="directory the trainer runs in; sources are under it")
-    command: str = Field(description="training command; {resume_step} is the step to resume")
-    fresh_command: str | None = Field(
-        None, description="command when there is no checkpoint yet (default: command, step 0)"
-    )
     resume: Literal["step", "latest"] = Field(
         "step",
         description="'step': command names the step to resume with {resume_step}; 'latest': "
         "the trainer finds its own newest checkpoint in the restored files (nanoGPT's "
         "--init_from resume, Lightning's ckpt_path='last', HF's resume_from_checkpoint=True), "
         "so {resume_step} is optional",
+    )
+    command: str = Field(description="training command; {resume_step} is the step to resume")
+    fresh_command: str | None = Field(
+        None, description="command when there is no checkpoint yet (default: command, step 0)"
     )
     python: str | None = Field(
         None,
@@ -194,18 +194,16 @@ class PodSpec(_Strict):
                 f"unknown placeholder {{{sorted(unknown)[0]}}}; "
                 f"allowed: {', '.join('{' + n + '}' for n in sorted(COMMAND_FIELDS))}"
             )
-        return v
-
-    @model_validator(mode="after")
-    def _command_resumes(self) -> PodSpec:
-        names = {n for _, n, _, _ in string.Formatter().parse(self.command) if n is not None}
-        if self.resume == "step" and "resume_step" not in names:
+        # `resume` is declared before `command`, so it is validated first.
+        resumes_by_step = getattr(info, "data", {}).get("resume", "step") == "step"
+        is_command = getattr(info, "field_name", None) == "command"
+        if is_command and resumes_by_step and "resume_step" not in names:
             raise ValueError(
-                "command must contain {resume_step}, the step the trainer resumes from; for a "
+                "must contain {resume_step}, the step the trainer resumes from; for a "
                 "trainer that resumes from its own newest checkpoint (nanoGPT's --init_from "
                 "resume, Lightning's ckpt_path='last'), set resume: latest"
             )
-        return self
+        return v
 
     @field_validator("env")
     @classmethod
