@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from respawn.store.store import CheckpointStore
@@ -149,3 +150,58 @@ def test_a_trainer_that_trained_before_crashing_is_restarted(tmp_path: Path) -> 
     assert out.count("starting trainer") == 3, out
     hb = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r").read_heartbeat()
     assert hb is not None and not hb.will_repeat
+
+
+def test_the_controller_halts_after_one_launch_of_a_trainer_that_cannot_import(
+    tmp_path: Path,
+) -> None:
+    from respawn.controller.config import FleetConfig
+    from respawn.controller.ledger import read_ledger
+    from respawn.controller.reconcile import tick
+    from respawn.controller.stores import open_run_store
+    from respawn.provisioning.local import LocalProvider
+
+    script = tmp_path / "train.py"
+    script.write_text("import fake_torch_20\n")
+    fleet = FleetConfig.model_validate(
+        {
+            "fleet_id": "t",
+            "store": {"url": f"file://{tmp_path / 'store'}"},
+            "providers": {"local": {"state_dir": str(tmp_path / "local")}},
+            "runs": [
+                {
+                    "name": "job",
+                    "health": {"startup_grace": "1m", "dead_after": "5s", "listing_grace": "1s"},
+                    "pod": {
+                        "command": f"{{python}} {script} {{resume_step}}",
+                        "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "D"}]},
+                        "sync_interval": "0.2s",
+                        "heartbeat_interval": "0.2s",
+                    },
+                    "resources": {"gpu_count": 0, "max_price_per_hour": 1},
+                    "providers": ["local"],
+                    "budget": {"max_launches_per_day": 6, "max_spend_per_day": 1},
+                }
+            ],
+        }
+    )
+    store = open_run_store(fleet.store, "job")
+    provider = LocalProvider(tmp_path / "local", term_grace=2)
+    try:
+        reports = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            reports.append(tick(fleet)[0])
+            if reports[-1].plan.verdict.fatal or read_ledger(store).generation > 1:
+                break
+            time.sleep(0.3)
+        for _ in range(3):  # a few more ticks: nothing else is launched
+            reports.append(tick(fleet)[0])
+    finally:
+        for inst in provider.list_instances("job"):
+            provider.terminate(inst.id)
+    assert read_ledger(store).generation == 1  # one paid launch, not six
+    fatal = [r.plan.verdict for r in reports if r.plan.verdict.fatal]
+    assert fatal and "No module named 'fake_torch_20'" in fatal[0].reason, [
+        r.plan.verdict.reason for r in reports
+    ]
