@@ -71,6 +71,7 @@ class Supervisor:
         self._done = threading.Event()  # the main loop has returned
         self._proc: subprocess.Popen[bytes] | None = None
         self.tail = LogTail(pod_secrets(env, ctx.pod.secret_env))
+        self._pump: threading.Thread | None = None
         self.start_failures = StartFailures()
         # (monotonic time, disk step, output version) when the trainer last started.
         self._started: tuple[float, int | None, int] = (0.0, None, 0)
@@ -165,9 +166,10 @@ class Supervisor:
         )
         # The output passes through to the pod's own; its tail is kept for a failure's reason.
         out = getattr(sys.stdout, "buffer", None)
-        threading.Thread(
+        self._pump = threading.Thread(
             target=self.tail.pump, args=(self._proc.stdout, out), name="trainer-out", daemon=True
-        ).start()
+        )
+        self._pump.start()
         self.steps.step_seen_at = time.monotonic()
         self._started = (time.monotonic(), self.steps.disk_step, self.tail.version)
 
@@ -299,7 +301,9 @@ class Supervisor:
     def _fails_at_start(self, rc: int) -> str | None:
         """The reason, when the trainer just failed at start the same way as last time."""
         started, disk_step, version = self._started
-        time.sleep(0.1)  # the last of its output may still be in the pipe
+        # The last of its output may still be in the pipe (a child it left may hold it open).
+        if self._pump is not None:
+            self._pump.join(timeout=2)
         printed = self.tail.text() if self.tail.version > version else ""
         return self.start_failures.observe(
             rc, time.monotonic() - started, self.steps.disk_step != disk_step, printed
