@@ -117,6 +117,22 @@ def fencing_generation(obs: Observation) -> tuple[int, str]:
     return max(sources, key=lambda s: s[0])
 
 
+def unpublished_gap(run: RunConfig, obs: Observation, hb: Heartbeat) -> tuple[bool, str] | None:
+    """Why a pod's `finished` does not finish the run: (steps exist only on its disk, why).
+    Finished means the pointer names a verified step at or past both the trainer's newest
+    step and target_step."""
+    have = obs.pointer.step if obs.pointer is not None else None
+    last = max((s for s in (hb.step, hb.published_step) if s is not None), default=None)
+    if last is not None and (have is None or have < last):
+        return True, f"its step {last} is not in the store (newest published: {_step(have)})"
+    if run.target_step is not None and (have is None or have < run.target_step):
+        return (
+            False,
+            f"the store's newest step {_step(have)} is below target_step {run.target_step}",
+        )
+    return None
+
+
 def heartbeat_digest(hb: Heartbeat) -> str:
     return hashlib.sha256(hb.model_dump_json().encode()).hexdigest()[:16]
 
@@ -204,7 +220,50 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
     gen = ledger.generation
     hb = obs.heartbeat if obs.heartbeat and obs.heartbeat.generation == gen else None
     if hb is not None and hb.phase == "finished":
-        return verdict(Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}")
+        gap = unpublished_gap(run, obs, hb)
+        if gap is None:
+            return verdict(
+                Health.FINISHED, f"g{gen} trainer exited cleanly at step {_step(hb.step)}"
+            )
+        if not gap[0]:
+            # All published, below target_step. A trainer stopped by a signal (it saved and
+            # exited 0) goes on from its checkpoint on a new instance; one whose own target
+            # is below target_step stops at the same step again. So: relaunch once, and halt
+            # when a generation stops cleanly where the last one did — unless a person
+            # resumed the run after this was first seen (their call).
+            have = obs.pointer.step if obs.pointer is not None else None
+            again = ledger.early_exit_step is not None and ledger.early_exit_step == have
+            order = obs.halt
+            tried = order is not None and not order.halted and seen is not None
+            fatal = again and not (tried and order.at > seen.at)  # type: ignore[union-attr]
+            why = f"g{gen} trainer exited cleanly, but {gap[1]}"
+            if fatal:
+                why += (
+                    ": it stopped at this step twice, a new instance would stop the same way; "
+                    "raise the trainer's own target or lower target_step, then "
+                    f"`respawn resume --run {run.name}`"
+                )
+            else:
+                why += ": relaunching once (a trainer stopped by a signal goes on from there)"
+            return verdict(Health.DEAD, why).model_copy(
+                update={"fatal": fatal, "early_exit_step": have}
+            )
+        # Only the instance's disk holds those steps: it is kept while its pod may publish.
+        waited = now - seen.at if seen is not None else timedelta(0)
+        if current_instances(obs) and waited < run.health.finish_grace:
+            return verdict(
+                Health.HEALTHY,
+                f"g{gen} trainer exited, but {gap[1]}: keeping its instance up to "
+                f"{ago(run.health.finish_grace - waited)} more for its pod to publish",
+            )
+        why = "its instance is gone" if not current_instances(obs) else "finish_grace is over"
+        if target is not None and obs.pointer is not None and obs.pointer.step >= target:
+            # Past the target anyway: a new instance would only resume and exit again.
+            return verdict(
+                Health.FINISHED,
+                f"checkpoint step {obs.pointer.step} reached target {target}; {gap[1]} ({why})",
+            )
+        return verdict(Health.DEAD, f"g{gen} trainer exited, but {gap[1]}; {why}")
     if target is not None and obs.pointer is not None and obs.pointer.step >= target:
         # The trainer may still be saving, evaluating or pushing after its last checkpoint:
         # it gets finish_grace to exit by itself before its instance is terminated.
@@ -246,7 +305,14 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         launch = ledger.launch_of(gen)
         # A person's order given since the launch (`terminate` destroyed it) is no lag.
         ordered = obs.halt is not None and launch is not None and obs.halt.at >= launch.at
-        if not mine and launch is not None and launch.error is None and not ordered:
+        # Only before any listing showed it: once listed, its absence is news, not lag.
+        if (
+            launch is not None
+            and launch.listed_at is None
+            and launch.error is None
+            and not mine
+            and not ordered
+        ):
             # Listings lag behind a create (eventual consistency): an instance that was just
             # launched and is not listed at all is not yet missing.
             young, grace = now - launch.at, run.health.listing_grace
@@ -259,7 +325,7 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         beating = (
             hb is not None
             and seen is not None
-            and hb.phase in ("restoring", "training")
+            and hb.phase in ("restoring", "training", "publishing")
             and now - seen.at < 2 * run.pod.heartbeat_interval
         )
         if beating:
@@ -298,6 +364,10 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
             Health.DEAD, f"no heartbeat from g{gen} for {ago(silent)} (unchanged since then)"
         )
 
+    if hb.phase == "publishing":
+        # The trainer is done; the pod retries its last steps and gives up by itself after
+        # finish_grace (then `failed`): its instance, whose disk holds them, is kept.
+        return verdict(Health.HEALTHY, f"g{gen} {hb.message or 'publishing its last steps'}")
     if progress is None or progress.at <= launched_at:
         if since_launch < policy.startup_grace:
             what = (

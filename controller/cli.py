@@ -74,7 +74,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     from respawn.controller.reconcile import Mode, tick
     from respawn.controller.report import (
-        annotations,
+        annotation_lines,
         dumps,
         exit_code,
         to_text,
@@ -89,7 +89,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if fleet.notify.github_annotations and in_actions and not args.json:
         from respawn.controller.workflow_output import workflow_command
 
-        for line in annotations(reports, args.redact):
+        for line in annotation_lines(reports, args.redact):
             workflow_command(line)
     write_step_summary(reports, args.redact)
     _draw_timelines(reports, os.environ.get(ENV_PLOT_DIR))
@@ -149,12 +149,13 @@ def cmd_offers(args: argparse.Namespace) -> int:
     )
     from respawn.provisioning.base import Resources
 
+    global _redact
     if args.config is not None:
         if not args.run:
             raise UsageError("offers -c FLEET needs --run NAME (whose resources to match)")
         from respawn.controller.providers import open_providers
 
-        fleet = _load(args)
+        fleet = _load(args)  # sets _redact from the secrets the fleet names
         run = fleet.run(args.run)
         res, names = run.resources, list(run.providers)
         providers = open_providers(fleet, set(names))
@@ -171,7 +172,6 @@ def cmd_offers(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(f"offers: {e}") from None
         names = list(args.provider or MARKET_PROVIDERS)
-        global _redact
         from respawn.controller.redact import Redactor
 
         # No config names the secrets: mask the clouds' usual key variables.

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -35,7 +36,10 @@ from respawn.contract.pod import PodSpec
 from respawn.provisioning.base import Resources
 from respawn.provisioning.registry import REGISTRY
 
-ProviderName = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    ProviderName = str
+else:  # the registered clouds, whatever they are: adding one touches no config code
+    ProviderName = Literal[tuple(REGISTRY)]
 _RUN_NAME = r"^[a-z0-9][a-z0-9-]{0,47}$"
 
 
@@ -209,6 +213,21 @@ class RunConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _pod_learns_finish_grace(self) -> RunConfig:
+        """The pod retries its final publish for as long as the controller waits for it: one
+        setting, `health.finish_grace`, travels to the pod in its spec."""
+        grace = self.health.finish_grace
+        if "finish_grace" in self.pod.model_fields_set and self.pod.finish_grace != grace:
+            raise ValueError(
+                f"pod.finish_grace ({format_duration(self.pod.finish_grace)}) differs from "
+                f"health.finish_grace ({format_duration(grace)}): set health.finish_grace only"
+            )
+        if self.pod.finish_grace != grace:
+            # Frozen model: the spec is completed here, once, before anything reads it.
+            object.__setattr__(self, "pod", self.pod.model_copy(update={"finish_grace": grace}))
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_fits(self) -> RunConfig:
         if self.health.dead_after <= self.pod.heartbeat_interval:
             raise ValueError(
@@ -238,7 +257,17 @@ def _provider_settings_model() -> type[BaseModel]:
     return create_model("ProviderSettings", __base__=_Strict, **fields)
 
 
-ProviderSettings = _provider_settings_model()
+if TYPE_CHECKING:
+
+    class ProviderSettings(BaseModel):
+        """What a type checker sees of the model built from the registry at import time."""
+
+        ssh_private_key_env: str | None = None
+
+        def __getattr__(self, cloud: str) -> Any: ...  # one settings block per cloud
+
+else:
+    ProviderSettings = _provider_settings_model()
 
 
 class FleetConfig(_Strict):
@@ -249,13 +278,13 @@ class FleetConfig(_Strict):
         "from store.url); instances with another fleet id are never touched",
     )
     store: StoreSettings
-    providers: ProviderSettings = ProviderSettings()  # type: ignore[valid-type]
+    providers: ProviderSettings = ProviderSettings()
     runs: tuple[RunConfig, ...] = Field(min_length=1)
     notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
     def _checks(self) -> FleetConfig:
-        for cloud in type(self.providers).model_fields:  # type: ignore[attr-defined]
+        for cloud in type(self.providers).model_fields:
             block = getattr(self.providers, cloud)
             for field in ("server_url", "api_url"):
                 url = getattr(block, field, None)
@@ -280,7 +309,7 @@ class FleetConfig(_Strict):
                     f"run {r.name!r} sets health.degenerate: it reads W&B, so set wandb "
                     "(entity, project)"
                 )
-            if "local" in r.providers and self.providers.local is None:  # type: ignore[attr-defined]
+            if "local" in r.providers and self.providers.local is None:
                 raise ValueError(
                     f"run {r.name!r} uses provider 'local': set providers.local.state_dir"
                 )
@@ -308,10 +337,10 @@ class FleetConfig(_Strict):
             out[store.pod_key_env] = "the pod's store key (store.pod_key_env)"
         if store.ledger_secret_env:
             out[store.ledger_secret_env] = "the ledger secret (store.ledger_secret_env)"
-        ssh = self.providers.ssh_private_key_env  # type: ignore[attr-defined]
+        ssh = self.providers.ssh_private_key_env
         if ssh:
             out[ssh] = "the SSH key (providers.ssh_private_key_env)"
-        for cloud in type(self.providers).model_fields:  # type: ignore[attr-defined]
+        for cloud in type(self.providers).model_fields:
             block = getattr(self.providers, cloud)
             for field in getattr(type(block), "model_fields", {}):
                 if field.endswith("key_env") and getattr(block, field):
@@ -367,7 +396,7 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field (check the spelling; `respawn schema` lists every field)"
     if err["type"] == "missing":
@@ -388,7 +417,7 @@ class _UniqueKeyLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(

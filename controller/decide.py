@@ -309,6 +309,8 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         ]
     if verdict.health is not Health.UNKNOWN:
         ledger = _track_generation(ledger, obs, verdict, actions, now)
+    if verdict.early_exit_step is not None:
+        ledger = ledger.model_copy(update={"early_exit_step": verdict.early_exit_step})
     if not verdict.ledger_trusted:
         # Never overwrite a ledger that could not be read or lost its memory: the plan
         # carries it unchanged and act does not write it (nor can it remember a notification).
@@ -354,6 +356,8 @@ def _track_generation(
     if launch is None or launch.ended_at is not None:
         return ledger
     update: dict[str, object] = {}
+    if launch.listed_at is None and current_instances(obs):
+        update["listed_at"] = now
     step = verdict.step
     if step is not None and (launch.last_step is None or step > launch.last_step):
         update |= {"last_step": step, "last_progress_at": now}
@@ -415,10 +419,10 @@ def _notify(
     if halt is not None:
         told = Notify(level="error", message=f"{run.name} halted: {halt.reason}")
         return told, ledger.model_copy(update={"notified": Health.HALTED})
-    told = notification(run.name, verdict, obs.ledger)
-    if told is None:
+    change = notification(run.name, verdict, obs.ledger)
+    if change is None:
         return None, ledger
-    return told, ledger.model_copy(update={"notified": verdict.health})
+    return change, ledger.model_copy(update={"notified": verdict.health})
 
 
 def _with_event(ledger: Ledger, verdict: Verdict, actions: list[Action], now: datetime) -> Ledger:

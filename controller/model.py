@@ -62,6 +62,9 @@ class LaunchRecord(_Frozen):
     )
     last_step: Step | None = Field(None, description="the newest step seen while it was current")
     last_progress_at: AwareDatetime | None = None
+    listed_at: AwareDatetime | None = Field(
+        None, description="when a listing first showed its instance (a later absence is no lag)"
+    )
 
 
 class RestartRecord(_Frozen):
@@ -123,6 +126,9 @@ class Ledger(_Frozen):
     # Consecutive ticks on which the listing and the heartbeat disagreed about liveness.
     doubts: Version = 0
     halted: Text | None = None  # by a breaker (crash loop, budget)
+    # The published step at which a trainer last exited cleanly below target_step: a second
+    # clean exit there halts the run (it would stop the same way on any instance).
+    early_exit_step: Step | None = None
     halted_at: AwareDatetime | None = None
     finished_at: AwareDatetime | None = None
     # The target_step the run finished under: raising it above this extends the run.
@@ -245,6 +251,9 @@ class Verdict(_Frozen):
     degenerate_since: int | None = Field(None, description="first W&B step of the bad streak")
     wandb_step: int | None = None
     fatal: bool = Field(False, description="dead, and a new instance would fail the same way")
+    early_exit_step: int | None = Field(
+        None, description="the trainer exited cleanly below target_step, at this published step"
+    )
 
 
 # -- plan ----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def notification(run: str, verdict: Verdict, ledger: Ledger) -> Notify | None:
         message = f"{run} recovered: {verdict.reason}"
     else:
         message = f"{run} is {health.value}: {verdict.reason}"
-    return Notify(level=LEVEL[health], message=message)  # type: ignore[arg-type]
+    return Notify(level=LEVEL[health], message=message)
 
 
 class WebhookError(Exception):

@@ -49,7 +49,7 @@ def env_needs(fleet: FleetConfig) -> list[EnvNeed]:
             if key is not None:
                 kind: Kind = "required" if i == 0 else "fallback"
                 needs.append(EnvNeed(key, f"run {run.name}: provider {provider}", kind))
-    ssh = fleet.providers.ssh_private_key_env  # type: ignore[attr-defined]
+    ssh = fleet.providers.ssh_private_key_env
     if ssh:
         needs.append(EnvNeed(ssh, "SSH key (restart-in-place, diagnose)", "optional"))
     if fleet.notify.webhook_url_env:

@@ -40,7 +40,7 @@ def secret_env_names(fleet: FleetConfig) -> list[str]:
     names = [store.key_id_env, store.key_env, store.pod_key_id_env, store.pod_key_env]
     names.append(store.ledger_secret_env)
     providers = fleet.providers
-    names.append(providers.ssh_private_key_env)  # type: ignore[attr-defined]
+    names.append(providers.ssh_private_key_env)
     for cloud in type(providers).model_fields:
         block = getattr(providers, cloud)
         fields = getattr(type(block), "model_fields", {})

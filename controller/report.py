@@ -150,7 +150,7 @@ def exit_code(reports: list[RunReport]) -> int:
     return 1 if bad else 0
 
 
-def annotations(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> list[str]:
+def annotation_lines(reports: list[RunReport], redact: Redactor = NO_REDACTION) -> list[str]:
     """GitHub annotations for the notifications this tick sent (once per change of state)."""
     return [
         annotation(r.notified.action, redact)

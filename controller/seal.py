@@ -26,6 +26,7 @@ remains (docs/keys.md): a pod that puts back a document *and* its counter togeth
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -227,13 +228,13 @@ class SealedBackend:
     def download(self, key: str, dst: Path, progress: Progress | None = None) -> Any:
         return self.inner.download(key, dst, progress)
 
-    def copy(self, src_key: str, dst_key: str) -> None:
-        self.inner.copy(src_key, dst_key)
+    def copy(self, src_key: str, dst_key: str, sha1: str, size: int) -> bool:
+        return self.inner.copy(src_key, dst_key, sha1, size)
 
     def list(self, prefix: str) -> Any:
         return self.inner.list(prefix)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         self.inner.delete(keys)
 
 

@@ -16,7 +16,7 @@ def open_fleet_backend(settings: StoreSettings, create: bool = True) -> Backend:
     """The store as the controller sees it: its ledgers signed when a secret is configured.
     `create=False`: a missing file store raises StoreMissingError instead of being made."""
     backend = open_backend(settings.url, settings.credential_envs, create=create)
-    return sealed(backend, settings.ledger_secret_env)  # type: ignore[no-any-return]
+    return sealed(backend, settings.ledger_secret_env)
 
 
 def unmade_file_store(settings: StoreSettings) -> Backend:
@@ -25,7 +25,7 @@ def unmade_file_store(settings: StoreSettings) -> Backend:
     from respawn.store.file_backend import FileBackend
 
     path = Path(unquote(urlparse(settings.url).path))
-    return sealed(FileBackend(path), settings.ledger_secret_env)  # type: ignore[no-any-return]
+    return sealed(FileBackend(path), settings.ledger_secret_env)
 
 
 def open_run_store(settings: StoreSettings, run: str) -> CheckpointStore:

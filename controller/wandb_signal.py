@@ -76,7 +76,7 @@ def _default_api(ref: WandbRef, key: str, timeout: float) -> Any:
     import wandb  # heavy: only when a run has W&B configured
 
     overrides = {"base_url": ref.base_url or CLOUD_API, "entity": ref.entity}
-    return wandb.Api(api_key=key, overrides=overrides, timeout=timeout)
+    return wandb.Api(api_key=key, overrides=overrides, timeout=math.ceil(timeout))
 
 
 class WandbReader:

@@ -129,7 +129,7 @@ class CommandGuard:
 def guarded_output() -> Iterator[None]:
     """stdout and stderr guarded for as long as a command runs."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = CommandGuard(saved[0]), CommandGuard(saved[1])  # type: ignore[assignment]
+    sys.stdout, sys.stderr = CommandGuard(saved[0]), CommandGuard(saved[1])
     try:
         yield
     finally:

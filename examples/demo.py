@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -53,13 +54,19 @@ class Timeline:
         print(f"{t:6.2f}s  {event:<24} {s:>5} {g:>4}  {detail}", flush=True)
 
 
-def demo_config(base: Path) -> FleetConfig:
+def demo_doc(base: Path) -> dict[str, Any]:
+    """examples/local.yaml with its store and instances moved under `base` (the demo's fleet,
+    and the one bench/soak.py copies for each of its runs)."""
     text = resources.files("respawn.examples").joinpath("local.yaml").read_text()
-    doc = yaml.safe_load(text)
+    doc: dict[str, Any] = yaml.safe_load(text)
     doc["store"]["url"] = f"file://{base / 'store'}"
     doc["providers"]["local"]["state_dir"] = str(base / "instances")
     doc["providers"]["local"]["keep_disks"] = True  # the demo compares the trainers' metrics
-    return FleetConfig.model_validate(doc)
+    return doc
+
+
+def demo_config(base: Path) -> FleetConfig:
+    return FleetConfig.model_validate(demo_doc(base))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:

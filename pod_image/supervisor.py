@@ -12,7 +12,11 @@
   after it exits goes to publishing its newest complete step. SIGUSR1 (sent through the
   pidfile): restart the trainer in place.
 - A crashed trainer is restarted from the newest published step, up to `max_trainer_restarts`;
-  a hung one (no new step directory for `hang_after`) is restarted too.
+  a hung one (no new step directory for `hang_after`) is restarted too. The step it resumes
+  from stays on disk until it has published a step of its own (it may still be loading it).
+- A trainer that exits 0 is `finished` only once its last complete step is published: a
+  failing store is retried until `finish_grace`, then the pod reports `failed` with the steps
+  that exist only on its disk.
 """
 
 from __future__ import annotations
@@ -144,22 +148,24 @@ class Supervisor:
     # -- trainer -------------------------------------------------------------------------
 
     def _start_trainer(self) -> None:
+        # Read once, pinned at once: a publish landing meanwhile must not clean what it loads.
+        resume = self.steps.pin_resume()
         command = render_command(
             self.ctx.pod,
             self.ctx.run,
             self.ctx.generation,
             self.ctx.workdir,
-            self.steps.published,
+            resume,
             trainer_python(self.ctx.pod, self.env),
         )
-        log.info("starting trainer (resume step %s): %s", self.steps.published, command)
+        log.info("starting trainer (resume step %s): %s", resume, command)
         with self._lock:
             self.gpu_watch.reset()
             self._gpu_trip = None
         self._proc = subprocess.Popen(
             shlex.split(command),
             cwd=self.ctx.workdir,
-            env={**self.env, ENV_RESUME_STEP: str(self.steps.published or 0)},
+            env={**self.env, ENV_RESUME_STEP: str(resume or 0)},
             process_group=0,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -199,7 +205,7 @@ class Supervisor:
         self.will_repeat = will_repeat
         self._set_phase("failed", why)
         self.beat()
-        log.error("%s; restart budget spent, giving up", why)
+        log.error("%s; giving up", why)
         if self.requester is not None:
             self.requester.request(f"trainer failed: {why}")
         return 1
@@ -279,10 +285,7 @@ class Supervisor:
                 if not self.steps.sync_and_wait(writer_done=rc == 0):
                     continue
                 if rc == 0:
-                    self._set_phase("finished")
-                    self.beat()
-                    log.info("trainer finished; last published step %s", self.steps.published)
-                    return 0
+                    return self._finish(pod)
                 repeats = self._fails_at_start(rc)
                 if repeats is not None:
                     return self._give_up(repeats, will_repeat=True)
@@ -308,6 +311,50 @@ class Supervisor:
         return self.start_failures.observe(
             rc, time.monotonic() - started, self.steps.disk_step != disk_step, printed
         )
+
+    def _finish(self, pod: PodSpec) -> int:
+        """The trainer exited cleanly: `finished` only once its last complete step is in the
+        store. A store that fails is retried with backoff until `finish_grace`, said in the
+        heartbeat; then `failed`, naming the steps only this disk holds."""
+        grace = pod.finish_grace.total_seconds()
+        deadline = time.monotonic() + grace
+        until = utcnow() + pod.finish_grace
+        pause = 1.0
+        while True:
+            left = self.steps.unpublished()
+            if not left:
+                with self._lock:
+                    # A directory the trainer left incomplete is not a step it reached.
+                    self.steps.disk_step = self.steps.published
+                self._set_phase("finished")
+                self.beat()
+                log.info("trainer finished; last published step %s", self.steps.published)
+                return 0
+            if self._fenced.is_set():
+                log.warning("fenced while publishing step %d: exited without writing", left[-1])
+                return 0
+            if self._stop.is_set():
+                return self._on_sigterm(pod.term_grace.total_seconds())
+            steps = ", ".join(map(str, left[-5:])) + (
+                f" (+{len(left) - 5} older)" if left[5:] else ""
+            )
+            why = (self.steps.last_error or "not published yet")[:200]
+            if time.monotonic() >= deadline:
+                return self._give_up(
+                    f"the trainer finished but step(s) {steps} could not be published within "
+                    f"finish_grace ({grace:.0f}s): {why}; they exist only on this instance's disk"
+                )
+            self._set_phase(
+                "publishing",
+                f"publishing step {left[-1]}: store failing ({why}), "
+                f"retrying until {until:%Y-%m-%dT%H:%M:%SZ}",
+            )
+            log.warning("%s", self.message)
+            self.beat()
+            if self._stop.wait(min(pause, max(0.0, deadline - time.monotonic()))):
+                continue
+            pause = min(pause * 2, 30.0)
+            self.steps.sync_and_wait(writer_done=True, deadline=deadline)
 
     def _on_sigterm(self, grace: float) -> int:
         """The trainer is signalled at once; its final checkpoint is published with whatever

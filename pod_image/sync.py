@@ -44,6 +44,35 @@ class StepSync:
         self._synced = 0
         self._writer_done = False
         self._publishes_since_gc = 0
+        self.last_error: str | None = None  # why the last publish failed; None once one works
+        # The step a (re)started trainer loads, and the steps on disk when it started: the
+        # pinned step stays on disk until this trainer's own newer step is published.
+        self._pinned: int | None = None
+        self._pinned_leftovers: frozenset[int] | None = frozenset()
+
+    def pin_resume(self) -> int | None:
+        """The step a (re)starting trainer resumes from, pinned: it is never cleaned while
+        that trainer may still be loading it. Read and pinned at once, so a publish landing
+        in between cannot clean it first. Steps a crashed trainer left newer than it do not
+        count as the new trainer's progress (it rewrites them under the same numbers)."""
+        try:
+            leftovers: frozenset[int] | None = frozenset(
+                step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+            )
+        except OSError as e:
+            log.warning("cannot list the checkpoint directories (%s): keeping the resume step", e)
+            leftovers = None  # unknown: pinned for this trainer's whole life
+        with self._lock:
+            self._pinned, self._pinned_leftovers = self.published, leftovers
+            return self.published
+
+    def unpublished(self) -> list[int]:
+        """Complete steps on disk newer than the newest published one, oldest first (the
+        trainer has exited: no quiet period needed)."""
+        done = complete_steps(self.ctx.workdir, self.ctx.pod.checkpoints.sources, float("inf"))
+        with self._lock:
+            published = self.published
+        return [s.step for s in done if published is None or s.step > published]
 
     def wake(self) -> None:
         with self._cond:
@@ -73,8 +102,8 @@ class StepSync:
             ticket = self._asked
             self._cond.notify_all()
             while self._synced < ticket:
-                if deadline is None and self.stop.is_set():
-                    return False
+                if (deadline is None and self.stop.is_set()) or self.fenced.is_set():
+                    return False  # a fenced pod's sync thread has stopped: no round will come
                 left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
                 if left <= 0:
                     return False
@@ -122,10 +151,13 @@ class StepSync:
             return
         except BackwardsError as e:
             log.warning("not publishing: %s", e)
+            self.last_error = str(e)
             return
         except StoreError as e:
             log.warning("publishing step %d failed, will retry: %s", step.step, e)
+            self.last_error = str(e)
             return
+        self.last_error = None
         bar.finish()
         shutil.rmtree(workdir / SNAPSHOT_DIR, ignore_errors=True)
         log.info(
@@ -136,6 +168,9 @@ class StepSync:
         )
         with self._lock:
             self.published = step.step
+            leftovers = self._pinned_leftovers
+            if self._pinned is not None and leftovers is not None and step.step not in leftovers:
+                self._pinned = None  # the new trainer wrote a step of its own: it has loaded
         self.clean_disk()
         if not getattr(self.ctx.store.backend, "can_delete", True):
             return  # a pod key without delete: the controller applies retention
@@ -152,12 +187,17 @@ class StepSync:
             log.warning("retention failed (will retry): %s", e)
 
     def clean_disk(self) -> None:
-        """Keep the newest `keep_local` published steps; never touch anything newer."""
-        if self.published is None:
+        """Keep the newest `keep_local` published steps and the step a starting trainer
+        loads (`pin`); never touch anything newer than the newest published step."""
+        with self._lock:
+            published, pinned = self.published, self._pinned
+        if published is None:
             return
         on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources, deletable=True)
-        older = sorted((s for s in on_disk if s <= self.published), reverse=True)
+        older = sorted((s for s in on_disk if s <= published), reverse=True)
         for s in older[self.ctx.pod.checkpoints.keep_local :]:
+            if s == pinned:
+                continue
             for d in on_disk[s]:
                 if d.is_dir():
                     shutil.rmtree(d, ignore_errors=True)

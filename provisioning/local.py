@@ -99,7 +99,7 @@ class LocalProvider(WithTrainerControl, Provider):
             return None
 
     def _alive(self, rec: dict[str, object]) -> list[int]:
-        sid = int(rec["sid"])  # type: ignore[arg-type]
+        sid = int(str(rec["sid"]))
         members = _session_processes(sid)
         # The session leader may be gone while its children live on; but if the leader's PID
         # now belongs to a different process (reuse), this session is long over.
@@ -184,7 +184,7 @@ class LocalProvider(WithTrainerControl, Provider):
             id=str(rec["id"]),
             name=str(rec["name"]),
             run=str(rec["run"]),
-            generation=int(rec["generation"]),  # type: ignore[arg-type]
+            generation=int(str(rec["generation"])),
             state=state,
             created_at=datetime.fromisoformat(str(rec["created_at"])),
             price_per_hour=0.0,
@@ -260,7 +260,7 @@ class LocalProvider(WithTrainerControl, Provider):
         rec = self.record(instance_id)
         if rec is None or not self._alive(rec):
             raise ProviderError(f"local: instance {instance_id} is not running")
-        os.kill(int(rec["sid"]), signal.SIGUSR1)  # type: ignore[arg-type]
+        os.kill(int(str(rec["sid"])), signal.SIGUSR1)
 
 
 class LocalSettings(BaseModel):

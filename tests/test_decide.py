@@ -199,7 +199,7 @@ CASES = [
     ),
     (
         "finished: trainer exited",
-        obs(heartbeat=hb(1, phase="finished")),
+        obs(pointer=pointer(1000), heartbeat=hb(1, phase="finished", step=1000)),
         Health.FINISHED,
         "exited cleanly",
     ),

@@ -10,7 +10,7 @@ from respawn.controller.ledger import read_ledger, write_ledger
 from respawn.controller.model import Health, Ledger, Provision
 from respawn.controller.stores import open_run_store
 from tests.conftest import ROOT, run_cli
-from tests.test_decide import NOW, RUN, hb, inst, ledger, obs, pointer
+from tests.test_decide import NOW, RUN, M, hb, inst, ledger, obs, pointer
 
 
 def test_raising_target_step_extends_a_finished_run() -> None:
@@ -34,13 +34,46 @@ def test_raising_target_step_extends_a_finished_run() -> None:
 
 
 def test_trainer_that_stops_short_of_target_does_not_loop() -> None:
-    """Finished by the trainer's own clean exit below target_step: not an 'extension'."""
+    """A clean exit below target_step is not finished (issue 18 item 3: finished means the
+    pointer reached target_step). It is relaunched once — a trainer stopped by a signal
+    goes on from its checkpoint — and a second clean exit at the same step halts the run
+    naming the remedy, never a relaunch loop."""
     exited = obs(pointer=pointer(900), heartbeat=hb(1, step=900, phase="finished"))
-    done = decide(RUN, exited, NOW)
-    assert done.verdict.health == Health.FINISHED
-    later = decide(RUN, obs(ledger=done.ledger, pointer=pointer(900), instances=()), NOW)
-    assert later.verdict.health == Health.FINISHED
+    first = decide(RUN, exited, NOW)
+    assert first.verdict.health == Health.DEAD and not first.verdict.fatal
+    assert "relaunching once" in first.verdict.reason
+    assert any(isinstance(a, Provision) for a in first.actions)
+    gen = first.ledger.generation
+    again = obs(
+        ledger=first.ledger,
+        pointer=pointer(900, gen=gen),
+        heartbeat=hb(gen, step=900, phase="finished"),
+        instances=(inst(gen),),
+    )
+    done = decide(RUN, again, NOW + 10 * M)
+    assert done.verdict.health == Health.DEAD and done.verdict.fatal
+    assert (
+        "below target_step 1000" in done.verdict.reason and "respawn resume" in done.verdict.reason
+    )
+    assert [a.kind for a in done.actions] == ["terminate", "halt", "alert"]
+    later = decide(RUN, obs(ledger=done.ledger, pointer=pointer(900, gen=gen), instances=()), NOW)
+    assert later.verdict.health == Health.HALTED
     assert not any(isinstance(a, Provision) for a in later.actions)
+
+
+def test_a_clean_exit_past_the_last_one_is_relaunched_again() -> None:
+    """Progress between two clean exits (a trainer signalled twice) is no config mismatch."""
+    exited = obs(pointer=pointer(900), heartbeat=hb(1, step=900, phase="finished"))
+    first = decide(RUN, exited, NOW)
+    gen = first.ledger.generation
+    further = obs(
+        ledger=first.ledger,
+        pointer=pointer(950, gen=gen),
+        heartbeat=hb(gen, step=950, phase="finished"),
+        instances=(inst(gen),),
+    )
+    second = decide(RUN, further, NOW + 10 * M)
+    assert not second.verdict.fatal and any(isinstance(a, Provision) for a in second.actions)
 
 
 def test_finished_ledger_without_recorded_target_extends_when_above_checkpoint() -> None:

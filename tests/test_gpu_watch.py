@@ -57,17 +57,33 @@ def test_all_gpus_idle_for_idle_after_trips() -> None:
     assert GpuWatch(idle_after=None).check(idle, 10**6) is None  # idle rule off
 
 
+class FakeSmi:
+    """`nvidia-smi` first on PATH: it prints the fixture last `show`n and counts its calls."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.current = tmp / "current.csv"
+        self.calls = tmp / "smi-calls"
+
+    def show(self, fixture: str) -> None:
+        # Atomically: a read racing a rewrite must see one fixture or the other, never half.
+        tmp = self.current.with_suffix(".tmp")
+        tmp.write_text((FIXTURES / fixture).read_text())
+        tmp.replace(self.current)
+
+    def called(self) -> int:
+        return len(self.calls.read_text()) if self.calls.exists() else 0
+
+
 @pytest.fixture
-def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """`nvidia-smi` first on PATH; it prints whatever CSV the test puts in `current.csv`."""
+def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSmi:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    current = tmp_path / "current.csv"
+    fake = FakeSmi(tmp_path)
     smi = bin_dir / "nvidia-smi"
-    smi.write_text(f'#!/bin/sh\nexec cat "{current}"\n')
+    smi.write_text(f'#!/bin/sh\nprintf x >> "{fake.calls}"\nexec cat "{fake.current}"\n')
     smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    return current
+    return fake
 
 
 @pytest.fixture
@@ -76,9 +92,9 @@ def store(tmp_path: Path) -> CheckpointStore:
 
 
 def test_pod_restarts_the_trainer_when_a_gpu_empties(
-    tmp_path: Path, store: CheckpointStore, fake_smi: Path
+    tmp_path: Path, store: CheckpointStore, fake_smi: FakeSmi
 ) -> None:
-    fake_smi.write_text((FIXTURES / "nvidia-smi-h100x2-busy.csv").read_text())
+    fake_smi.show("nvidia-smi-h100x2-busy.csv")
     # Each trainer start leaves a line in `starts` (the pod's workdir is tmp_path/pod).
     command = "sh -c 'echo start >> starts; exec " + TOY % (400, "0.05") + "'"
     spec = pod_spec(command, watch_gpus=True, gpu_poll_interval="0.1s")
@@ -87,7 +103,11 @@ def test_pod_restarts_the_trainer_when_a_gpu_empties(
     try:
         wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 5)
         assert starts.read_text().count("start") == 1  # busy GPUs: nothing tripped
-        fake_smi.write_text((FIXTURES / "nvidia-smi-h100x2-gpu0-died.csv").read_text())
+        # The watchdog polls one call at a time: once a second call starts after the trainer
+        # is running, a busy sample read while it ran has been checked (GPU 0 "held memory").
+        seen = fake_smi.called()
+        wait_for(lambda: fake_smi.called() >= seen + 2)
+        fake_smi.show("nvidia-smi-h100x2-gpu0-died.csv")
         wait_for(lambda: starts.read_text().count("start") >= 2)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -97,9 +117,9 @@ def test_pod_restarts_the_trainer_when_a_gpu_empties(
 
 
 def test_pod_restarts_the_trainer_when_all_gpus_idle(
-    tmp_path: Path, store: CheckpointStore, fake_smi: Path
+    tmp_path: Path, store: CheckpointStore, fake_smi: FakeSmi
 ) -> None:
-    fake_smi.write_text((FIXTURES / "nvidia-smi-h100x2-idle.csv").read_text())
+    fake_smi.show("nvidia-smi-h100x2-idle.csv")
     spec = pod_spec(
         TOY % (400, "0.05"),
         watch_gpus=True,

@@ -55,6 +55,19 @@ def test_an_instance_the_listing_shows_gone_gets_no_grace() -> None:
     assert classify(RUN, o, NOW).health == Health.DEAD
 
 
+def test_an_instance_once_listed_then_gone_is_dead_at_once() -> None:
+    """The grace is for a listing that has not caught up with a create. An instance a tick
+    already saw listed and that is gone now was reclaimed: waiting out the grace only delays
+    the replacement (found by the fault soak: every kill in the first two minutes waited)."""
+    seen = decide(RUN, obs(ledger=_just_launched(20 * S), instances=(inst(2, age=20 * S),)), NOW)
+    assert seen.ledger.launch_of(2).listed_at == NOW  # type: ignore[union-attr]
+    later = NOW + 10 * S
+    gone = obs(ledger=seen.ledger, instances=(), heartbeat=None)
+    plan = decide(RUN, gone, later)
+    assert plan.verdict.health == Health.DEAD, plan.verdict.reason
+    assert any(a.kind == "provision" for a in plan.actions)
+
+
 def test_a_launch_that_failed_gets_no_grace() -> None:
     o = obs(
         ledger=_just_launched(3 * S, instance_id=None, error="no capacity"),

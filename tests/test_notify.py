@@ -13,7 +13,7 @@ from respawn.controller.decide import decide
 from respawn.controller.ledger import read_ledger
 from respawn.controller.model import Health, Notify, Observation, RunReport
 from respawn.controller.notify import annotation
-from respawn.controller.report import annotations, exit_code, to_markdown
+from respawn.controller.report import annotation_lines, exit_code, to_markdown
 from respawn.store.file_backend import FileBackend
 from respawn.store.store import CheckpointStore
 from tests.fakes.webhook import FakeWebhook
@@ -113,7 +113,7 @@ def test_the_webhook_gets_slack_and_discord_json_once_and_never_the_url(
     assert msg["text"] == msg["content"] and "r is halted: budget cap" in msg["text"]
     assert "secret-token" not in sent.detail
     report = RunReport(run="r", observation=o, plan=plan, results=(), notified=sent)
-    assert annotations([report]) == ["::error title=respawn::r is halted: budget cap"]
+    assert annotation_lines([report]) == ["::error title=respawn::r is halted: budget cap"]
     # The ledger remembers: the next tick sends nothing.
     again = decide(RUN, o.model_copy(update={"ledger": read_ledger(store)}), NOW + M)
     assert again.notify is None

@@ -179,6 +179,62 @@ def test_crashed_trainer_is_restarted_from_published_step(
     assert steps == [*range(1, 6), *range(6, 13)]
 
 
+SLOW_LOADER = """
+import json, os, sys, time
+from pathlib import Path
+from respawn.examples import toy_trainer
+resume, latest = int(sys.argv[1]), Path(sys.argv[2])
+def published(step):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(latest.read_text())["step"] >= step:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    sys.exit(f"step {step} was never published")
+args = ["--ckpt-every", "5", "--seed", "3"]
+if not os.path.exists("crashed-once"):
+    open("crashed-once", "w").close()
+    toy_trainer.main([*args, "--resume-step", "0", "--target-step", "5"])
+    published(5)
+    toy_trainer.main([*args, "--resume-step", "5", "--target-step", "10"])
+    sys.exit(3)  # crashes right after saving step 10, long before it has been quiet for 2s
+# Restarted from step 5 while step 10 is still settling: step 10 is published while this
+# trainer is still loading step 5 (a large checkpoint takes a while to read).
+published(10)
+time.sleep(1.0)
+sys.exit(toy_trainer.main([*args, "--resume-step", str(resume), "--target-step", "12"]))
+"""
+
+
+def test_restart_never_cleans_the_step_the_new_trainer_loads(
+    tmp_path: Path, store: CheckpointStore
+) -> None:
+    """Issue 18 item 7: the step a restarted trainer resumes from stays on disk while a newer
+    step (left by the crashed trainer) is published and the disk is cleaned."""
+    script = tmp_path / "slow_loader.py"
+    script.write_text(SLOW_LOADER)
+    latest = tmp_path / "store" / "r" / "latest.json"
+    sources = [{**SOURCES[0], "quiet_for": "2s"}, SOURCES[1]]
+    spec = pod_spec(
+        f"{{python}} {script} {{resume_step}} {latest}",
+        max_trainer_restarts=2,
+        checkpoints={"sources": sources, "keep_last": 2, "pod_retention_every": 1},
+    )
+    proc = start_pod(tmp_path, spec, generation=1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "trainer exited 3; restart 1 from step 5" in out, out
+    assert "restart 2" not in out, out  # the restarted trainer loaded step 5 and went on
+    assert store.read_pointer().step == 12  # type: ignore[union-attr]
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "pod/metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [*range(1, 11), *range(6, 13)]
+
+
 def test_crash_loop_on_the_pod_gives_up(tmp_path: Path, store: CheckpointStore) -> None:
     spec = pod_spec("{python} -c 'import sys; sys.exit(5)' {resume_step}", max_trainer_restarts=1)
     proc = start_pod(tmp_path, spec, generation=1)

@@ -134,3 +134,14 @@ def test_a_bucket_listing_that_keeps_failing_is_an_error_not_an_empty_run(
     store.read_deadline_s = 0.3
     with pytest.raises(StoreUnavailableError):
         store.pull(tmp_path / "restored", quiet=True, repair_as=(2, "g2"))
+
+
+def test_a_write_where_the_store_cannot_make_its_file_is_a_store_error(tmp_path: Path) -> None:
+    """Found by the fault soak: a write that failed raised the OSError of its own clean-up (or
+    of making its directory), not a StoreError, and that escaped a tick."""
+    from respawn.store.backend import StoreError
+
+    backend = FileBackend.from_url(f"file://{tmp_path / 'store'}")
+    (tmp_path / "store" / "r").write_text("a file where the run's directory belongs")
+    with pytest.raises(StoreError, match=r"cannot write r/tick\.json"):
+        backend.write_bytes("r/tick.json", b"{}")

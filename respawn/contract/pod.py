@@ -150,6 +150,11 @@ class PodSpec(_Strict):
     term_grace: Duration = Field(
         timedelta(seconds=25), description="how long the trainer gets to checkpoint on SIGTERM"
     )
+    finish_grace: Duration = Field(
+        timedelta(minutes=10),
+        description="after the trainer exits 0, how long the pod retries publishing its last "
+        "steps before it reports failure; set from the run's health.finish_grace",
+    )
     watch_gpus: bool = Field(
         False,
         description="restart the trainer when a GPU's memory drops to ~0 while it runs "

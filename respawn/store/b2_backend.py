@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -325,7 +326,7 @@ class B2Backend:
 
         return sorted(self._call(f"listing {prefix}", ls), key=lambda o: o.key)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         def purge(key: str) -> None:
             name = self._name(key)
 

@@ -6,6 +6,7 @@ Keys are '/'-separated strings relative to the store root. The protocol above th
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,6 @@ class Backend(Protocol):
         listings may be eventually consistent, so callers never infer absence from it)."""
         ...
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         """Remove the keys (all versions, where the backend keeps versions); missing is fine."""
         ...

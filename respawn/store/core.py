@@ -243,16 +243,18 @@ class StoreCore:
             return fence.generation
         gens = [0]
         ledger = self.read_json(self.keys.ledger)
-        if ledger and isinstance(ledger.get("generation"), int):
-            return int(ledger["generation"])  # type: ignore[arg-type]
+        claimed = ledger.get("generation") if ledger else None
+        if isinstance(claimed, int):
+            return claimed
         for key in (self.keys.latest, self.keys.heartbeat):
             try:
                 doc = self.read_json(key)
             except CorruptError as e:
                 log.warning("ignoring %s", e)
                 continue
-            if doc and isinstance(doc.get("generation"), int):
-                gens.append(int(doc["generation"]))  # type: ignore[arg-type]
+            named = doc.get("generation") if doc else None
+            if isinstance(named, int):
+                gens.append(named)
         return max(gens)
 
     def check_fence(self, generation: int) -> None:
@@ -330,7 +332,7 @@ class StoreCore:
         self, kind: str, generation: int, writer: str, step: int | None, detail: str
     ) -> None:
         ev = RepairEvent(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             step=step,
             detail=detail[:500],
             at=utcnow(),

@@ -9,6 +9,7 @@ one rotten block with every later step.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -100,16 +101,17 @@ class FileBackend:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = self._tmp_for(path)
+        tmp: Path | None = None
         try:
+            tmp = self._tmp_for(path)  # its directory is made here: that can fail too
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             self._commit(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {key}: {e.strerror}") from e
+            _discard(tmp)
+            raise StoreError(f"cannot write {key}: {e.strerror or e}") from e
 
     def _copy_hashing(self, src: Path, dst: Path, progress: Progress | None) -> str:
         """Copy src to a temporary file beside dst, fsync, rename; return the sha1 of the bytes."""
@@ -137,7 +139,7 @@ class FileBackend:
                 os.fsync(fout.fileno())
             self._commit(tmp, dst)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise
         return digest.hexdigest()
 
@@ -184,14 +186,14 @@ class FileBackend:
             self._commit(tmp, dst)
             return True
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StoreError(f"cannot copy {src_key} to {dst_key}: {e.strerror}") from e
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         # Walk only the deepest directory the prefix names; filter the rest by string prefix.
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(base_key) if base_key else self.root
-        out: list[ObjectInfo] = []
+        out: builtins.list[ObjectInfo] = []
         for dirpath, _dirs, files in os.walk(base, onerror=_unlistable(prefix)):
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in files:
@@ -205,11 +207,11 @@ class FileBackend:
         out.sort(key=lambda o: o.key)
         return out
 
-    def list_leftovers(self, prefix: str) -> list[ObjectInfo]:
+    def list_leftovers(self, prefix: str) -> builtins.list[ObjectInfo]:
         """Temporaries a crashed writer left (never visible to list()), with their age."""
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(base_key) if base_key else self.root
-        out: list[ObjectInfo] = []
+        out: builtins.list[ObjectInfo] = []
         for dirpath, _dirs, files in os.walk(base, onerror=_unlistable(prefix)):
             rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for name in files:
@@ -220,7 +222,7 @@ class FileBackend:
                         out.append(ObjectInfo(key, st.st_size, st.st_mtime))
         return out
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         parents: set[Path] = set()
         for key in keys:
             path = self._path(key)
@@ -269,3 +271,12 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
             return False
         raise
     return True
+
+
+def _discard(tmp: Path | None) -> None:
+    """Remove a failed write's temporary file. In a directory that cannot be read or written
+    even that fails (PermissionError is no FileNotFoundError): the write's own StoreError
+    must still be what the caller sees, and a leftover is collected later by age."""
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -99,7 +99,8 @@ class LatestPointer(_Doc):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
-Phase = Literal["restoring", "training", "exiting", "finished", "failed"]
+# "publishing": the trainer finished; its last steps are not in the store yet (being retried).
+Phase = Literal["restoring", "training", "publishing", "exiting", "finished", "failed"]
 
 
 class Quarantine(_Doc):
