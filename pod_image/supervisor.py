@@ -69,6 +69,7 @@ class Supervisor:
         self.restarts = 0
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
+        self._log_lock = threading.Lock()  # one log upload at a time: an older never lands last
         self._stop = threading.Event()  # set on SIGTERM
         self._restart = threading.Event()  # set on SIGUSR1
         self._fenced = threading.Event()
@@ -113,6 +114,25 @@ class Supervisor:
         interval = self.ctx.pod.heartbeat_interval.total_seconds()
         while not self._fenced.is_set() and not self._done.wait(interval):
             self.beat()
+            self.ship_log()
+
+    def ship_log(self) -> None:
+        """Upload the trainer's output tail if it changed (`respawn logs`). Its own key per
+        generation, so it never races another pod; a store error only delays it to the next
+        beat, and training never waits on it."""
+        with self._log_lock:
+            if self._fenced.is_set():
+                return
+            pending = self.tail.pending()
+            if pending is None:
+                return
+            version, data = pending
+            try:
+                self.ctx.store.write_log(self.ctx.generation, data)
+            except StoreError as e:
+                log.warning("uploading the trainer's log failed (will retry): %s", e)
+                return
+            self.tail.shipped(version)
             self._tick_if_overdue()
 
     def _tick_if_overdue(self) -> None:
@@ -235,6 +255,10 @@ class Supervisor:
             self._done.set()
             self.steps.wake()
             beater.join(timeout=5)
+            # The trainer's last words (its SIGTERM handler, a traceback) are uploaded too.
+            if self._pump is not None:
+                self._pump.join(timeout=2)
+            self.ship_log()
             if pidfile is not None:
                 pidfile.unlink(missing_ok=True)
 

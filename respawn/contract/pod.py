@@ -50,6 +50,10 @@ ENV_WANDB_RUN_ID = "RESPAWN_WANDB_RUN_ID"
 ENV_INSTANCE_ID = "RESPAWN_INSTANCE_ID"
 ENV_PIDFILE = "RESPAWN_PIDFILE"
 ENV_RESUME_STEP = "RESPAWN_RESUME_STEP"
+#: Comma-separated names of the secret variables the controller passed (pod.secret_env, the
+#: W&B key under whatever name the config gives it, the store key): the pod masks their values
+#: in the trainer output it uploads (`respawn.pod.logtail`). Names only, never values.
+ENV_SECRET_NAMES = "RESPAWN_SECRET_ENV"
 #: The pod reads the store key under these names, whatever the controller's are called.
 ENV_STORE_KEY_ID = "B2_APPLICATION_KEY_ID"
 ENV_STORE_KEY = "B2_APPLICATION_KEY"
