@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from respawn.contract.pod import PodEnv
-from respawn.controller.config import parse_config
+from respawn.controller.config import PodSpec, parse_config
 from respawn.controller.launch import launch_env
 from respawn.pod.logtail import pod_secrets
 from respawn.store.store import CheckpointStore
 from tests.conftest import ROOT, run_cli, wait_for
+from tests.test_pod import start_pod
 
 HF_TOKEN = "hf_trainer_secret_value"
 WANDB_KEY = "wandb-team-key-0123456789"
@@ -202,3 +203,51 @@ def test_the_pod_masks_its_store_key_and_cloud_keys_too() -> None:
     }
     secrets = set(pod_secrets(environ, ("HF_TOKEN",)))
     assert secrets == set(environ.values()) - {"0.1000000"}
+
+
+SILENT_AFTER_HELLO = """
+import sys, time
+from pathlib import Path
+
+print("hello from the trainer", flush=True)
+step = int(sys.argv[1])
+while True:
+    step += 1
+    d = Path("ck") / f"step_{step}"
+    d.mkdir(parents=True)
+    (d / "w").write_text(str(step))
+    (d / "DONE").touch()
+    time.sleep(0.2)
+"""
+
+
+def test_a_failing_log_upload_never_stops_training_and_is_retried(tmp_path: Path) -> None:
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+    # The logs folder cannot be made: every upload of the log fails like a store refusing it.
+    blocker = tmp_path / "store" / "r" / "logs"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    (tmp_path / "trainer.py").write_text(SILENT_AFTER_HELLO)
+    spec = PodSpec.model_validate(
+        {
+            "command": f"{{python}} {tmp_path / 'trainer.py'} {{resume_step}}",
+            "checkpoints": {"sources": [{"path": "ck/step_{step}", "marker": "DONE"}]},
+            "sync_interval": "0.1s",
+            "heartbeat_interval": "0.2s",
+            "term_grace": "5s",
+        }
+    )
+    pod = start_pod(tmp_path, spec)
+    try:
+        wait_for(lambda: (p := store.read_pointer()) is not None and p.step >= 3, timeout=30)
+        beat = store.read_heartbeat()
+        assert beat is not None and beat.phase == "training"
+        blocker.unlink()
+        # Nothing new was printed since: the failed upload itself is tried again.
+        wait_for(lambda: "hello from the trainer" in _log(store, 1), timeout=30)
+        os.killpg(pod.pid, signal.SIGTERM)
+        out, _ = pod.communicate(timeout=30)
+    finally:
+        if pod.poll() is None:
+            os.killpg(pod.pid, signal.SIGKILL)
+    assert "uploading the trainer's log failed (will retry)" in out
