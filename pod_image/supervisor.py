@@ -115,6 +115,7 @@ class Supervisor:
         while not self._fenced.is_set() and not self._done.wait(interval):
             self.beat()
             self.ship_log()
+            self._tick_if_overdue()
 
     def ship_log(self) -> None:
         """Upload the trainer's output tail if it changed (`respawn logs`). Its own key per
@@ -133,7 +134,6 @@ class Supervisor:
                 log.warning("uploading the trainer's log failed (will retry): %s", e)
                 return
             self.tail.shipped(version)
-            self._tick_if_overdue()
 
     def _tick_if_overdue(self) -> None:
         """No controller tick for `overdue_after` (GitHub dropped or delayed the cron, or
