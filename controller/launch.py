@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from respawn.contract.pod import ENV_STORE_KEY, ENV_STORE_KEY_ID, PodEnv, pod_sha256
+from respawn.contract.pod import (
+    ENV_SECRET_NAMES,
+    ENV_STORE_KEY,
+    ENV_STORE_KEY_ID,
+    PodEnv,
+    pod_sha256,
+)
 from respawn.controller.config import FleetConfig, RunConfig
 from respawn.controller.redact import Redactor
 from respawn.provisioning.base import Instance, LaunchSpec, Offer, Provider, instance_name
@@ -80,6 +86,7 @@ def launch_env(
     env.update({name: environ[name] for name in secrets})
     env.update({pod_name: environ[ours] for pod_name, ours in store_creds.items()})
     env.update(pod_env.to_env())
+    env[ENV_SECRET_NAMES] = ",".join(sorted({*secrets, *store_creds}))
     return env, [environ[name] for name in [*secrets, *store_creds.values()]]
 
 

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import BinaryIO
 
+from respawn.contract.pod import ENV_SECRET_NAMES, ENV_STORE_KEY, ENV_STORE_KEY_ID
+
 #: Bytes of output kept and uploaded per generation.
 LIMIT = 64 * 1024
 #: Shorter values are not masked (they would mask ordinary words); `respawn validate` warns.
@@ -61,18 +63,54 @@ class LogTail:
                 del self._buf[: len(self._buf) - keep]
             self._version += 1
 
-    def changed(self) -> bytes | None:
-        """The masked tail if it changed since the last call, else None."""
+    @property
+    def version(self) -> int:
+        """Grows with every chunk added: what was printed after a moment is `since(version)`."""
         with self._lock:
-            if self._version == self._shipped:
-                return None
-            self._shipped = self._version
+            return self._version
+
+    def text(self) -> str:
+        """The masked tail as text (for a failure's reason)."""
+        with self._lock:
             data = bytes(self._buf)
         for secret in self._secrets:
             data = data.replace(secret, MASK)
-        return data[-self.limit :]
+        return data[-self.limit :].decode(errors="replace")
+
+    def pending(self) -> tuple[int, bytes] | None:
+        """(version, the masked tail) if it changed since the last `shipped`, else None."""
+        with self._lock:
+            if self._version == self._shipped:
+                return None
+            version, data = self._version, bytes(self._buf)
+        for secret in self._secrets:
+            data = data.replace(secret, MASK)
+        return version, data[-self.limit :]
+
+    def shipped(self, version: int) -> None:
+        """The tail as of `version` reached the store (a failed upload is simply not marked,
+        so the next one carries it)."""
+        with self._lock:
+            self._shipped = max(self._shipped, version)
+
+
+#: Always masked when set: the W&B key under its usual name, the store key and the cloud API
+#: keys an instance may be given (the trainer should never see these; if it does, they still
+#: never leave the machine through its log).
+ALWAYS_SECRET = (
+    "WANDB_API_KEY",
+    ENV_STORE_KEY_ID,
+    ENV_STORE_KEY,
+    "RUNPOD_API_KEY",
+    "CONTAINER_API_KEY",
+    "VAST_API_KEY",
+)
 
 
 def pod_secrets(environ: Mapping[str, str], names: Iterable[str]) -> list[str]:
-    """The values of the named variables that are set: what the tail must never carry."""
-    return [environ[n] for n in names if environ.get(n)]
+    """The values of the variables that are secret and set: the named ones (`pod.secret_env`),
+    those the controller said it passed as secrets (`ENV_SECRET_NAMES`: the W&B key under the
+    config's name, the store key) and `ALWAYS_SECRET`."""
+    passed = (n.strip() for n in environ.get(ENV_SECRET_NAMES, "").split(","))
+    wanted = dict.fromkeys([*names, *(n for n in passed if n), *ALWAYS_SECRET])
+    return [environ[n] for n in wanted if environ.get(n)]

@@ -43,6 +43,9 @@ from respawn.pod.context import PodContext
 from respawn.pod.dispatch import TickRequester
 from respawn.pod.gpu_watch import GpuWatch
 from respawn.pod.gpu_watch import query as gpu_query
+from respawn.pod.interpreter import trainer_python
+from respawn.pod.logtail import LogTail, pod_secrets
+from respawn.pod.start_failures import StartFailures
 from respawn.pod.sync import StepSync
 from respawn.store.schema import Phase, utcnow
 from respawn.store.store import FencedError, StoreError
@@ -66,11 +69,17 @@ class Supervisor:
         self.restarts = 0
         self._lock = threading.Lock()
         self._beat_lock = threading.Lock()
+        self._log_lock = threading.Lock()  # one log upload at a time: an older never lands last
         self._stop = threading.Event()  # set on SIGTERM
         self._restart = threading.Event()  # set on SIGUSR1
         self._fenced = threading.Event()
         self._done = threading.Event()  # the main loop has returned
         self._proc: subprocess.Popen[bytes] | None = None
+        self.tail = LogTail(pod_secrets(env, ctx.pod.secret_env))
+        self._pump: threading.Thread | None = None
+        self.start_failures = StartFailures()
+        # (monotonic time, disk step, output version) when the trainer last started.
+        self._started: tuple[float, int | None, int] = (0.0, None, 0)
         self.steps = StepSync(ctx, resume_step, self._lock, self._stop, self._fenced, self._done)
 
     # -- heartbeat -----------------------------------------------------------------------
@@ -105,7 +114,26 @@ class Supervisor:
         interval = self.ctx.pod.heartbeat_interval.total_seconds()
         while not self._fenced.is_set() and not self._done.wait(interval):
             self.beat()
+            self.ship_log()
             self._tick_if_overdue()
+
+    def ship_log(self) -> None:
+        """Upload the trainer's output tail if it changed (`respawn logs`). Its own key per
+        generation, so it never races another pod; a store error only delays it to the next
+        beat, and training never waits on it."""
+        with self._log_lock:
+            if self._fenced.is_set():
+                return
+            pending = self.tail.pending()
+            if pending is None:
+                return
+            version, data = pending
+            try:
+                self.ctx.store.write_log(self.ctx.generation, data)
+            except StoreError as e:
+                log.warning("uploading the trainer's log failed (will retry): %s", e)
+                return
+            self.tail.shipped(version)
 
     def _tick_if_overdue(self) -> None:
         """No controller tick for `overdue_after` (GitHub dropped or delayed the cron, or
@@ -148,7 +176,7 @@ class Supervisor:
             self.ctx.generation,
             self.ctx.workdir,
             resume,
-            sys.executable,
+            trainer_python(self.ctx.pod, self.env),
         )
         log.info("starting trainer (resume step %s): %s", resume, command)
         with self._lock:
@@ -159,8 +187,17 @@ class Supervisor:
             cwd=self.ctx.workdir,
             env={**self.env, ENV_RESUME_STEP: str(resume or 0)},
             process_group=0,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        # The output passes through to the pod's own; its tail is kept for a failure's reason.
+        out = getattr(sys.stdout, "buffer", None)
+        self._pump = threading.Thread(
+            target=self.tail.pump, args=(self._proc.stdout, out), name="trainer-out", daemon=True
+        )
+        self._pump.start()
         self.steps.step_seen_at = time.monotonic()
+        self._started = (time.monotonic(), self.steps.disk_step, self.tail.version)
 
     def _stop_trainer(self, grace: float) -> int | None:
         proc = self._proc
@@ -218,6 +255,10 @@ class Supervisor:
             self._done.set()
             self.steps.wake()
             beater.join(timeout=5)
+            # The trainer's last words (its SIGTERM handler, a traceback) are uploaded too.
+            if self._pump is not None:
+                self._pump.join(timeout=2)
+            self.ship_log()
             if pidfile is not None:
                 pidfile.unlink(missing_ok=True)
 
@@ -269,6 +310,9 @@ class Supervisor:
                     continue
                 if rc == 0:
                     return self._finish(pod)
+                repeats = self._fails_at_start(rc)
+                if repeats is not None:
+                    return self._give_up(repeats, will_repeat=True)
                 self.restarts += 1
                 if self.restarts > pod.max_trainer_restarts:
                     return self._give_up(f"trainer exited {rc}, {self.restarts - 1} restarts")
@@ -280,6 +324,17 @@ class Supervisor:
                 )
                 self._start_trainer()
                 continue
+
+    def _fails_at_start(self, rc: int) -> str | None:
+        """The reason, when the trainer just failed at start the same way as last time."""
+        started, disk_step, version = self._started
+        # The last of its output may still be in the pipe (a child it left may hold it open).
+        if self._pump is not None:
+            self._pump.join(timeout=2)
+        printed = self.tail.text() if self.tail.version > version else ""
+        return self.start_failures.observe(
+            rc, time.monotonic() - started, self.steps.disk_step != disk_step, printed
+        )
 
     def _finish(self, pod: PodSpec) -> int:
         """The trainer exited cleanly: `finished` only once its last complete step is in the

@@ -15,7 +15,7 @@ import threading
 import time
 
 from respawn.pod.context import PodContext
-from respawn.store.disk import complete_steps, step_dirs
+from respawn.store.disk import SNAPSHOT_DIR, complete_steps, snapshot, step_dirs
 from respawn.store.progress import TransferProgress
 from respawn.store.store import BackwardsError, FencedError, StoreError
 
@@ -131,7 +131,10 @@ class StepSync:
         done = complete_steps(workdir, pod.checkpoints.sources, now)
         if not done or (self.published is not None and done[-1].step <= self.published):
             return
-        step = done[-1]
+        step = snapshot(workdir, done[-1], pod.checkpoints.sources)
+        if step is None:
+            log.info("step %d changed while it was copied aside; next round", done[-1].step)
+            return
         bar = TransferProgress(f"push step {step.step}", step.total_bytes, stream=sys.stdout)
         try:
             result = self.ctx.store.publish(
@@ -156,6 +159,7 @@ class StepSync:
             return
         self.last_error = None
         bar.finish()
+        shutil.rmtree(workdir / SNAPSHOT_DIR, ignore_errors=True)
         log.info(
             "published step %d (%d B sent, %d B unchanged)",
             step.step,
@@ -189,10 +193,13 @@ class StepSync:
             published, pinned = self.published, self._pinned
         if published is None:
             return
-        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources)
+        on_disk = step_dirs(self.ctx.workdir, self.ctx.pod.checkpoints.sources, deletable=True)
         older = sorted((s for s in on_disk if s <= published), reverse=True)
         for s in older[self.ctx.pod.checkpoints.keep_local :]:
             if s == pinned:
                 continue
             for d in on_disk[s]:
-                shutil.rmtree(d, ignore_errors=True)
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)

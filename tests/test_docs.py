@@ -54,15 +54,19 @@ def worked_runs() -> list[str]:
     return [b for b in blocks if b.startswith("  - name:")]
 
 
-def test_the_guide_has_three_worked_configs() -> None:
-    assert len(worked_runs()) == 3
+WORKED = ["prime-rl", "hf-trainer", "pytorch", "nanogpt", "lightning"]
 
 
-@pytest.mark.parametrize("block", worked_runs(), ids=["prime-rl", "hf-trainer", "pytorch"])
+def test_the_guide_has_five_worked_configs() -> None:
+    assert len(worked_runs()) == len(WORKED)
+
+
+@pytest.mark.parametrize("block", worked_runs(), ids=WORKED)
 def test_worked_config_is_valid(block: str) -> None:
     fleet = parse_config(HEADER + block, "protect-your-run.md")
     (run,) = fleet.runs
-    assert "{resume_step}" in run.pod.command and run.pod.checkpoints.sources
+    resumes = "{resume_step}" in run.pod.command or run.pod.resume == "latest"
+    assert resumes and run.pod.checkpoints.sources
 
 
 # `respawn` on PyPI is an unrelated package (issue 20.8): an instruction that installs the bare

@@ -323,6 +323,8 @@ def test_onstart_script_delivers_sigterm_to_the_bootstrap(
         "RESPAWN_WORKDIR": str(disk),
         "RESPAWN_LOG_DIR": str(tmp_path / "log"),
         "RESPAWN_POD_BIN": str(Path(sys.executable).parent / "respawn-pod"),
+        # The toy trainer is imported from this checkout: the test's own interpreter runs it.
+        "RESPAWN_TRAINER_PYTHON": sys.executable,
     }
     proc = subprocess.Popen(
         ["bash", str(ROOT / "pod_image" / "onstart.sh")], env=env, start_new_session=True

@@ -16,6 +16,7 @@ import string
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -49,6 +50,10 @@ ENV_WANDB_RUN_ID = "RESPAWN_WANDB_RUN_ID"
 ENV_INSTANCE_ID = "RESPAWN_INSTANCE_ID"
 ENV_PIDFILE = "RESPAWN_PIDFILE"
 ENV_RESUME_STEP = "RESPAWN_RESUME_STEP"
+#: Comma-separated names of the secret variables the controller passed (pod.secret_env, the
+#: W&B key under whatever name the config gives it, the store key): the pod masks their values
+#: in the trainer output it uploads (`respawn.pod.logtail`). Names only, never values.
+ENV_SECRET_NAMES = "RESPAWN_SECRET_ENV"
 #: The pod reads the store key under these names, whatever the controller's are called.
 ENV_STORE_KEY_ID = "B2_APPLICATION_KEY_ID"
 ENV_STORE_KEY = "B2_APPLICATION_KEY"
@@ -117,9 +122,21 @@ class DispatchSpec(_Strict):
 class PodSpec(_Strict):
     image: str | None = Field(None, description="container image (cloud providers)")
     workdir: str = Field(".", description="directory the trainer runs in; sources are under it")
+    resume: Literal["step", "latest"] = Field(
+        "step",
+        description="'step': command names the step to resume with {resume_step}; 'latest': "
+        "the trainer finds its own newest checkpoint in the restored files (nanoGPT's "
+        "--init_from resume, Lightning's ckpt_path='last', HF's resume_from_checkpoint=True), "
+        "so {resume_step} is optional",
+    )
     command: str = Field(description="training command; {resume_step} is the step to resume")
     fresh_command: str | None = Field(
         None, description="command when there is no checkpoint yet (default: command, step 0)"
+    )
+    python: str | None = Field(
+        None,
+        description="the interpreter {python} names; default: the image's own python3 on PATH "
+        "(never respawn's isolated venv), else the pod side's interpreter",
     )
     env: dict[str, str] = Field(default_factory=dict, description="plain, non-secret variables")
     secret_env: tuple[str, ...] = Field(
@@ -186,8 +203,15 @@ class PodSpec(_Strict):
                 f"unknown placeholder {{{sorted(unknown)[0]}}}; "
                 f"allowed: {', '.join('{' + n + '}' for n in sorted(COMMAND_FIELDS))}"
             )
-        if getattr(info, "field_name", None) == "command" and "resume_step" not in names:
-            raise ValueError("must contain {resume_step}, the step the trainer resumes from")
+        # `resume` is declared before `command`, so it is validated first.
+        resumes_by_step = getattr(info, "data", {}).get("resume", "step") == "step"
+        is_command = getattr(info, "field_name", None) == "command"
+        if is_command and resumes_by_step and "resume_step" not in names:
+            raise ValueError(
+                "must contain {resume_step}, the step the trainer resumes from; for a "
+                "trainer that resumes from its own newest checkpoint (nanoGPT's --init_from "
+                "resume, Lightning's ckpt_path='last'), set resume: latest"
+            )
         return v
 
     @field_validator("env")

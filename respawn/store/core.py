@@ -356,6 +356,10 @@ class StoreCore:
         missing, or why it could not be read."""
         return dict(zip(keys, each_outcome(retried(self.read_manifest_key), keys), strict=True))
 
+    def write_log(self, generation: int, tail: bytes) -> None:
+        """The pod's upload of its trainer's output tail (overwritten each time)."""
+        self.backend.write_bytes(self.keys.log(generation), tail)
+
     def log_generations(self) -> list[int]:
         """Generations whose pod uploaded a trainer log tail, oldest first."""
         found = (self.keys.parse_log_key(o.key) for o in self.backend.list(self.keys.logs))

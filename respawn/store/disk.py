@@ -1,18 +1,28 @@
-"""Checkpoint steps on a pod's disk: find each source's step directories, judge completeness.
+"""Checkpoint steps on a pod's disk: find each source's steps, judge completeness.
 
-A step is complete only when every required source is (`respawn.contract.sources`).
+A source's step is whatever its template matches: a directory (every regular file under it),
+one file, or, for a path without `{step}`, the one file overwritten in place (its step read
+from `step_from`). A step is complete only when every required source is
+(`respawn.contract.sources`). A file overwritten in place is copied aside (`snapshot`) before
+it is published, so the bytes sent are the bytes of the step they are published as.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import os
+import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from respawn.contract.sources import CheckpointSource
+from respawn.contract.sources import CheckpointSource, template_glob, template_regex
+
+#: Where files overwritten in place are copied before they are published (under the workdir:
+#: the same filesystem, and never a checkpoint source's path).
+SNAPSHOT_DIR = ".respawn-snapshot"
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,8 @@ class LocalFile:
     rel: str
     abs: Path
     size: int
+    # A file the trainer overwrites in place: publish a snapshot of it, never the live file.
+    live: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,14 +45,51 @@ class StepOnDisk:
         return sum(f.size for f in self.files)
 
 
-def _step_dirs(workdir: Path, source: CheckpointSource) -> dict[int, Path]:
+def _regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def read_step(workdir: Path, source: CheckpointSource) -> int | None:
+    """The step of a file overwritten in place, from where its `step_from` says; None when it
+    cannot be read (not written yet, or mid-write)."""
+    sf = source.step_from
+    if sf is None:
+        return None
+    if sf.json_path is not None:
+        side = workdir / sf.json_path
+        if not _regular(side):
+            return None
+        try:
+            value = json.loads(side.read_text()).get(sf.key)
+            return int(value) if value is not None and int(value) >= 0 else None
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+    assert sf.name is not None
+    rx = template_regex(sf.name)
+    steps = [
+        int(m.group("step"))
+        for p in workdir.glob(template_glob(sf.name))
+        if (m := rx.match(p.relative_to(workdir).as_posix())) and _regular(p)
+    ]
+    return max(steps, default=None)
+
+
+def _matches(workdir: Path, source: CheckpointSource) -> dict[int, Path]:
+    """Each step's directory or file of this source."""
+    if source.in_place:
+        path = workdir / source.path
+        step = read_step(workdir, source) if _regular(path) else None
+        return {} if step is None else {step: path}
     rx = source.regex()
     found: dict[int, Path] = {}
     for path in workdir.glob(source.glob()):
         rel = path.relative_to(workdir).as_posix()
         m = rx.match(rel)
-        # A symlinked step directory could point anywhere on the pod: never a checkpoint.
-        if m and path.is_dir() and not path.is_symlink():
+        # A symlink could point anywhere on the pod: never a checkpoint.
+        if m and (_regular(path) or (path.is_dir() and not path.is_symlink())):
             found[int(m.group("step"))] = path
     return found
 
@@ -52,23 +101,79 @@ def _walk(d: Path) -> list[Path]:
     for root, _dirs, names in os.walk(d):
         for name in names:
             p = Path(root) / name
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISREG(os.lstat(p).st_mode):
-                    out.append(p)
+            if _regular(p):
+                out.append(p)
     return out
 
 
-def _is_complete(source: CheckpointSource, d: Path, now: float) -> bool:
-    files = _walk(d)
-    if any(fnmatch.fnmatch(f.name, pat) for f in files for pat in source.temp_patterns):
-        return False
-    if source.marker is not None:
-        return (d / source.marker).is_file()
-    assert source.quiet_for is not None
-    if not files:
-        return False
+def _files_of(workdir: Path, source: CheckpointSource, path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(_walk(path))
+    side = source.sidecar()
+    return [path, workdir / side] if side is not None else [path]
+
+
+def _temp_beside(source: CheckpointSource, f: Path) -> bool:
+    """A temporary sibling of a step file (`ckpt.pt.tmp`, `.tmp-step=5.ckpt`): mid-write."""
+    with contextlib.suppress(OSError):
+        for other in f.parent.iterdir():
+            if (
+                other.name != f.name
+                and f.name in other.name
+                and any(fnmatch.fnmatch(other.name, pat) for pat in source.temp_patterns)
+            ):
+                return True
+    return False
+
+
+def _after_its_step_file(workdir: Path, source: CheckpointSource, step: int, path: Path) -> bool:
+    """A file overwritten in place whose step is the newest step-named file (Lightning's
+    last.ckpt beside step=N.ckpt) holds that step only once rewritten after it."""
+    sf = source.step_from
+    if sf is None or sf.name is None:
+        return True
     try:
-        newest = max(max(f.stat().st_mtime for f in files), d.stat().st_mtime)
+        named = workdir / sf.name.replace("{step}", str(step))
+        return path.stat().st_mtime_ns >= named.stat().st_mtime_ns
+    except FileNotFoundError:
+        return False
+
+
+def _is_complete(
+    workdir: Path, source: CheckpointSource, step: int, path: Path, now: float
+) -> bool:
+    if path.is_dir():
+        files = _walk(path)
+        if any(fnmatch.fnmatch(f.name, pat) for f in files for pat in source.temp_patterns):
+            return False
+        if source.marker is not None:
+            return (path / source.marker).is_file()
+        mtimes_of = [*files, path]
+        if not files:
+            return False
+    else:
+        files = _files_of(workdir, source, path)
+        if any(_temp_beside(source, f) for f in files):
+            return False
+        mtimes_of = files
+        if not _after_its_step_file(workdir, source, step, path):
+            return False
+        marker = source.marker
+        if marker is None and source.quiet_for is None:
+            # The sidecar is the marker: written after the file, so never older than it.
+            marker = source.sidecar()
+            ref = workdir / marker if marker else None
+            files = [path]
+        else:
+            ref = path.parent / marker.replace("{step}", str(step)) if marker else None
+        if ref is not None:
+            try:
+                return ref.stat().st_mtime_ns >= max(f.stat().st_mtime_ns for f in files)
+            except (FileNotFoundError, ValueError):
+                return False
+    assert source.quiet_for is not None
+    try:
+        newest = max(p.stat().st_mtime for p in mtimes_of)
     except FileNotFoundError:  # a file vanished under us: the writer is still busy
         return False
     return now - newest >= source.quiet_for.total_seconds()
@@ -78,47 +183,88 @@ def complete_steps(
     workdir: Path, sources: tuple[CheckpointSource, ...] | list[CheckpointSource], now: float
 ) -> list[StepOnDisk]:
     """Steps whose every required source is complete, oldest first."""
-    per_source = [(s, _step_dirs(workdir, s)) for s in sources]
-    required = [dirs for s, dirs in per_source if s.required]
+    per_source = [(s, _matches(workdir, s)) for s in sources]
+    required = [found for s, found in per_source if s.required]
     if not required:
         return []
     candidates = set.intersection(*(set(d) for d in required))
     out: list[StepOnDisk] = []
     for step in sorted(candidates):
-        dirs: list[Path] = []
+        paths: list[tuple[CheckpointSource, Path]] = []
         ok = True
         for source, found in per_source:
-            d = found.get(step)
-            if d is None:
+            p = found.get(step)
+            if p is None:
                 continue  # optional and absent
-            if not _is_complete(source, d, now):
+            if not _is_complete(workdir, source, step, p, now):
                 ok = ok and not source.required
                 continue
-            dirs.append(d)
+            paths.append((source, p))
         if not ok:
             continue
         files = []
-        for d in dirs:
-            for f in sorted(_walk(d)):
-                files.append(LocalFile(f.relative_to(workdir).as_posix(), f, f.lstat().st_size))
-        out.append(StepOnDisk(step, tuple(dirs), tuple(files)))
+        try:
+            for source, p in paths:
+                for f in _files_of(workdir, source, p):
+                    rel = f.relative_to(workdir).as_posix()
+                    files.append(LocalFile(rel, f, f.lstat().st_size, source.in_place))
+        except FileNotFoundError:
+            continue  # deleted under us (the trainer's own rotation)
+        out.append(StepOnDisk(step, tuple(p for _, p in paths), tuple(files)))
     return out
 
 
+def snapshot(
+    workdir: Path, step: StepOnDisk, sources: tuple[CheckpointSource, ...] | list[CheckpointSource]
+) -> StepOnDisk | None:
+    """The step with every file overwritten in place copied aside, or None when one changed
+    while it was copied or its step moved on (the next round tries again)."""
+    if not any(f.live for f in step.files):
+        return step
+    base = workdir / SNAPSHOT_DIR
+    shutil.rmtree(base, ignore_errors=True)
+    files = []
+    for f in step.files:
+        if not f.live:
+            files.append(f)
+            continue
+        before = os.lstat(f.abs)
+        target = base / f.rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f.abs, target)
+        after = os.lstat(f.abs)
+        if (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size):
+            return None
+        files.append(replace(f, abs=target, size=target.stat().st_size, live=False))
+    for source in sources:
+        moved = source.in_place and read_step(workdir, source) != step.step
+        if moved and (workdir / source.path).exists():
+            return None
+    return replace(step, files=tuple(files))
+
+
 def step_dirs(
-    workdir: Path, sources: tuple[CheckpointSource, ...] | list[CheckpointSource]
+    workdir: Path,
+    sources: tuple[CheckpointSource, ...] | list[CheckpointSource],
+    deletable: bool = False,
 ) -> dict[int, list[Path]]:
-    """Every step directory on disk, complete or not, by step (for disk cleanup)."""
+    """Every step directory or file on disk, complete or not, by step. `deletable`: only
+    those disk cleanup may remove (never a file overwritten in place)."""
     out: dict[int, list[Path]] = {}
     for s in sources:
-        for step, d in _step_dirs(workdir, s).items():
+        if deletable and s.in_place:
+            continue
+        for step, d in _matches(workdir, s).items():
             out.setdefault(step, []).append(d)
     return out
 
 
 __all__ = [
+    "SNAPSHOT_DIR",
     "LocalFile",
     "StepOnDisk",
     "complete_steps",
+    "read_step",
+    "snapshot",
     "step_dirs",
 ]

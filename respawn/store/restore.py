@@ -29,16 +29,9 @@ log = logging.getLogger("respawn.store")
 
 
 def owned_by_sources(sources: Sequence[CheckpointSource], rel: str, step: int) -> bool:
-    """Whether `rel` lies inside one of the sources' directories of exactly this step."""
-    parts = rel.split("/")
-    for source in sources:
-        depth = len(source.path.split("/"))
-        if len(parts) <= depth:
-            continue
-        m = source.regex().match("/".join(parts[:depth]))
-        if m and int(m.group("step")) == step:
-            return True
-    return False
+    """Whether `rel` is one of the sources' files of exactly this step (inside a step
+    directory, a step file, or a file overwritten in place and its sidecar)."""
+    return any(source.owns(rel, step) for source in sources)
 
 
 @dataclass(frozen=True)
