@@ -19,11 +19,9 @@ FOLLOW_SECONDS = 5.0
 
 
 def read_log(store: CheckpointStore, generation: int) -> bytes | None:
-    key = store.keys.log(generation)
-    data = store.backend.read_bytes(key)
-    if data is not None and len(data) > MAX_LOG_BYTES:
-        data = data[-MAX_LOG_BYTES:]
-    return data
+    """The generation's log, never read whole when larger than any pod of ours uploads (a
+    pod key can write any size there): that raises TooLargeError, a StoreError."""
+    return store.backend.read_bytes(store.keys.log(generation), max_bytes=MAX_LOG_BYTES)
 
 
 def clean(data: bytes, redact: Redactor) -> list[str]:

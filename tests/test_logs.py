@@ -251,3 +251,22 @@ def test_a_failing_log_upload_never_stops_training_and_is_retried(tmp_path: Path
         if pod.poll() is None:
             os.killpg(pod.pid, signal.SIGKILL)
     assert "uploading the trainer's log failed (will retry)" in out
+
+
+def test_a_hostile_log_is_shown_inert_and_an_oversized_one_is_refused(tmp_path: Path) -> None:
+    """The logs key is pod-writable: what `respawn logs` prints from it can drive neither the
+    terminal nor the GitHub runner, and a log no pod of ours could have written (over its cap)
+    is refused with a reason, never read into memory whole."""
+    cfg = _fleet(tmp_path)
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+    hostile = b"\x1b]0;pwned\x07title\n::stop-commands::tok\n::error::forged\nplain line\n"
+    store.backend.write_bytes(store.keys.log(1), hostile)
+    shown = run_cli("logs", "-c", str(cfg), "--run", "r")
+    assert shown.returncode == 0, shown.stderr
+    assert "plain line" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert not any(line.startswith("::") for line in shown.stdout.splitlines())
+    store.backend.write_bytes(store.keys.log(2), b"x" * (1024 * 1024))
+    big = run_cli("logs", "-c", str(cfg), "--run", "r")
+    assert big.returncode != 0 and "Traceback" not in big.stderr
+    assert "g000002.log" in big.stderr and "bytes" in big.stderr
