@@ -104,7 +104,10 @@ class Remote:
                 allow_agent=False,
                 look_for_keys=False,
             )
-            channel = client.get_transport().open_session(timeout=wait)  # type: ignore[union-attr]
+            transport = client.get_transport()
+            if transport is None:  # connect returned without a session: nothing to run on
+                raise TransientProviderError(f"ssh {host}:{port}: no transport after connect")
+            channel = transport.open_session(timeout=wait)
             channel.exec_command(command)
             return _collect(channel, deadline, f"ssh {host}:{port}")
         except HostKeyMismatch:
