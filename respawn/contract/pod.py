@@ -227,7 +227,9 @@ class PodSpec(_Strict):
         return v
 
     def canonical_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """The spec as the pod reads it: fields left at their defaults are omitted, so a pod
+        image built from an older respawn accepts every spec that uses only what it knows."""
+        return self.model_dump_json(exclude_defaults=True).encode()
 
 
 def pod_sha256(doc: bytes) -> str:
@@ -319,4 +321,15 @@ class PodEnv(BaseModel):
         try:
             return PodSpec.model_validate_json(raw)
         except ValidationError as e:
+            unknown = [
+                ".".join(str(p) for p in err["loc"])
+                for err in e.errors()
+                if err["type"] == "extra_forbidden"
+            ]
+            if unknown:
+                raise PodEnvError(
+                    f"the pod spec sets {', '.join(unknown)}, which this pod's respawn does not "
+                    "know: the pod image is older than the controller; rebuild it from the "
+                    "controller's commit (docs/pod-image.md)"
+                ) from None
             raise PodEnvError(f"the pod spec is not valid: {e}") from None
