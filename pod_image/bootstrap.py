@@ -30,6 +30,7 @@ from respawn.pod.context import PodContext
 from respawn.pod.hostkeys import host_key_fingerprints
 from respawn.pod.supervisor import Supervisor
 from respawn.store.backend import CorruptError
+from respawn.store.schema import Heartbeat, utcnow
 from respawn.store.store import CheckpointStore, FencedError, NothingVerifiesError, StoreError
 
 log = logging.getLogger("respawn.pod")
@@ -37,6 +38,32 @@ log = logging.getLogger("respawn.pod")
 
 class BootstrapError(Exception):
     pass
+
+
+class SpecRefusedError(BootstrapError):
+    """The generation's pod spec cannot be honoured by this pod (an image older than the
+    controller, a spec changed by someone else): every instance of it would refuse it too."""
+
+    def __init__(self, message: str, store: CheckpointStore, pod_env: PodEnv) -> None:
+        super().__init__(message)
+        self.store, self.pod_env = store, pod_env
+
+    def report(self) -> None:
+        """A `failed` heartbeat that will repeat: the controller halts the run with the reason
+        instead of paying for instances that all refuse the same spec."""
+        try:
+            hb = Heartbeat(
+                run=self.pod_env.run,
+                generation=self.pod_env.generation,
+                writer=self.pod_env.writer,
+                at=utcnow(),
+                phase="failed",
+                message=str(self)[:500],
+                will_repeat=True,
+            )
+            self.store.write_heartbeat(hb)
+        except (StoreError, ValueError) as e:
+            log.warning("could not report the failure: %s", e)
 
 
 #: What the pod side needs and the trainer must not see: the store key (it can rewrite every
@@ -66,7 +93,7 @@ def context_from_env(env: Mapping[str, str]) -> PodContext:
     try:
         pod = pod_env.pod_spec(stored)
     except PodEnvError as e:
-        raise BootstrapError(str(e)) from None
+        raise SpecRefusedError(str(e), store, pod_env) from None
     writer = pod_env.writer
     if writer == "pod":
         writer = env.get(ENV_INSTANCE_ID) or f"pod:{os.getpid()}"
@@ -216,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         if ctx is not None:
             _report_failure(ctx, str(e))
+        return 2
+    except SpecRefusedError as e:
+        log.error("%s", e)
+        e.report()
         return 2
     except BootstrapError as e:
         log.error("%s", e)

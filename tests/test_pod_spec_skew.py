@@ -4,12 +4,18 @@ pod unless it uses what that pod does not know, and then the pod says so, by fie
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ConfigDict, create_model
 
 from respawn.contract.pod import PodEnv, PodEnvError, PodSpec
 from respawn.controller.config import parse_config
+from respawn.store.store import CheckpointStore
+from tests.conftest import ROOT
 from tests.test_config import GOOD
 
 #: Fields newer than the first pod images (finish, in-place sources, the image's Python).
@@ -41,3 +47,31 @@ def test_a_spec_an_older_pod_cannot_honour_is_refused_naming_the_field() -> None
     with pytest.raises(PodEnvError) as info:
         env.pod_spec(None)
     assert "future_knob" in str(info.value) and "older than the controller" in str(info.value)
+
+
+def test_a_pod_refusing_its_spec_reports_a_failure_that_will_repeat(tmp_path: Path) -> None:
+    """Every instance of the generation would refuse the same spec: the pod's heartbeat says
+    so (`will_repeat`), and the controller halts the run with the reason instead of paying
+    for instance after instance until the crash-loop breaker."""
+    run = parse_config(GOOD).runs[0]
+    doc = json.loads(run.pod.canonical_json())
+    doc["future_knob"] = 3
+    env = PodEnv(
+        store=f"file://{tmp_path / 'store'}",
+        run="r",
+        generation=1,
+        writer="w1",
+        pod_inline=json.dumps(doc),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "respawn.pod"],
+        cwd=tmp_path,
+        env={**os.environ, **env.to_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "future_knob" in proc.stdout + proc.stderr
+    hb = CheckpointStore.open(env.store, "r").read_heartbeat()
+    assert hb is not None and hb.phase == "failed" and hb.will_repeat
+    assert "future_knob" in hb.message and "older than the controller" in hb.message
