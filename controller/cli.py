@@ -342,7 +342,7 @@ def _no_instance(fleet: FleetConfig, run_name: str, config: str) -> str:
 
     lines = [f"run {run_name}: no instance on {', '.join(fleet.run(run_name).providers)}"]
     try:
-        store = open_run_store(fleet.store, run_name)
+        store = open_run_store(fleet.store, run_name, read_only=True)
         ledger, order = read_ledger(store), read_halt(store)
         if order is not None and order.halted:
             lines.append(f"  stopped by hand: {order.reason}")
@@ -543,7 +543,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    return show(args, open_run_store(fleet.store, run.name), args.redact)
+    return show(args, open_run_store(fleet.store, run.name, read_only=True), args.redact)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -5,8 +5,22 @@ Driven through the CLI against the loopback fakes and a file store."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from respawn.controller.config import load_config
+from respawn.controller.ledger import write_halt
+from respawn.controller.model import HaltOrder
+from respawn.controller.reconcile import tick
+from respawn.controller.stores import open_run_store
+from respawn.store.schema import utcnow
+from tests.conftest import run_cli
+from tests.fakes.runpod import FakeRunPod
+from tests.fakes.vast import FakeVast
 from tests.test_preview import _env, cli
+from tests.test_security_contain import _to_legacy
+from tests.test_security_controller import SECRET, _fleet
 
 
 def test_a_provider_echoing_its_key_in_an_offer_never_prints_it(clouds: tuple) -> None:
@@ -26,3 +40,38 @@ def test_a_provider_echoing_its_key_in_an_offer_never_prints_it(clouds: tuple) -
     assert table.returncode == 0, table.stderr
     for out in (as_json.stdout + as_json.stderr, table.stdout + table.stderr):
         assert key[:8] not in out, out
+
+
+@pytest.fixture
+def signed(
+    clouds: tuple[FakeVast, FakeRunPod], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeVast, FakeRunPod]:
+    monkeypatch.setenv("RESPAWN_LEDGER_SECRET", SECRET)
+    return clouds
+
+
+@pytest.mark.parametrize("command", ["history", "diagnose"])
+def test_a_read_only_command_moves_no_old_location_document(
+    tmp_path: Path, signed: tuple, command: str
+) -> None:
+    """docs/contracts.md: a read-only command reads an old-location controller document
+    where it is and moves nothing. `respawn history` and `diagnose` (no instance) moved the
+    ledger and the halt order: a write and a delete from a command that only looks, failing
+    outright with a read-only key."""
+    vast, runpod = signed
+    path = _fleet(tmp_path, vast, runpod)
+    fleet = load_config(path)
+    tick(fleet)  # g1
+    for iid in list(vast.instances):
+        vast.outbid(iid)
+    store = open_run_store(fleet.store, "job")
+    write_halt(store, HaltOrder(halted=True, reason="by hand", at=utcnow()))
+    _to_legacy(store, ("ledger", "halt"))
+    for iid in list(vast.instances):
+        vast.instances.pop(iid)  # nothing left to diagnose: it reads the ledger instead
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*"))
+    out = run_cli(command, "-c", str(path), "--run", "job")
+    assert out.returncode in (0, 1), out.stderr
+    assert "Traceback" not in out.stderr
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*"))
+    assert after == before
