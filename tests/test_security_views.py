@@ -8,16 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from respawn.controller.config import load_config
 from respawn.controller.ledger import write_halt
 from respawn.controller.model import HaltOrder
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
-from respawn.store.schema import utcnow
+from respawn.store.schema import Heartbeat, utcnow
 from tests.conftest import run_cli
 from tests.fakes.runpod import FakeRunPod
 from tests.fakes.vast import FakeVast
+from tests.test_clouds import write_fleet
 from tests.test_preview import _env, cli
 from tests.test_security_contain import _to_legacy
 from tests.test_security_controller import SECRET, _fleet
@@ -75,3 +77,40 @@ def test_a_read_only_command_moves_no_old_location_document(
     assert "Traceback" not in out.stderr
     after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*"))
     assert after == before
+
+
+def test_a_pod_failure_quoting_a_secret_leaves_no_prefix_in_the_ledger_or_history(
+    tmp_path: Path, clouds: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a trainer's failure message quotes a pod secret (a crash that printed its
+    environment), placed across the 300th character of the verdict. decide cut the reason to
+    300 characters for `end_detail` before the ledger was redacted, so the secret's first
+    half was stored in the ledger and printed by `respawn history --json`."""
+    vast, runpod = clouds
+    path = write_fleet(tmp_path, vast, runpod, ["RTX_4090"])
+    doc = yaml.safe_load(path.read_text())
+    doc["runs"][0]["pod"]["secret_env"] = ["HF_TOKEN"]
+    path.write_text(yaml.safe_dump(doc))
+    secret = "hf_" + "Q7x9Zk2LmN4pR8sT" * 4
+    monkeypatch.setenv("HF_TOKEN", secret)
+    fleet = load_config(path)
+    tick(fleet)  # g1
+    store = open_run_store(fleet.store, "job")
+    head = "g1 pod reported failure: "
+    failed = Heartbeat(
+        run="job",
+        generation=1,
+        writer="pod g1",
+        at=utcnow(),
+        phase="failed",
+        message="x" * (290 - len(head)) + secret,
+        will_repeat=True,
+    )
+    store.write_heartbeat(failed)
+    tick(fleet)
+    ledger = (tmp_path / "store" / store.keys.ledger).read_text()
+    history = run_cli("history", "-c", str(path), "--run", "job", "--json")
+    assert history.returncode == 0, history.stderr
+    assert "reported failure" in history.stdout
+    for out in (ledger, history.stdout):
+        assert secret[:10] not in out
