@@ -114,3 +114,24 @@ def test_a_pod_failure_quoting_a_secret_leaves_no_prefix_in_the_ledger_or_histor
     assert "reported failure" in history.stdout
     for out in (ledger, history.stdout):
         assert secret[:10] not in out
+
+
+def test_a_broken_runs_error_quoting_a_secret_leaves_no_prefix_in_any_report(
+    tmp_path: Path, clouds: tuple
+) -> None:
+    """Attack: an error escaping one run's tick (a provider's answer quoted in it) carries a
+    secret across its 500th character. broken_report cut the text to 500 before any sink
+    redacted it, so the table, the step summary and --json showed the secret's first half."""
+    from respawn.controller.reconcile import Broken, Mode, broken_report
+    from respawn.controller.redact import Redactor
+    from respawn.controller.report import dumps, to_markdown, to_text
+
+    vast, runpod = clouds
+    fleet = load_config(write_fleet(tmp_path, vast, runpod, ["RTX_4090"]))
+    secret = "sk_" + "Q7x9Zk2LmN4pR8sT" * 4
+    error = RuntimeError("the cloud answered: " + "x" * 460 + secret)
+    report = broken_report(fleet.runs[0], Broken("observing", error), utcnow(), Mode.ACT)
+    redact = Redactor([secret])
+    shown = to_text([report], redact) + to_markdown([report], redact) + dumps([report], redact)
+    assert "the cloud answered" in shown
+    assert secret[:8] not in shown
