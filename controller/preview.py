@@ -5,14 +5,14 @@ config needed) and what the next tick would launch, on which offer, at what pric
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
 from respawn.controller.config import RunConfig
 from respawn.controller.model import Provision, RunReport
-from respawn.controller.redact import NO_REDACTION, Redactor, one_line
+from respawn.controller.redact import NO_REDACTION, one_line
 from respawn.provisioning.base import Offer, Provider, Resources, Secrets
 from respawn.provisioning.offers import select
 from respawn.provisioning.registry import REGISTRY
@@ -117,7 +117,7 @@ def preview_launch(
     )
 
 
-def offer_line(o: Offer, redact: Redactor = NO_REDACTION) -> str:
+def offer_line(o: Offer, redact: Callable[[str], str] = NO_REDACTION) -> str:
     """One row of the offers table; the cloud's own words (ids, names, places) redacted, then
     cleaned and cut to their column (cutting first could leave a secret's prefix)."""
 
@@ -140,7 +140,7 @@ OFFER_HEADER = (
 def preview_lines(
     previews: Sequence[LaunchPreview | None],
     reports: Sequence[RunReport],
-    redact: Redactor = NO_REDACTION,
+    redact: Callable[[str], str] = NO_REDACTION,
 ) -> list[str]:
     """Each untrusted piece redacted before it is cut, then made one inert line."""
     lines = []
