@@ -187,7 +187,8 @@ def cmd_offers(args: argparse.Namespace) -> int:
         if name in errors:
             _say(f"skipped {errors[name]}", err=True)
     if args.json:
-        print(json.dumps([o.model_dump(mode="json") for o in offers], indent=2))
+        # The clouds' own words, as they answered: a field may quote the caller's key.
+        print(_redact(json.dumps([o.model_dump(mode="json") for o in offers], indent=2)))
     else:
         from respawn.provisioning.offers import matching_names
 
@@ -195,7 +196,7 @@ def cmd_offers(args: argparse.Namespace) -> int:
             print(line)
         print(OFFER_HEADER)
         for o in offers:
-            print(_redact(offer_line(o)))  # the cloud's words are cleaned in offer_line
+            print(offer_line(o, _redact))  # redacted before each column is cut
         if not offers:
             print(
                 "no offer fits" + (" (every provider failed)" if len(errors) == len(names) else "")
@@ -227,8 +228,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ]
         print(args.redact(json.dumps({"runs": doc}, indent=2)))
     else:
-        for line in preview_lines(previews, reports):  # each untrusted piece already cleaned
-            print(args.redact(line))
+        for line in preview_lines(previews, reports, args.redact):
+            print(line)
     return EXIT_OK
 
 
@@ -341,7 +342,7 @@ def _no_instance(fleet: FleetConfig, run_name: str, config: str) -> str:
 
     lines = [f"run {run_name}: no instance on {', '.join(fleet.run(run_name).providers)}"]
     try:
-        store = open_run_store(fleet.store, run_name)
+        store = open_run_store(fleet.store, run_name, read_only=True)
         ledger, order = read_ledger(store), read_halt(store)
         if order is not None and order.halted:
             lines.append(f"  stopped by hand: {order.reason}")
@@ -542,7 +543,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    return show(args, open_run_store(fleet.store, run.name), args.redact)
+    return show(args, open_run_store(fleet.store, run.name, read_only=True), args.redact)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

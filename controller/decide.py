@@ -381,7 +381,8 @@ def _track_generation(
         update |= {
             "ended_at": now,
             "end_reason": _end_reason(obs, verdict),
-            "end_detail": verdict.reason[:300],
+            # Whole: cut only after the ledger is redacted (`model.Detail`).
+            "end_detail": verdict.reason,
         }
     if not update:
         return ledger

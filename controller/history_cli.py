@@ -72,7 +72,7 @@ def cmd_history(args: argparse.Namespace, fleet: object, redact: Redactor) -> in
     run = fleet.run(args.run)
     now = utcnow()
     try:
-        ledger = find_ledger(open_run_store(fleet.store, run.name))
+        ledger = find_ledger(open_run_store(fleet.store, run.name, read_only=True))
     except StoreError as e:
         print(
             redact(f"respawn history: cannot read the ledger of {run.name}: {e}"), file=sys.stderr

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from respawn.provisioning.base import Instance
 from respawn.store.schema import Heartbeat, LatestPointer, RepairEvent
@@ -44,6 +44,19 @@ EndReason = Literal[
 ]
 
 
+#: `end_detail` is kept this short in the ledger.
+END_DETAIL_CHARS = 300
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= END_DETAIL_CHARS else text[: END_DETAIL_CHARS - 1] + "…"
+
+
+#: Cut when a ledger is validated: the controller validates what it writes after redacting
+#: it (`act.save_ledger`), so a secret is masked whole before any of it is cut.
+Detail = Annotated[str, AfterValidator(_short)]
+
+
 class LaunchRecord(_Frozen):
     generation: Generation
     at: AwareDatetime
@@ -56,7 +69,7 @@ class LaunchRecord(_Frozen):
     # What became of the generation (`respawn history`): written by decide, never by a pod.
     ended_at: AwareDatetime | None = None
     end_reason: EndReason | None = None
-    end_detail: Text | None = None
+    end_detail: Detail | None = None
     first_progress_at: AwareDatetime | None = Field(
         None, description="when the controller first saw this generation pass its resume step"
     )

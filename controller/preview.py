@@ -5,14 +5,14 @@ config needed) and what the next tick would launch, on which offer, at what pric
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
 from respawn.controller.config import RunConfig
 from respawn.controller.model import Provision, RunReport
-from respawn.controller.redact import one_line
+from respawn.controller.redact import NO_REDACTION, one_line
 from respawn.provisioning.base import Offer, Provider, Resources, Secrets
 from respawn.provisioning.offers import select
 from respawn.provisioning.registry import REGISTRY
@@ -117,12 +117,17 @@ def preview_launch(
     )
 
 
-def offer_line(o: Offer) -> str:
-    """One row of the offers table; the cloud's own words (ids, names, places) cleaned."""
+def offer_line(o: Offer, redact: Callable[[str], str] = NO_REDACTION) -> str:
+    """One row of the offers table; the cloud's own words (ids, names, places) redacted, then
+    cleaned and cut to their column (cutting first could leave a secret's prefix)."""
+
+    def safe(text: str, limit: int) -> str:
+        return one_line(redact(text), limit)
+
     return (
-        f"{one_line(o.provider, 8):<8} {one_line(o.id, 14):<14} {one_line(o.gpu_name, 16):<16} "
+        f"{safe(o.provider, 8):<8} {safe(o.id, 14):<14} {safe(o.gpu_name, 16):<16} "
         f"{o.gpu_count:>2} {o.vram_gb:>5.0f}G {o.price_per_hour:>8.3f} {o.market:<13} "
-        f"{one_line(o.location or '', 40)}"
+        f"{safe(o.location or '', 40)}"
     )
 
 
@@ -133,8 +138,11 @@ OFFER_HEADER = (
 
 
 def preview_lines(
-    previews: Sequence[LaunchPreview | None], reports: Sequence[RunReport]
+    previews: Sequence[LaunchPreview | None],
+    reports: Sequence[RunReport],
+    redact: Callable[[str], str] = NO_REDACTION,
 ) -> list[str]:
+    """Each untrusted piece redacted before it is cut, then made one inert line."""
     lines = []
     for report, pv in zip(reports, previews, strict=True):
         v = report.plan.verdict
@@ -144,11 +152,11 @@ def preview_lines(
             continue
         start = "a fresh start" if pv.resume_step is None else f"step {pv.resume_step}"
         lines.append(f"{report.run}: {v.health.value}: would launch g{pv.generation} from {start}")
-        lines.append(f"  because: {one_line(pv.reason)}")
+        lines.append(f"  because: {one_line(redact(pv.reason))}")
         if pv.offer is None:
             lines.append("  no offer fits the run's resources now: the tick would retry later")
         else:
-            lines.append(f"  on:   {offer_line(pv.offer)}")
-            lines += [f"  else: {offer_line(o)}" for o in pv.alternatives]
-        lines += [f"  skipped: {one_line(e)}" for e in pv.errors]
+            lines.append(f"  on:   {offer_line(pv.offer, redact)}")
+            lines += [f"  else: {offer_line(o, redact)}" for o in pv.alternatives]
+        lines += [f"  skipped: {one_line(redact(e))}" for e in pv.errors]
     return lines

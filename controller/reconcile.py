@@ -34,7 +34,7 @@ from respawn.controller.model import (
 )
 from respawn.controller.observe import Listings, observe
 from respawn.controller.providers import open_providers
-from respawn.controller.redact import one_line
+from respawn.controller.redact import LOG_LIMIT, one_line
 from respawn.controller.stores import open_fleet_backend, unmade_file_store
 from respawn.controller.wandb_signal import WandbReader
 from respawn.provisioning.base import Instance, Provider
@@ -107,7 +107,9 @@ def broken_report(run: RunConfig, broken: Broken, now: datetime, mode: Mode) -> 
     log.error("%s: the tick failed %s: %s: %s", run.name, broken.stage, type(e).__name__, e)
     log.debug("%s: traceback", run.name, exc_info=e)
     reason = (
-        f"this tick failed {broken.stage}: {type(e).__name__}: {one_line(str(e), 500)} "
+        # Cut only far out: every sink redacts before it cuts to its own length, and a
+        # secret cut here first would no longer be recognised there.
+        f"this tick failed {broken.stage}: {type(e).__name__}: {one_line(str(e), LOG_LIMIT)} "
         "(the other runs were reconciled; `respawn -v status` shows the traceback)"
     )
     ledger = Ledger(run=run.name)

@@ -28,5 +28,9 @@ def unmade_file_store(settings: StoreSettings) -> Backend:
     return sealed(FileBackend(path), settings.ledger_secret_env)
 
 
-def open_run_store(settings: StoreSettings, run: str) -> CheckpointStore:
-    return CheckpointStore(open_fleet_backend(settings), run)
+def open_run_store(settings: StoreSettings, run: str, read_only: bool = False) -> CheckpointStore:
+    """`read_only`: for commands that only look (docs/contracts.md): a controller document
+    still at its old key is read there and not moved (a move writes and deletes)."""
+    store = CheckpointStore(open_fleet_backend(settings), run)
+    store.move_legacy = not read_only
+    return store
