@@ -32,12 +32,17 @@ def clean(data: bytes, redact: Redactor) -> list[str]:
 
 def _new_lines(before: list[str], after: list[str]) -> list[str]:
     """The lines of `after` past the longest suffix of `before` it starts with (the tail is a
-    sliding window: older lines fall off its front as new ones arrive)."""
-    for start in range(len(before)):
-        overlap = before[start:]
-        if after[: len(overlap)] == overlap:
-            return after[len(overlap) :]
-    return after
+    sliding window: older lines fall off its front as new ones arrive). Linear (a prefix
+    function over after + separator + before): a log of repeated lines, which a pod may
+    plant, made the quadratic search take half a minute per follow round."""
+    seq: list[str | None] = [*after, None, *before]  # None matches no line
+    match = [0] * len(seq)
+    for i in range(1, len(seq)):
+        k = match[i - 1]
+        while k and seq[i] != seq[k]:
+            k = match[k - 1]
+        match[i] = k + 1 if seq[i] == seq[k] else k
+    return after[match[-1] :]
 
 
 def cmd_logs(

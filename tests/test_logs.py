@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from respawn.contract.pod import PodEnv
 from respawn.controller.config import PodSpec, parse_config
 from respawn.controller.launch import launch_env
@@ -270,3 +272,27 @@ def test_a_hostile_log_is_shown_inert_and_an_oversized_one_is_refused(tmp_path: 
     big = run_cli("logs", "-c", str(cfg), "--run", "r")
     assert big.returncode != 0 and "Traceback" not in big.stderr
     assert "g000002.log" in big.stderr and "bytes" in big.stderr
+
+
+def test_following_a_log_of_repeated_lines_shows_each_new_line_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Progress bars and blank lines repeat: the window slides by whole lines, and a line equal
+    to an older one is still new."""
+    import argparse
+
+    from respawn.controller.logs_cli import cmd_logs
+    from respawn.controller.redact import Redactor
+
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+    key = store.keys.log(1)
+    store.backend.write_bytes(key, b"\n" * 5000 + b"epoch 1\n")
+    later = [b"\n" * 4998 + b"epoch 1\n\n\nepoch 1\n", b"\n" * 4990 + b"epoch 1\n\n\nepoch 1\n"]
+
+    def sleep(_s: float) -> None:  # the pod uploads a new tail between two polls
+        store.backend.write_bytes(key, later.pop(0))
+
+    args = argparse.Namespace(generation=None, follow=True, follow_rounds=2)
+    assert cmd_logs(args, store, Redactor([]), sleep=sleep) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out.count("epoch 1") == 2 and len(out) == 5000 + 1 + 3

@@ -101,6 +101,8 @@ def test_retention_keeps_recent_trainer_logs_and_ignores_planted_ones(tmp_path: 
         backend.write_bytes(store.keys.log(gen), f"gen {gen} output\n".encode())
     for planted in range(10**9, 10**9 + 5):  # the most digits a log key may have
         backend.write_bytes(store.keys.log(planted), b"junk\n")
+    for gen in range(1, 9):  # the same generations spelled with more zeros
+        backend.write_bytes(f"{store.keys.logs}g{gen:08d}.log", b"junk\n")
     run = parse_config(GOOD).runs[0]
     retention(store, run, generation=8)
     kept = [g for g in store.log_generations() if g <= 8]

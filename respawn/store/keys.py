@@ -159,8 +159,13 @@ class Keys:
         return f"{self.logs}g{generation:06d}.log"
 
     def parse_log_key(self, key: str) -> int | None:
+        """The generation of a log key in its one spelling (`log(g)`): a planted `g0000001.log`
+        is not a second log of generation 1 that could push real ones out of retention."""
         m = re.fullmatch(r"g(\d{6,10})\.log", key.removeprefix(self.logs))
-        return int(m.group(1)) if key.startswith(self.logs) and m else None
+        if not key.startswith(self.logs) or m is None:
+            return None
+        generation = int(m.group(1))
+        return generation if key == self.log(generation) else None
 
     def pod_spec(self, generation: int) -> str:
         """The pod spec the controller launched a generation with (its sha256 is in the pod's
