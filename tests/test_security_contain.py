@@ -398,3 +398,32 @@ def test_a_read_only_tick_reads_an_old_location_ledger_and_moves_nothing(
     assert report.plan.ledger.generation == 1, report.plan.verdict.reason
     assert not (tmp_path / "store" / store.keys.ledger).exists()
     assert (tmp_path / "store" / (store.keys.legacy(store.keys.ledger) or "")).exists()
+
+
+def test_an_old_location_halt_planted_after_the_move_is_never_read(tmp_path: Path) -> None:
+    """Without a ledger secret nothing is signed, so the prefix is the only fence: once the
+    run's ledger is under `_control/`, a halt order a pod key writes where respawn kept it
+    before is neither moved nor obeyed (found by review: it stopped the run)."""
+    from tests.test_reconcile import write_fleet
+
+    fleet = load_config(write_fleet(tmp_path))
+    try:
+        first = tick(fleet)[0]
+        assert first.plan.ledger.generation == 1, first.plan.verdict.reason
+        pod = _pod_store_of(tmp_path)
+        planted = pod.keys.legacy(pod.keys.halt) or ""
+        halt = {"schema": 1, "halted": True, "reason": "pod says stop", "at": utcnow().isoformat()}
+        pod.write_json(planted, halt)
+        report = tick(fleet)[0]
+        verdict = report.plan.verdict
+        assert verdict.health.value not in ("halted", "stopped", "unknown"), verdict.reason
+        assert (tmp_path / "store" / planted).exists()  # not moved
+        assert not (tmp_path / "store" / pod.keys.halt).exists()
+    finally:
+        from respawn.controller.cli import main
+
+        main(["terminate", "-c", str(tmp_path / "fleet.yaml"), "--run", "job"])
+
+
+def _pod_store_of(tmp: Path) -> CheckpointStore:
+    return CheckpointStore.open(f"file://{tmp / 'store'}", "job")

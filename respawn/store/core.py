@@ -113,6 +113,7 @@ class StoreCore:
         }
         self._migrating = {k: self.keys.legacy(k) or k for k in counted}
         self._migrating_counters = {k: self.keys.legacy(c) or c for k, c in counted.items()}
+        self._from_before_control: bool | None = None  # learnt on the first old-key read
         # What the previous publish of this store learnt, to read each file once in the next:
         # sha1 by (device, inode, size, mtime) of every file it sent or copied (a
         # file that has not changed on disk need not be read to know its hash), and which
@@ -158,9 +159,21 @@ class StoreCore:
         """The document, None when missing; CorruptError naming the key when it is larger
         than `max_bytes` or is not strict JSON (`respawn.store.strict`)."""
         raw = self.backend.read_bytes(key, max_bytes=max_bytes)
-        if raw is None and key in self._migrating:
+        if raw is None and key in self._migrating and self._before_control():
             raw = self._migrate(key, self._migrating[key], max_bytes)
         return None if raw is None else loads_document(key, raw)
+
+    def _before_control(self) -> bool:
+        """Whether this run's store is from before `_control/`: its controller prefix holds no
+        ledger. Once it does, the old keys are never read again: they are pod-writable, and
+        a halt order or breaker record planted there would otherwise be moved and obeyed."""
+        if self._from_before_control is None:
+            try:
+                moved = self.backend.read_bytes(self.keys.ledger, max_bytes=DOC_MAX_BYTES)
+            except StoreError:
+                moved = b"unreadable, but there"
+            self._from_before_control = moved is None
+        return self._from_before_control
 
     def _migrate(self, key: str, old: str, max_bytes: int) -> bytes | None:
         """A controller document missing from `_control/RUN/`: a store from before the split
@@ -171,6 +184,12 @@ class StoreCore:
         if raw is None or not self.move_legacy:
             return raw  # a read-only command reads the old copy where it is
         loads_document(old, raw)
+        if key == self.keys.ledger:
+            # The ledger moves last: until it has, the next tick still finds the store from
+            # before `_control/` and moves what a crash here left behind.
+            for other in self._migrating:
+                if other != key:
+                    self.read_json(other)
         self.backend.write_bytes(key, raw)
         stale = [old, self._migrating_counters[key]]
         try:
