@@ -4,7 +4,9 @@ so importing this module sets them."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from respawn.examples.wandb_local import API_KEY, FakeRun, LocalWandb
@@ -12,6 +14,7 @@ from respawn.examples.wandb_local import API_KEY, FakeRun, LocalWandb
 FakeWandb = LocalWandb
 
 _DIR = tempfile.mkdtemp(prefix="respawn-wandb-")
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)  # each test process made one
 for _name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
     os.environ[_name] = _DIR
 os.environ["WANDB_ERROR_REPORTING"] = "false"
