@@ -36,7 +36,8 @@ run's fault history):
                      unusable; one lease TTL more) for more than --stuck-ticks ticks without
                      a reason naming a remedy command; a named remedy (`respawn ledger
                      repair`, `respawn resume`) is run as a person would, counted, and must
-                     succeed and end the state within --stuck-ticks more ticks
+                     succeed and end the state within --stuck-ticks more ticks (ticks while
+                     the soak holds the run's store away count toward neither)
   reaches-target     after the faults stop, every run finishes: the pointer names a verified
                      step >= target, and every step any of its trainers logged has the loss of
                      the uninterrupted run (`toy_trainer.trajectory`)
@@ -721,6 +722,10 @@ class Soak:
         if locked and self.tick_no - self.last_killed_tick <= ttl_ticks:
             rs.stuck_ticks = 0  # each killed tick may hold the lease for a TTL, by design
             return
+        if rs.unreadable_until is not None:
+            # The soak holds the store away (a person would see it down and wait): these
+            # ticks count neither before a remedy nor against one already applied.
+            return
         rs.stuck_ticks += 1
         limit = self.args.stuck_ticks
         if rs.skipped is not None:  # a lease left by a cut-off tick's release: one TTL
@@ -735,12 +740,11 @@ class Soak:
                 f"{rs.health.value} for {rs.stuck_ticks} ticks, no remedy named: {rs.reason}"
                 + (f" [no tick could act: {rs.skipped}]" if rs.skipped else ""),
             )
-        elif rs.unreadable_until is not None:
-            return  # a person would see the store down and wait: the soak itself took it away
         elif rs.remedied_at is None:
             # A new count starts: the remedy must end the state within `limit` ticks.
-            rs.remedied_at, rs.stuck_ticks = self.tick_no, 0
-            self.operator(rs, remedy.group(1))
+            ran = self.operator(rs, remedy.group(1))
+            if ran is not None:  # failed: a person tries again after as long again
+                rs.remedied_at, rs.stuck_ticks = (self.tick_no if ran else None), 0
         else:
             self.violate(
                 "not-stuck",
@@ -748,13 +752,16 @@ class Soak:
                 f"still {rs.health.value} {limit} ticks after a named remedy: {rs.reason}",
             )
 
-    def operator(self, rs: RunState, command: str) -> None:
-        """What a person does with a named remedy: run it."""
+    def operator(self, rs: RunState, command: str) -> bool | None:
+        """What a person does with a named remedy: run it; whether it succeeded (None: not
+        run, the store is down, as a person would see and wait for: the soak took it away)."""
         words = shlex.split(command)[1:]
         if "--run" not in words:
             words += ["--run", rs.name]
         words += ["-c", str(self.config_path)]
-        with self.lock:
+        with self.lock:  # the poller springs armed outages: checked and held at once
+            if rs.unreadable_until is not None:
+                return None
             rs.operating = True
         try:
             proc = subprocess.run(
@@ -774,7 +781,8 @@ class Soak:
         print(f"operator: {line}", flush=True)
         if proc.returncode != 0 or "Traceback" in proc.stderr:
             self.violate("not-stuck", rs, f"the named remedy failed: {line}", once=False)
-            rs.remedied_at = None  # a person would try again, and so does the soak
+            return False  # a person would try again, and so does the soak
+        return True
 
     # -- phases ----------------------------------------------------------------------------
 
