@@ -9,8 +9,10 @@ process provider, the toy trainer, each run with its own seed and a longer targe
 schedule is a function of the seed and the tick number only (every tick draws the same
 numbers whatever happened), so a seed names one sequence of faults; what the processes do
 in between is timing. A fault with nothing to hit in its drawn run (no live pod) passes to
-the next run; `--only`/`--skip` choose the kinds drawn (one kind alone shows which
-invariants it breaks), `--ticks` bounds the fault phase.
+the next run, and with nothing to hit in any waits up to --fault-wait ticks (on a loaded
+machine pods take longer to start: the seed's faults still bite); `--only`/`--skip` choose
+the kinds drawn (one kind alone shows which invariants it breaks), `--ticks` bounds the
+fault phase.
 
 Faults: SIGKILL / SIGSTOP (SIGCONT later) / SIGTERM of a whole pod, of its supervisor, or of
 its trainer; the run's store directory unreadable for a while (chmod 000: when run as root
@@ -36,7 +38,8 @@ run's fault history):
                      unusable; one lease TTL more) for more than --stuck-ticks ticks without
                      a reason naming a remedy command; a named remedy (`respawn ledger
                      repair`, `respawn resume`) is run as a person would, counted, and must
-                     succeed and end the state within --stuck-ticks more ticks
+                     succeed and end the state within --stuck-ticks more ticks (ticks while
+                     the soak holds the run's store away count toward neither)
   reaches-target     after the faults stop, every run finishes: the pointer names a verified
                      step >= target, and every step any of its trainers logged has the loss of
                      the uninterrupted run (`toy_trainer.trajectory`)
@@ -263,6 +266,7 @@ class Soak:
         self.tick_no = 0
         self.faults: list[Fault] = []
         self.skipped: Counter[str] = Counter()
+        self.waiting: list[tuple[str, int, float, float, int]] = []  # (kind, run, a, b, drawn)
         self.violations: list[Violation] = []
         self.recoveries = 0
         self.remedies: list[str] = []
@@ -721,6 +725,10 @@ class Soak:
         if locked and self.tick_no - self.last_killed_tick <= ttl_ticks:
             rs.stuck_ticks = 0  # each killed tick may hold the lease for a TTL, by design
             return
+        if rs.unreadable_until is not None:
+            # The soak holds the store away (a person would see it down and wait): these
+            # ticks count neither before a remedy nor against one already applied.
+            return
         rs.stuck_ticks += 1
         limit = self.args.stuck_ticks
         if rs.skipped is not None:  # a lease left by a cut-off tick's release: one TTL
@@ -735,12 +743,11 @@ class Soak:
                 f"{rs.health.value} for {rs.stuck_ticks} ticks, no remedy named: {rs.reason}"
                 + (f" [no tick could act: {rs.skipped}]" if rs.skipped else ""),
             )
-        elif rs.unreadable_until is not None:
-            return  # a person would see the store down and wait: the soak itself took it away
         elif rs.remedied_at is None:
             # A new count starts: the remedy must end the state within `limit` ticks.
-            rs.remedied_at, rs.stuck_ticks = self.tick_no, 0
-            self.operator(rs, remedy.group(1))
+            ran = self.operator(rs, remedy.group(1))
+            if ran is not None:  # failed: a person tries again after as long again
+                rs.remedied_at, rs.stuck_ticks = (self.tick_no if ran else None), 0
         else:
             self.violate(
                 "not-stuck",
@@ -748,13 +755,16 @@ class Soak:
                 f"still {rs.health.value} {limit} ticks after a named remedy: {rs.reason}",
             )
 
-    def operator(self, rs: RunState, command: str) -> None:
-        """What a person does with a named remedy: run it."""
+    def operator(self, rs: RunState, command: str) -> bool | None:
+        """What a person does with a named remedy: run it; whether it succeeded (None: not
+        run, the store is down, as a person would see and wait for: the soak took it away)."""
         words = shlex.split(command)[1:]
         if "--run" not in words:
             words += ["--run", rs.name]
         words += ["-c", str(self.config_path)]
-        with self.lock:
+        with self.lock:  # the poller springs armed outages: checked and held at once
+            if rs.unreadable_until is not None:
+                return None
             rs.operating = True
         try:
             proc = subprocess.run(
@@ -774,7 +784,8 @@ class Soak:
         print(f"operator: {line}", flush=True)
         if proc.returncode != 0 or "Traceback" in proc.stderr:
             self.violate("not-stuck", rs, f"the named remedy failed: {line}", once=False)
-            rs.remedied_at = None  # a person would try again, and so does the soak
+            return False  # a person would try again, and so does the soak
+        return True
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -785,27 +796,40 @@ class Soak:
             self.tick_no += 1
             self.undo_due()
             fire, kind, run_i, a, b, double = self.draw()
-            if fire:
-                # The drawn run first; one with nothing to hit (no live pod, no store yet)
-                # passes the fault on to the next run, in order.
-                detail = None
-                for k in range(len(self.runs)):
-                    rs = self.runs[(run_i + k) % len(self.runs)]
-                    if (detail := self.inject(kind, rs, a, b)) is not None:
-                        break
-                if detail is None:
-                    self.skipped[kind] += 1
-                else:
-                    target = "*" if kind == "tick-killed" else rs.name
-                    self.faults.append(Fault(self.tick_no, kind, target, detail))
-                    # A fault after a remedy starts a new episode: a person applies the
-                    # remedy again (the soak saw a ledger deleted twice, 2 ticks apart).
-                    if target == rs.name and rs.remedied_at is not None:
-                        rs.remedied_at, rs.stuck_ticks = None, 0
-                    print(f"t{self.tick_no:<4} fault {kind:<17} {rs.name}: {detail}", flush=True)
+            # A fault with nothing to hit yet (pods still starting: a loaded machine) waits
+            # for a later tick, so every kind the seed draws still bites.
+            waiting, self.waiting = self.waiting, []
+            for fault in waiting + ([(kind, run_i, a, b, self.tick_no)] if fire else []):
+                self.fire(*fault)
             self.check(self.run_ticks(double))
             self.poll_records()
             time.sleep(max(0.0, self.args.tick_seconds - (time.monotonic() - started)))
+        for kind, *_ in self.waiting:  # the faults are over: these never found a target
+            self.skipped[kind] += 1
+        self.waiting = []
+
+    def fire(self, kind: str, run_i: int, a: float, b: float, drawn: int) -> None:
+        """The drawn run first; one with nothing to hit (no live pod, no store yet) passes
+        the fault on to the next run, in order; with nothing anywhere it waits a tick."""
+        detail = None
+        for k in range(len(self.runs)):
+            rs = self.runs[(run_i + k) % len(self.runs)]
+            if (detail := self.inject(kind, rs, a, b)) is not None:
+                break
+        if detail is None:
+            if self.tick_no - drawn < self.args.fault_wait:
+                self.waiting.append((kind, run_i, a, b, drawn))
+            else:
+                self.skipped[kind] += 1
+            return
+        target = "*" if kind == "tick-killed" else rs.name
+        self.faults.append(Fault(self.tick_no, kind, target, detail))
+        # A fault after a remedy starts a new episode: a person applies the remedy again
+        # (the soak saw a ledger deleted twice, 2 ticks apart).
+        if target == rs.name and rs.remedied_at is not None:
+            rs.remedied_at, rs.stuck_ticks = None, 0
+        late = f" (drawn t{drawn})" if drawn != self.tick_no else ""
+        print(f"t{self.tick_no:<4} fault {kind:<17} {rs.name}: {detail}{late}", flush=True)
 
     def settle(self) -> None:
         """No more faults: the fleet must finish on its own."""
@@ -934,7 +958,8 @@ class Soak:
         )
         print(
             f"faults               : {len(self.faults)} "
-            f"({sum(self.skipped.values())} drawn with nothing to hit)"
+            f"({sum(self.skipped.values())} drawn with nothing to hit, "
+            f"{self.args.fault_wait} ticks waited)"
         )
         for kind in FAULTS:
             fired = f" (fired {self.fired[kind]})" if kind.startswith("outage-at") else ""
@@ -974,6 +999,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--double-rate", type=float, default=0.15, help="chance of two ticks at once")
     p.add_argument("--settle-ticks", type=int, default=4, help="a launch race's allowance")
     p.add_argument("--stuck-ticks", type=int, default=8)
+    p.add_argument(
+        "--fault-wait", type=int, default=8, help="ticks a fault with nothing to hit waits"
+    )
     p.add_argument("--lease-ttl", type=float, default=20.0, help="seconds (the product: 300)")
     p.add_argument(
         "--skip",

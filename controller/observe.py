@@ -125,8 +125,8 @@ def observe(
         except CorruptError as e:
             # Unreadable: a cache of the manifests, rebuilt from them when there are any.
             pointer_lost = _lost_pointer(store, str(e), errors)
-            if pointer_lost is None:
-                errors.append(f"latest.json: {e}")
+            if pointer_lost is None:  # no manifest (or no listing): a person sets it aside
+                errors.append(f"latest.json: {e} ({_repair(run)} sets it aside)")
         except StoreError as e:
             errors.append(f"latest.json: {e} ({_repair(run)} rebuilds it from the manifests)")
         try:

@@ -163,3 +163,39 @@ def test_ledger_repair_with_an_unreadable_pointer_and_heartbeat_rebuilds_the_poi
         for p in (tmp_path / "store").rglob("*.corrupt-*")
     }
     assert kept == set(keys)
+
+
+@pytest.mark.parametrize("pod", ["none-yet", "live"])
+@pytest.mark.parametrize(
+    "junk",
+    [b'{"generation": 1, garbage', b'{"schema": 1, "run": "\\ud800", "holder": "\\ud800"}'],
+    ids=["torn", "lone-surrogate"],
+)
+def test_a_garbage_pointer_before_the_first_publish_names_its_remedy(
+    tmp_path: Path,
+    clouds: tuple,  # noqa: F811 (the fixture)
+    capsys: pytest.CaptureFixture[str],
+    pod: str,
+    junk: bytes,
+) -> None:
+    """The soak (seed 5) garbled latest.json of a run with no step published yet: with no
+    manifest to rebuild it from, the run stayed `unknown` forever, its reason naming nothing
+    a person could run."""
+    vast, _ = clouds
+    path = cloud_fleet(tmp_path, clouds, ["vast"])
+    fleet = load_config(path)
+    if pod == "live":
+        assert tick(fleet)[0].results[-1].ok  # g1 launched, nothing published yet
+    file = tmp_path / "store" / Keys("job").latest
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(junk)
+
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health == Health.UNKNOWN
+    found = COMMAND.search(report.plan.verdict.reason)
+    assert found, f"an unknown that names no command: {report.plan.verdict.reason}"
+    rc, out, err = cli(capsys, *shlex.split(found.group(1))[1:], "-c", str(path))
+    assert rc == 0 and "Traceback" not in out + err, out + err
+    report = tick(fleet)[0]
+    assert report.plan.verdict.health != Health.UNKNOWN, report.plan.verdict.reason
+    assert len(vast_live(vast)) == 1  # the run goes on (or starts): one instance
