@@ -295,6 +295,11 @@ class _Actor:
                     return f"latest.json rebuilt at step {rebuilt.step} ({rebuilt.manifest})"
                 if self.store.pointer_or_error()[0] is not None:
                     return "a pod published meanwhile: its pointer stands"
+                kept = self.store.set_pointer_aside(
+                    action.generation, writer="respawn-controller:repair"
+                )
+                if kept is not None:
+                    return f"latest.json set aside as {kept}: no step has a manifest"
                 raise StoreError(
                     "no step's manifest matches the store's listing; a new pod restores the "
                     "newest step that verifies in full and rebuilds the pointer"

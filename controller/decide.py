@@ -314,7 +314,7 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
         gen = max(obs.ledger.generation, fencing_generation(obs)[0])
         actions = [
             RepairPointer(generation=gen, reason=obs.pointer_lost),
-            Alert(message=f"{run.name}: {obs.pointer_lost}: rebuilding latest.json from them"),
+            Alert(message=f"{run.name}: {obs.pointer_lost}"),
             *actions,
         ]
     if verdict.health is not Health.UNKNOWN:

@@ -59,17 +59,21 @@ def _repair(run: RunConfig) -> str:
     return f"`respawn ledger repair --run {run.name}`"
 
 
-def _lost_pointer(store: CheckpointStore, why: str, errors: list[str]) -> str | None:
-    """Why the pointer is lost, when the run has manifests to rebuild it from (None: no
-    manifest, a run not yet published). One listing, only for a run without a pointer."""
+def _lost_pointer(
+    store: CheckpointStore, why: str, errors: list[str], corrupt: bool = False
+) -> str | None:
+    """Why the pointer is lost and what the tick does about it (None: a missing pointer of a
+    run not yet published, or no listing). One listing, only for a run without a pointer."""
     try:
         steps = store.manifested_steps()
     except StoreError as e:
         errors.append(f"listing steps (the pointer is not readable): {e}")
         return None
+    if not steps and not corrupt:
+        return None  # a run not yet published: nothing is lost
     if not steps:
-        return None
-    return f"{why}, but steps up to {steps[-1]} have manifests"
+        return f"{why}, and no step has a manifest yet: it is set aside, the next pod starts fresh"
+    return f"{why}, but steps up to {steps[-1]} have manifests: latest.json is rebuilt from them"
 
 
 def observe(
@@ -124,8 +128,8 @@ def observe(
                 pointer_lost = _lost_pointer(store, f"{store.keys.latest} is missing", errors)
         except CorruptError as e:
             # Unreadable: a cache of the manifests, rebuilt from them when there are any.
-            pointer_lost = _lost_pointer(store, str(e), errors)
-            if pointer_lost is None:  # no manifest (or no listing): a person sets it aside
+            pointer_lost = _lost_pointer(store, str(e), errors, corrupt=True)
+            if pointer_lost is None:  # no listing: nothing known to rebuild from
                 errors.append(f"latest.json: {e} ({_repair(run)} sets it aside)")
         except StoreError as e:
             errors.append(f"latest.json: {e} ({_repair(run)} rebuilds it from the manifests)")

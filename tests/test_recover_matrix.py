@@ -20,6 +20,7 @@ from respawn.controller.model import HaltOrder, Health
 from respawn.controller.reconcile import tick
 from respawn.store.keys import Keys
 from respawn.store.schema import Heartbeat, utcnow
+from respawn.store.store import CheckpointStore
 from tests.conftest import make_step, run_cli
 from tests.test_control_safety import cli, cloud_fleet, clouds, store_of, vast_live  # noqa: F401
 from tests.test_security_controller import SECRET
@@ -171,19 +172,19 @@ def test_ledger_repair_with_an_unreadable_pointer_and_heartbeat_rebuilds_the_poi
     [b'{"generation": 1, garbage', b'{"schema": 1, "run": "\\ud800", "holder": "\\ud800"}'],
     ids=["torn", "lone-surrogate"],
 )
-def test_a_garbage_pointer_before_the_first_publish_names_its_remedy(
+def test_a_garbage_pointer_before_the_first_publish_is_set_aside_by_the_tick(
     tmp_path: Path,
     clouds: tuple,  # noqa: F811 (the fixture)
-    capsys: pytest.CaptureFixture[str],
     pod: str,
     junk: bytes,
 ) -> None:
     """The soak (seed 5) garbled latest.json of a run with no step published yet: with no
-    manifest to rebuild it from, the run stayed `unknown` forever, its reason naming nothing
-    a person could run."""
+    manifest to rebuild it from, the run stayed `unknown` forever. A pointer only ever names
+    a manifest, so with none there is nothing it could have named: the tick keeps the bytes
+    aside, records the repair, and the run starts (or goes on) with one instance, nobody
+    needed."""
     vast, _ = clouds
-    path = cloud_fleet(tmp_path, clouds, ["vast"])
-    fleet = load_config(path)
+    fleet = load_config(cloud_fleet(tmp_path, clouds, ["vast"]))
     if pod == "live":
         assert tick(fleet)[0].results[-1].ok  # g1 launched, nothing published yet
     file = tmp_path / "store" / Keys("job").latest
@@ -191,11 +192,12 @@ def test_a_garbage_pointer_before_the_first_publish_names_its_remedy(
     file.write_bytes(junk)
 
     report = tick(fleet)[0]
-    assert report.plan.verdict.health == Health.UNKNOWN
-    found = COMMAND.search(report.plan.verdict.reason)
-    assert found, f"an unknown that names no command: {report.plan.verdict.reason}"
-    rc, out, err = cli(capsys, *shlex.split(found.group(1))[1:], "-c", str(path))
-    assert rc == 0 and "Traceback" not in out + err, out + err
-    report = tick(fleet)[0]
     assert report.plan.verdict.health != Health.UNKNOWN, report.plan.verdict.reason
+    assert any("set aside" in r.detail for r in report.results if r.ok), report.results
+    assert not file.exists()
+    kept = list(file.parent.glob("latest.json.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == junk
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "job")
+    assert [r.kind for r in store.repairs()] == ["pointer-set-aside"]
+    assert tick(fleet)[0].plan.verdict.health != Health.UNKNOWN
     assert len(vast_live(vast)) == 1  # the run goes on (or starts): one instance

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from respawn.store.backend import CorruptError, StoreError
+from respawn.store.backend import CorruptError, StoreError, TooLargeError
 from respawn.store.core import BackwardsError, FencedError, StoreCore
 from respawn.store.many import retried
 from respawn.store.schema import LatestPointer, utcnow
+from respawn.store.strict import DOC_MAX_BYTES
 
 log = logging.getLogger("respawn.store")
 
@@ -151,3 +152,22 @@ class PointerMoves(StoreCore):
             f"{why or f'{self.keys.latest} was missing'}; rebuilt from {key}",
         )
         return new
+
+    def set_pointer_aside(self, generation: int, writer: str) -> str | None:
+        """Keep an unreadable pointer of a run with no manifest as `latest.json.corrupt-TIME`
+        and remove it, so the next pod starts fresh, as a run with no pointer does: a pointer
+        only ever names a manifest, so with none there is nothing it could have named. None
+        when the pointer became readable meanwhile (a pod published) or steps have manifests
+        (those rebuild it: `rebuild_pointer`)."""
+        current, why = self.pointer_or_error()
+        if current is not None or why is None or self.manifested_steps():
+            return None
+        kept = f"{self.keys.latest}.corrupt-{utcnow():%Y%m%dT%H%M%S%fZ}"
+        try:
+            raw = self.backend.read_bytes(self.keys.latest, max_bytes=DOC_MAX_BYTES) or b""
+        except TooLargeError as big:  # not kept whole: what it was is kept instead
+            raw = str(big).encode()
+        self.backend.write_bytes(kept, raw)
+        self.backend.delete([self.keys.latest])
+        self._record_repair("pointer-set-aside", generation, writer, None, f"{why}; kept as {kept}")
+        return kept

@@ -140,7 +140,13 @@ class RepairEvent(_Doc):
     restored from another intact copy); `respawn ckpt ls` and the controller show these."""
 
     schema_: int = Field(SCHEMA_VERSION, alias="schema", ge=0, le=MAX_SCHEMA)
-    kind: Literal["pointer-rebuilt", "quarantined", "file-from-other-copy", "pointer-reclaimed"]
+    kind: Literal[
+        "pointer-rebuilt",
+        "quarantined",
+        "file-from-other-copy",
+        "pointer-reclaimed",
+        "pointer-set-aside",
+    ]
     step: Step | None = None
     detail: Text = ""
     at: AwareDatetime
