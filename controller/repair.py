@@ -37,7 +37,7 @@ from respawn.controller.model import (
     RollbackRecord,
 )
 from respawn.provisioning.base import Instance
-from respawn.store.backend import Backend, TooLargeError
+from respawn.store.backend import Backend
 from respawn.store.schema import Heartbeat, LatestPointer
 from respawn.store.store import CheckpointStore, StoreError
 from respawn.store.strict import DOC_MAX_BYTES, loads_document
@@ -128,16 +128,7 @@ def repair_ledger(
 
 
 def _set_aside(store: CheckpointStore, key: str, stamp: str, delete: bool = True) -> str:
-    backend = unverified(store)
-    backup = f"{key}.corrupt-{stamp}"
-    try:
-        raw = backend.read_bytes(key, max_bytes=DOC_MAX_BYTES) or b""
-    except TooLargeError as big:  # not kept whole: what it was is kept instead
-        raw = str(big).encode()
-    backend.write_bytes(backup, raw)
-    if delete:
-        backend.delete([key])
-    return backup
+    return store.set_aside(key, stamp, delete, backend=unverified(store))
 
 
 def _generation_of(

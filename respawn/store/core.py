@@ -24,6 +24,7 @@ from respawn.store.backend import (
     ObjectInfo,
     StoreConfigError,
     StoreError,
+    TooLargeError,
 )
 from respawn.store.keys import Keys, parse_step_dirname
 from respawn.store.many import each_outcome, retried
@@ -198,6 +199,22 @@ class StoreCore:
             log.warning("%s moved to %s; the old copy stays: %s", old, key, e)
         log.info("moved %s to %s (the controller's prefix)", old, key)
         return self.backend.read_bytes(key, max_bytes=max_bytes)
+
+    def set_aside(
+        self, key: str, stamp: str, delete: bool = True, backend: Backend | None = None
+    ) -> str:
+        """Keep `key`'s bytes as `key.corrupt-STAMP` (what it was, when too large to keep
+        whole) and, with `delete`, remove it. `backend`: one that reads it unverified."""
+        backend = backend or self.backend
+        kept = f"{key}.corrupt-{stamp}"
+        try:
+            raw = backend.read_bytes(key, max_bytes=DOC_MAX_BYTES) or b""
+        except TooLargeError as big:
+            raw = str(big).encode()
+        backend.write_bytes(kept, raw)
+        if delete:
+            backend.delete([key])
+        return kept
 
     def write_json(self, key: str, doc: object) -> None:
         self.backend.write_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")

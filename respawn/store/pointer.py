@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from respawn.store.backend import CorruptError, StoreError, TooLargeError
+from respawn.store.backend import CorruptError, StoreError
 from respawn.store.core import BackwardsError, FencedError, StoreCore
 from respawn.store.many import retried
 from respawn.store.schema import LatestPointer, utcnow
-from respawn.store.strict import DOC_MAX_BYTES
 
 log = logging.getLogger("respawn.store")
 
@@ -162,12 +161,6 @@ class PointerMoves(StoreCore):
         current, why = self.pointer_or_error()
         if current is not None or why is None or self.manifested_steps():
             return None
-        kept = f"{self.keys.latest}.corrupt-{utcnow():%Y%m%dT%H%M%S%fZ}"
-        try:
-            raw = self.backend.read_bytes(self.keys.latest, max_bytes=DOC_MAX_BYTES) or b""
-        except TooLargeError as big:  # not kept whole: what it was is kept instead
-            raw = str(big).encode()
-        self.backend.write_bytes(kept, raw)
-        self.backend.delete([self.keys.latest])
+        kept = self.set_aside(self.keys.latest, f"{utcnow():%Y%m%dT%H%M%S%fZ}")
         self._record_repair("pointer-set-aside", generation, writer, None, f"{why}; kept as {kept}")
         return kept
