@@ -4,8 +4,10 @@ An import error (`ModuleNotFoundError: No module named 'torch'`), a typo in the 
 missing data file: the trainer exits within seconds, before writing any step, with the same
 last line each time. Restarting it, or renting another instance, repeats it at a price; the
 pod reports it as a failure that will repeat (the controller halts the run with the reason).
-Output that names the machine (CUDA, NCCL, the disk, the network) is not taken for the same
-failure elsewhere: those restart and replace as before.
+Output that names the machine (CUDA, NCCL, the disk, the network) anywhere since the start (a
+launcher such as torchrun prints its own summary after the cause), and a death by a signal (the
+kernel's OOM killer: this machine's RAM), are not taken for the same failure elsewhere: those
+restart and replace as before.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class StartFailures:
         tail = last_lines(output)
         early = seconds < EARLY_SECONDS and not stepped and bool(tail)
         last = tail.splitlines()[-1] if tail else ""
-        if not early or any(sign in last.lower() for sign in MACHINE_SIGNS):
+        printed = output.lower()
+        killed = rc < 0 or rc == 128 + 9  # SIGKILL, directly or through a shell
+        if not early or killed or any(sign in printed for sign in MACHINE_SIGNS):
             self.previous = None
             return None
         now = (rc, last)

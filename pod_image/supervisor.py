@@ -168,6 +168,7 @@ class Supervisor:
     # -- trainer -------------------------------------------------------------------------
 
     def _start_trainer(self) -> None:
+        self.steps.restore_in_place()
         # Read once, pinned at once: a publish landing meanwhile must not clean what it loads.
         resume = self.steps.pin_resume()
         command = render_command(

@@ -15,7 +15,13 @@ import threading
 import time
 
 from respawn.pod.context import PodContext
-from respawn.store.disk import SNAPSHOT_DIR, complete_steps, snapshot, step_dirs
+from respawn.store.disk import (
+    complete_steps,
+    keep_published,
+    restore_in_place,
+    snapshot,
+    step_dirs,
+)
 from respawn.store.progress import TransferProgress
 from respawn.store.store import BackwardsError, FencedError, StoreError
 
@@ -44,6 +50,7 @@ class StepSync:
         self._synced = 0
         self._writer_done = False
         self._publishes_since_gc = 0
+        self._kept_lock = threading.Lock()  # the published copy of files overwritten in place
         self.last_error: str | None = None  # why the last publish failed; None once one works
         # The step a (re)started trainer loads, and the steps on disk when it started: the
         # pinned step stays on disk until this trainer's own newer step is published.
@@ -65,6 +72,16 @@ class StepSync:
         with self._lock:
             self._pinned, self._pinned_leftovers = self.published, leftovers
             return self.published
+
+    def restore_in_place(self) -> None:
+        """Before a trainer (re)starts: a file overwritten in place that the last trainer left
+        torn (it died mid-save) is put back as the published step, which it resumes from."""
+        with self._lock:
+            published = self.published
+        with self._kept_lock:
+            back = restore_in_place(self.ctx.workdir, self.ctx.pod.checkpoints.sources, published)
+        for path in back:
+            log.warning("%s was left half written: put back as published step %s", path, published)
 
     def unpublished(self) -> list[int]:
         """Complete steps on disk newer than the newest published one, oldest first (the
@@ -118,6 +135,10 @@ class StepSync:
         except OSError as e:
             # The trainer may delete its own old checkpoints while we look at them.
             log.warning("sync round failed (will retry): %s", e)
+        except Exception:
+            # Whatever a trainer left on disk, the sync thread must live: a dead one leaves
+            # every later wait for a round (a restart, the finish) waiting until SIGTERM.
+            log.exception("sync round failed (will retry)")
 
     def _sync(self, writer_done: bool) -> None:
         pod, workdir = self.ctx.pod, self.ctx.workdir
@@ -131,7 +152,7 @@ class StepSync:
         done = complete_steps(workdir, pod.checkpoints.sources, now)
         if not done or (self.published is not None and done[-1].step <= self.published):
             return
-        step = snapshot(workdir, done[-1], pod.checkpoints.sources)
+        step = snapshot(workdir, done[-1], pod.checkpoints.sources, now)
         if step is None:
             log.info("step %d changed while it was copied aside; next round", done[-1].step)
             return
@@ -159,7 +180,8 @@ class StepSync:
             return
         self.last_error = None
         bar.finish()
-        shutil.rmtree(workdir / SNAPSHOT_DIR, ignore_errors=True)
+        with self._kept_lock:
+            keep_published(workdir)
         log.info(
             "published step %d (%d B sent, %d B unchanged)",
             step.step,

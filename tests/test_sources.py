@@ -172,14 +172,14 @@ def test_a_file_in_place_is_published_from_a_copy_of_the_step_it_was(tmp_path: P
     write(tmp_path, "out/ckpt.pt", b"step 500", age=1)
     write(tmp_path, "out/ckpt.json", b'{"iter_num": 500}')
     (got,) = complete_steps(tmp_path, [nanogpt()], time.time())
-    copied = snapshot(tmp_path, got, [nanogpt()])
+    copied = snapshot(tmp_path, got, [nanogpt()], float("inf"))
     assert copied is not None
     by_rel = {f.rel: f.abs for f in copied.files}
     write(tmp_path, "out/ckpt.pt", b"step 750 overwrote it")  # the trainer goes on
     assert by_rel["out/ckpt.pt"].read_bytes() == b"step 500"
     # A step that moved on between the look and the copy is not published as the old one.
     write(tmp_path, "out/ckpt.json", b'{"iter_num": 750}')
-    assert snapshot(tmp_path, got, [nanogpt()]) is None
+    assert snapshot(tmp_path, got, [nanogpt()], float("inf")) is None
 
 
 def test_a_file_in_place_is_restored_to_its_path(tmp_path: Path) -> None:

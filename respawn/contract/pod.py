@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import string
 from collections.abc import Mapping
 from datetime import timedelta
@@ -246,7 +247,8 @@ def render_command(
         resume_step=resume if resume is not None else 0,
         run=run,
         generation=generation,
-        python=python,
+        # Split as a shell would: an interpreter path with a space stays one word.
+        python=shlex.quote(python),
         workdir=str(workdir),
     )
 

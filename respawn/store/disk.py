@@ -19,10 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from respawn.contract.sources import CheckpointSource, template_glob, template_regex
+from respawn.store.strict import MAX_STEP
 
 #: Where files overwritten in place are copied before they are published (under the workdir:
 #: the same filesystem, and never a checkpoint source's path).
 SNAPSHOT_DIR = ".respawn-snapshot"
+#: Inside it: the copy being published, and the copy of the newest published step (what a
+#: trainer restarted in place is given back when it died half way through overwriting).
+_NEXT, _PUBLISHED = "next", "published"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,16 @@ def _regular(p: Path) -> bool:
         return False
 
 
+def _step(value: object) -> int | None:
+    """A step a trainer wrote (a JSON value or a file name's digits), or None when it is no
+    step the store could hold: a bool, a fraction, Infinity, 10**18 (never a step trained)."""
+    if isinstance(value, str) and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_STEP else None
+
+
 def read_step(workdir: Path, source: CheckpointSource) -> int | None:
     """The step of a file overwritten in place, from where its `step_from` says; None when it
     cannot be read (not written yet, or mid-write)."""
@@ -63,16 +77,19 @@ def read_step(workdir: Path, source: CheckpointSource) -> int | None:
         if not _regular(side):
             return None
         try:
-            value = json.loads(side.read_text()).get(sf.key)
-            return int(value) if value is not None and int(value) >= 0 else None
+            if side.stat().st_size > 1 << 20:
+                return None  # no sidecar of a step is this large
+            return _step(json.loads(side.read_text()).get(sf.key))
         except (OSError, ValueError, TypeError, AttributeError):
             return None
     assert sf.name is not None
     rx = template_regex(sf.name)
     steps = [
-        int(m.group("step"))
+        step
         for p in workdir.glob(template_glob(sf.name))
-        if (m := rx.match(p.relative_to(workdir).as_posix())) and _regular(p)
+        if (m := rx.match(p.relative_to(workdir).as_posix()))
+        and _regular(p)
+        and (step := _step(m.group("step"))) is not None
     ]
     return max(steps, default=None)
 
@@ -88,9 +105,10 @@ def _matches(workdir: Path, source: CheckpointSource) -> dict[int, Path]:
     for path in workdir.glob(source.glob()):
         rel = path.relative_to(workdir).as_posix()
         m = rx.match(rel)
+        step = _step(m.group("step")) if m else None
         # A symlink could point anywhere on the pod: never a checkpoint.
-        if m and (_regular(path) or (path.is_dir() and not path.is_symlink())):
-            found[int(m.group("step"))] = path
+        if step is not None and (_regular(path) or (path.is_dir() and not path.is_symlink())):
+            found[step] = path
     return found
 
 
@@ -215,13 +233,18 @@ def complete_steps(
 
 
 def snapshot(
-    workdir: Path, step: StepOnDisk, sources: tuple[CheckpointSource, ...] | list[CheckpointSource]
+    workdir: Path,
+    step: StepOnDisk,
+    sources: tuple[CheckpointSource, ...] | list[CheckpointSource],
+    now: float,
 ) -> StepOnDisk | None:
     """The step with every file overwritten in place copied aside, or None when one changed
-    while it was copied or its step moved on (the next round tries again)."""
+    while it was copied, was rewritten since it was judged complete (torch.save writes in
+    chunks, and a copy may fall in a pause between two), or its step moved on (the next round
+    tries again)."""
     if not any(f.live for f in step.files):
         return step
-    base = workdir / SNAPSHOT_DIR
+    base = workdir / SNAPSHOT_DIR / _NEXT
     shutil.rmtree(base, ignore_errors=True)
     files = []
     for f in step.files:
@@ -236,11 +259,56 @@ def snapshot(
         if (before.st_mtime_ns, before.st_size) != (after.st_mtime_ns, after.st_size):
             return None
         files.append(replace(f, abs=target, size=target.stat().st_size, live=False))
+    copied = {f.rel for f in step.files if f.live}
     for source in sources:
-        moved = source.in_place and read_step(workdir, source) != step.step
-        if moved and (workdir / source.path).exists():
+        path = workdir / source.path
+        if not source.in_place or not path.exists():
+            continue
+        if read_step(workdir, source) != step.step:
+            return None
+        # Complete now, with the bytes unchanged since they were copied: the copy is whole.
+        if source.path in copied and not _is_complete(workdir, source, step.step, path, now):
             return None
     return replace(step, files=tuple(files))
+
+
+def keep_published(workdir: Path) -> None:
+    """The copy just published becomes the one a restarted trainer is given back."""
+    root = workdir / SNAPSHOT_DIR
+    shutil.rmtree(root / _PUBLISHED, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (root / _NEXT).rename(root / _PUBLISHED)
+
+
+def restore_in_place(
+    workdir: Path,
+    sources: tuple[CheckpointSource, ...] | list[CheckpointSource],
+    published: int | None,
+) -> list[str]:
+    """Before a trainer restarts in place: every file overwritten in place that is not a whole
+    copy of the published step or a newer one (the last trainer died half way through
+    overwriting it) is put back from the published copy. Returns the paths put back."""
+    kept = workdir / SNAPSHOT_DIR / _PUBLISHED
+    if published is None or not kept.is_dir():
+        return []
+    back: list[str] = []
+    for source in sources:
+        if not source.in_place or not (kept / source.path).is_file():
+            continue
+        path = workdir / source.path
+        step = read_step(workdir, source) if _regular(path) else None
+        if (
+            step is not None
+            and step >= published
+            and _is_complete(workdir, source, step, path, float("inf"))
+        ):
+            continue
+        for rel in (source.path, source.sidecar()):  # the sidecar last: never older than the file
+            if rel is not None and (kept / rel).is_file():
+                (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(kept / rel, workdir / rel)
+        back.append(source.path)
+    return back
 
 
 def step_dirs(
@@ -264,7 +332,9 @@ __all__ = [
     "LocalFile",
     "StepOnDisk",
     "complete_steps",
+    "keep_published",
     "read_step",
+    "restore_in_place",
     "snapshot",
     "step_dirs",
 ]
