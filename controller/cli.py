@@ -217,12 +217,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     previews = [preview_launch(runs[r.run], r, providers) for r in reports]
     if args.json:
         doc = [
-            {"run": r.run, "health": r.plan.verdict.health.value, "launch": None}
-            if pv is None
-            else {
+            {
                 "run": r.run,
                 "health": r.plan.verdict.health.value,
-                "launch": pv.model_dump(mode="json"),
+                "reason": r.plan.verdict.reason,
+                "launch": None if pv is None else pv.model_dump(mode="json"),
             }
             for r, pv in zip(reports, previews, strict=True)
         ]
@@ -331,37 +330,54 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     ok = _per_provider(fleet, run, show)
     if ok and not listed:
-        _say(_no_instance(fleet, run.name, args.config))
+        print(_no_instance(fleet, run.name, args.config))
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _no_instance(fleet: FleetConfig, run_name: str, config: str) -> str:
+def _no_instance(fleet: FleetConfig, run_name: str, config: str | Path) -> str:
     """What `diagnose` says when there is nothing to look into: why, and where to look."""
     from respawn.controller.ledger import read_halt, read_ledger
+    from respawn.controller.redact import one_line
     from respawn.controller.stores import open_run_store
+
+    def quoted(text: str) -> str:  # may quote a pod or the store: redacted, one inert line
+        return one_line(_redact(text), 2000)
 
     lines = [f"run {run_name}: no instance on {', '.join(fleet.run(run_name).providers)}"]
     try:
         store = open_run_store(fleet.store, run_name, read_only=True)
         ledger, order = read_ledger(store), read_halt(store)
         if order is not None and order.halted:
-            lines.append(f"  stopped by hand: {order.reason}")
+            lines.append(f"  stopped by hand: {quoted(order.reason)}")
         if ledger.halted:
-            lines.append(f"  halted: {ledger.halted}")
+            lines.append(f"  halted: {quoted(ledger.halted)}")
         if ledger.finished_at is not None:
             lines.append("  finished: it reached its target_step")
         if not ledger.launches:
             lines.append("  never launched")
     except Exception as e:  # the store is down or a document unreadable: say so, go on
-        lines.append(f"  its ledger cannot be read: {type(e).__name__}: {e}")
-    c = f"-c {config} --run {run_name}"
+        lines.append(f"  its ledger cannot be read: {quoted(f'{type(e).__name__}: {e}')}")
+    c = quoted(f"-c {config} --run {run_name}")
     lines += [
         "look at:",
         f"  respawn logs {c}        the trainer's last output (any generation)",
         f"  respawn history {c}     every generation and why it ended",
-        f"  respawn status -c {config}   health, step and the halt reason",
+        f"  respawn status -c {quoted(str(config))}   health, step and the halt reason",
     ]
     return "\n".join(lines)
+
+
+def _stopped_by_hand(fleet: FleetConfig, run_name: str) -> bool:
+    """Whether a person's halt order is in force (False when it cannot be read: the resume
+    rewrites an unreadable one anyway)."""
+    from respawn.controller.ledger import read_halt
+    from respawn.controller.stores import open_run_store
+
+    try:
+        order = read_halt(open_run_store(fleet.store, run_name, read_only=True))
+    except Exception:  # unreadable or the store down: only the wording depends on it
+        return False
+    return order is not None and order.halted
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -375,6 +391,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
+    was_stopped = _stopped_by_hand(fleet, run.name)
     error = _record_halt(fleet, run.name, False, f"`respawn resume` at {when(utcnow())}")
     if error is not None:
         _say(f"respawn resume: FAILED: could not record the resume ({error})", err=True)
@@ -397,14 +414,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_OK
     # A finished run is not restarted by a resume: say what would, instead of a false promise.
     step = "-" if pointer is None else str(pointer.step)
+    # Right after a `terminate`, "not halted" reads as if the stop had not been taken back.
+    halt = "no longer halted (the stop by hand is lifted)" if was_stopped else "not halted"
     if extended(run, Observation(run=run.name, pointer=pointer, ledger=ledger)):
         print(
-            f"run {run.name}: not halted; finished at step {step}, but target_step is now "
+            f"run {run.name}: {halt}; finished at step {step}, but target_step is now "
             f"{run.target_step}: the next tick extends it from step {step}"
         )
     else:
         print(
-            f"run {run.name}: not halted; finished at {when(ledger.finished_at)} (step {step}). "
+            f"run {run.name}: {halt}; finished at {when(ledger.finished_at)} (step {step}). "
             "resume does not restart a finished run: to extend it, raise runs[].target_step "
             "above the step it finished at; the next tick then launches it again."
         )

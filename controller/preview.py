@@ -149,6 +149,7 @@ def preview_lines(
         if pv is None:
             acts = ", ".join(a.kind for a in report.plan.actions) or "nothing"
             lines.append(f"{report.run}: {v.health.value}: launches nothing ({acts})")
+            lines.append(f"  because: {one_line(redact(v.reason))}")
             continue
         start = "a fresh start" if pv.resume_step is None else f"step {pv.resume_step}"
         lines.append(f"{report.run}: {v.health.value}: would launch g{pv.generation} from {start}")

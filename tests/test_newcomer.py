@@ -227,3 +227,57 @@ def test_local_instances_each_get_their_own_workdir(
         path.write_text(yaml.safe_dump(doc))
         proc = run_cli("validate", "-c", str(path))
         assert proc.returncode == 0 and "every generation" in proc.stderr, proc.stderr
+
+
+def test_plan_of_a_run_it_would_not_launch_says_why(tmp_path: Path) -> None:
+    """`plan` named only the health ("stopped: launches nothing"), never the reason `status`
+    gives: a newcomer whose run is unknown (a key missing) saw no cause at all."""
+    import json
+
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    assert run_cli("terminate", "-c", str(path), "--run", "job").returncode == 0
+    proc = run_cli("plan", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "launches nothing" in proc.stdout and "stopped by hand" in proc.stdout, proc.stdout
+    doc = json.loads(run_cli("plan", "-c", str(path), "--json").stdout)
+    assert "stopped by hand" in doc["runs"][0]["reason"]
+
+
+def test_diagnose_hints_keep_each_command_apart_from_what_it_shows(tmp_path: Path) -> None:
+    """The hints went through the one-line filter for pod text, which dropped their indent and
+    column gap: "respawn logs -c f --run job the trainer's last output" reads as one command."""
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    proc = run_cli("diagnose", "-c", str(path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    for command in ("logs", "history"):
+        hint = rf"^\s+respawn {command} -c \S+ --run job\s{{2,}}\S"
+        assert re.search(hint, proc.stdout, re.M), proc.stdout
+    assert re.search(r"^\s+respawn status -c \S+\s{2,}health", proc.stdout, re.M)
+
+
+def test_resume_of_a_finished_run_stopped_by_hand_says_the_stop_is_lifted(
+    tmp_path: Path,
+) -> None:
+    """`terminate` then `resume` on a finished run answered "not halted", right after the
+    person had halted it: the stop order was in fact lifted."""
+    from respawn.controller.config import load_config
+    from respawn.controller.ledger import write_ledger
+    from respawn.controller.model import Ledger
+    from respawn.controller.stores import open_run_store
+    from respawn.store.schema import utcnow
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    store = open_run_store(load_config(path).store, "job")
+    write_ledger(store, Ledger(run="job", generation=1, finished_at=utcnow()), 0)
+    assert run_cli("terminate", "-c", str(path), "--run", "job").returncode == 0
+    proc = run_cli("resume", "-c", str(path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "not halted" not in proc.stdout and "no longer halted" in proc.stdout, proc.stdout
+    assert "finished" in proc.stdout
+    proc = run_cli("resume", "-c", str(path), "--run", "job")  # nothing left to lift
+    assert "no longer halted" not in proc.stdout and "finished" in proc.stdout, proc.stdout
