@@ -301,7 +301,7 @@ def _published_host_keys(fleet: FleetConfig, run_name: str) -> dict[int, tuple[s
     from respawn.store.store import StoreError
 
     try:
-        hb = open_run_store(fleet.store, run_name).read_heartbeat()
+        hb = open_run_store(fleet.store, run_name, read_only=True).read_heartbeat()
     except StoreError as e:
         print(f"heartbeat unreadable ({e}): no SSH host key to trust", file=sys.stderr)
         return {}

@@ -281,3 +281,20 @@ def test_resume_of_a_finished_run_stopped_by_hand_says_the_stop_is_lifted(
     assert "finished" in proc.stdout
     proc = run_cli("resume", "-c", str(path), "--run", "job")  # nothing left to lift
     assert "no longer halted" not in proc.stdout and "finished" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [("history", "--run", "job"), ("logs", "--run", "job"), ("diagnose", "--run", "job")]
+)
+def test_read_only_commands_do_not_create_a_missing_file_store(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """docs/contracts.md: read-only commands create nothing in the store. `status` and `plan`
+    kept to it; `history`, `logs` and `diagnose` made the store's directory (a typo in
+    store.url left an empty store behind)."""
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    proc = run_cli(command[0], "-c", str(path), *command[1:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "store").exists(), f"{command[0]} created the store"
