@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", required=True, type=Path, help="fleet config (YAML)")
 
-    sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure")
+    sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure injected")
     sp.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     sp.add_argument("--keep", action="store_true", help="keep the temporary directory")
     sp.add_argument(
