@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from respawn.controller.config import FleetConfig, RunConfig
     from respawn.controller.model import RunReport
@@ -232,7 +233,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -> str | None:
+def _record_halt(
+    fleet: FleetConfig,
+    run_name: str,
+    halted: bool,
+    reason: str,
+    stopped_at: datetime | None = None,
+) -> str | None:
     """Write the run's halt order. Returns None, or why it could not be written."""
     from respawn.controller.ledger import write_halt
     from respawn.controller.model import HaltOrder
@@ -241,7 +248,8 @@ def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -
 
     try:
         store = open_run_store(fleet.store, run_name)
-        write_halt(store, HaltOrder(halted=halted, reason=reason, at=utcnow()))
+        order = HaltOrder(halted=halted, reason=reason, at=utcnow(), stopped_at=stopped_at)
+        write_halt(store, order)
     except Exception as e:  # the store is down or the key rejected: say so, no traceback
         return f"{type(e).__name__}: {e}"
     return None
@@ -367,17 +375,17 @@ def _no_instance(fleet: FleetConfig, run_name: str, config: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _stopped_by_hand(fleet: FleetConfig, run_name: str) -> bool:
-    """Whether a person's halt order is in force (False when it cannot be read: the resume
-    rewrites an unreadable one anyway)."""
+def _stopped_by_hand(fleet: FleetConfig, run_name: str) -> datetime | None:
+    """When the person's halt order in force was given (None when there is none, or it cannot
+    be read: the resume rewrites an unreadable one anyway)."""
     from respawn.controller.ledger import read_halt
     from respawn.controller.stores import open_run_store
 
     try:
         order = read_halt(open_run_store(fleet.store, run_name, read_only=True))
-    except Exception:  # unreadable or the store down: only the wording depends on it
-        return False
-    return order is not None and order.halted
+    except Exception:  # unreadable or the store down: only wording and history depend on it
+        return None
+    return order.at if order is not None and order.halted else None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -391,8 +399,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    was_stopped = _stopped_by_hand(fleet, run.name)
-    error = _record_halt(fleet, run.name, False, f"`respawn resume` at {when(utcnow())}")
+    stopped_at = _stopped_by_hand(fleet, run.name)
+    error = _record_halt(
+        fleet, run.name, False, f"`respawn resume` at {when(utcnow())}", stopped_at
+    )
     if error is not None:
         _say(f"respawn resume: FAILED: could not record the resume ({error})", err=True)
         return EXIT_FAILED
@@ -415,7 +425,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     # A finished run is not restarted by a resume: say what would, instead of a false promise.
     step = "-" if pointer is None else str(pointer.step)
     # Right after a `terminate`, "not halted" reads as if the stop had not been taken back.
-    halt = "no longer halted (the stop by hand is lifted)" if was_stopped else "not halted"
+    halt = "no longer halted (the stop by hand is lifted)" if stopped_at else "not halted"
     if extended(run, Observation(run=run.name, pointer=pointer, ledger=ledger)):
         print(
             f"run {run.name}: {halt}; finished at step {step}, but target_step is now "

@@ -298,3 +298,27 @@ def test_read_only_commands_do_not_create_a_missing_file_store(
     proc = run_cli(command[0], "-c", str(path), *command[1:])
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "store").exists(), f"{command[0]} created the store"
+
+
+def test_history_says_stopped_when_terminate_and_resume_both_came_before_a_tick(
+    tmp_path: Path,
+) -> None:
+    """protect-your-run.md's "Stop, roll back, continue" (terminate, rollback, resume, by hand
+    between two ticks): no tick saw the run stopped, so `history` said the generation a person
+    had stopped was "preempted" by the cloud."""
+    import json
+
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    cfg = ("-c", str(path))
+    assert run_cli("reconcile", *cfg).returncode == 0  # launches g1
+    assert run_cli("terminate", *cfg, "--run", "job").returncode == 0
+    assert run_cli("resume", *cfg, "--run", "job").returncode == 0
+    assert run_cli("reconcile", *cfg).returncode == 0  # ends g1, launches g2
+    try:
+        doc = json.loads(run_cli("history", *cfg, "--run", "job", "--json").stdout)
+        g1 = doc["generations"][0]
+        assert g1["end_reason"] == "stopped", g1
+    finally:
+        assert run_cli("terminate", *cfg, "--run", "job").returncode == 0
