@@ -322,3 +322,21 @@ def test_history_says_stopped_when_terminate_and_resume_both_came_before_a_tick(
         assert g1["end_reason"] == "stopped", g1
     finally:
         assert run_cli("terminate", *cfg, "--run", "job").returncode == 0
+
+
+def test_a_kept_demo_leaves_a_config_the_other_commands_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`respawn demo --keep` kept the store but no fleet config: a newcomer could not point
+    `status`, `history` or `logs` at what they had just watched without writing one."""
+    from respawn.examples import demo
+
+    monkeypatch.setattr(demo.Demo, "play", lambda self, reference: 0)  # the loop: slow test's
+    base = tmp_path / "d"
+    assert demo.run_demo(workdir=base) == 0
+    out = capsys.readouterr().out
+    config = base / "fleet.yaml"
+    assert f"respawn history -c {config} --run toy" in out, out
+    proc = run_cli("status", "-c", str(config))
+    assert proc.returncode == 0 and "toy" in proc.stdout, proc.stderr
+    assert f"file://{base / 'store'}" in config.read_text()
