@@ -340,3 +340,21 @@ def test_a_kept_demo_leaves_a_config_the_other_commands_take(
     proc = run_cli("status", "-c", str(config))
     assert proc.returncode == 0 and "toy" in proc.stdout, proc.stderr
     assert f"file://{base / 'store'}" in config.read_text()
+
+
+def test_a_missing_cloud_key_is_named_once_with_its_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` said "observation failed: vast: vast: environment variable ... is not set"."""
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["providers"]["vast"] = {"api_key_env": "NEWCOMER_VAST_KEY"}
+    doc["runs"][0]["providers"] = ["vast"]
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.delenv("NEWCOMER_VAST_KEY", raising=False)
+    proc = run_cli("status", "-c", str(path))
+    assert proc.returncode == 1
+    assert "vast: environment variable NEWCOMER_VAST_KEY is not set" in proc.stdout, proc.stdout
+    assert "vast: vast:" not in proc.stdout + proc.stderr
