@@ -199,9 +199,14 @@ def cmd_offers(args: argparse.Namespace) -> int:
         for o in offers:
             print(offer_line(o, _redact))  # redacted before each column is cut
         if not offers:
-            print(
-                "no offer fits" + (" (every provider failed)" if len(errors) == len(names) else "")
-            )
+            from respawn.controller.providers import MissingKeyError
+
+            keyless = all(isinstance(providers.get(n), MissingKeyError) for n in names)
+            if keyless:  # nothing was asked: say so, not that the clouds failed
+                print("no offer: no cloud key is set (the variables are named above)")
+            else:
+                every = " (every provider failed)" if len(errors) == len(names) else ""
+                print("no offer fits" + every)
     return EXIT_FAILED if errors and len(errors) == len(names) else EXIT_OK
 
 

@@ -358,3 +358,16 @@ def test_a_missing_cloud_key_is_named_once_with_its_provider(
     assert proc.returncode == 1
     assert "vast: environment variable NEWCOMER_VAST_KEY is not set" in proc.stdout, proc.stdout
     assert "vast: vast:" not in proc.stdout + proc.stderr
+
+
+def test_offers_without_any_cloud_key_says_that_is_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`respawn offers --gpu H100` with no key set ended "no offer fits (every provider
+    failed)": nothing failed, nothing was asked."""
+    for name in ("VAST_API_KEY", "RUNPOD_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    proc = run_cli("offers", "--gpu", "H100")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "every provider failed" not in proc.stdout, proc.stdout
+    assert "no cloud key is set" in proc.stdout and "VAST_API_KEY" in proc.stderr
