@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from respawn.controller.config import FleetConfig, RunConfig
     from respawn.controller.model import RunReport
@@ -198,9 +199,14 @@ def cmd_offers(args: argparse.Namespace) -> int:
         for o in offers:
             print(offer_line(o, _redact))  # redacted before each column is cut
         if not offers:
-            print(
-                "no offer fits" + (" (every provider failed)" if len(errors) == len(names) else "")
-            )
+            from respawn.controller.providers import MissingKeyError
+
+            keyless = all(isinstance(providers.get(n), MissingKeyError) for n in names)
+            if keyless:  # nothing was asked: say so, not that the clouds failed
+                print("no offer: no cloud key is set (the variables are named above)")
+            else:
+                every = " (every provider failed)" if len(errors) == len(names) else ""
+                print("no offer fits" + every)
     return EXIT_FAILED if errors and len(errors) == len(names) else EXIT_OK
 
 
@@ -217,12 +223,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     previews = [preview_launch(runs[r.run], r, providers) for r in reports]
     if args.json:
         doc = [
-            {"run": r.run, "health": r.plan.verdict.health.value, "launch": None}
-            if pv is None
-            else {
+            {
                 "run": r.run,
                 "health": r.plan.verdict.health.value,
-                "launch": pv.model_dump(mode="json"),
+                "reason": r.plan.verdict.reason,
+                "launch": None if pv is None else pv.model_dump(mode="json"),
             }
             for r, pv in zip(reports, previews, strict=True)
         ]
@@ -233,7 +238,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -> str | None:
+def _record_halt(
+    fleet: FleetConfig,
+    run_name: str,
+    halted: bool,
+    reason: str,
+    stopped_at: datetime | None = None,
+) -> str | None:
     """Write the run's halt order. Returns None, or why it could not be written."""
     from respawn.controller.ledger import write_halt
     from respawn.controller.model import HaltOrder
@@ -242,7 +253,8 @@ def _record_halt(fleet: FleetConfig, run_name: str, halted: bool, reason: str) -
 
     try:
         store = open_run_store(fleet.store, run_name)
-        write_halt(store, HaltOrder(halted=halted, reason=reason, at=utcnow()))
+        order = HaltOrder(halted=halted, reason=reason, at=utcnow(), stopped_at=stopped_at)
+        write_halt(store, order)
     except Exception as e:  # the store is down or the key rejected: say so, no traceback
         return f"{type(e).__name__}: {e}"
     return None
@@ -302,7 +314,7 @@ def _published_host_keys(fleet: FleetConfig, run_name: str) -> dict[int, tuple[s
     from respawn.store.store import StoreError
 
     try:
-        hb = open_run_store(fleet.store, run_name).read_heartbeat()
+        hb = open_run_store(fleet.store, run_name, read_only=True).read_heartbeat()
     except StoreError as e:
         print(f"heartbeat unreadable ({e}): no SSH host key to trust", file=sys.stderr)
         return {}
@@ -331,37 +343,54 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     ok = _per_provider(fleet, run, show)
     if ok and not listed:
-        _say(_no_instance(fleet, run.name, args.config))
+        print(_no_instance(fleet, run.name, args.config))
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _no_instance(fleet: FleetConfig, run_name: str, config: str) -> str:
+def _no_instance(fleet: FleetConfig, run_name: str, config: str | Path) -> str:
     """What `diagnose` says when there is nothing to look into: why, and where to look."""
     from respawn.controller.ledger import read_halt, read_ledger
+    from respawn.controller.redact import one_line
     from respawn.controller.stores import open_run_store
+
+    def quoted(text: str) -> str:  # may quote a pod or the store: redacted, one inert line
+        return one_line(_redact(text), 2000)
 
     lines = [f"run {run_name}: no instance on {', '.join(fleet.run(run_name).providers)}"]
     try:
         store = open_run_store(fleet.store, run_name, read_only=True)
         ledger, order = read_ledger(store), read_halt(store)
         if order is not None and order.halted:
-            lines.append(f"  stopped by hand: {order.reason}")
+            lines.append(f"  stopped by hand: {quoted(order.reason)}")
         if ledger.halted:
-            lines.append(f"  halted: {ledger.halted}")
+            lines.append(f"  halted: {quoted(ledger.halted)}")
         if ledger.finished_at is not None:
             lines.append("  finished: it reached its target_step")
         if not ledger.launches:
             lines.append("  never launched")
     except Exception as e:  # the store is down or a document unreadable: say so, go on
-        lines.append(f"  its ledger cannot be read: {type(e).__name__}: {e}")
-    c = f"-c {config} --run {run_name}"
+        lines.append(f"  its ledger cannot be read: {quoted(f'{type(e).__name__}: {e}')}")
+    c = quoted(f"-c {config} --run {run_name}")
     lines += [
         "look at:",
         f"  respawn logs {c}        the trainer's last output (any generation)",
         f"  respawn history {c}     every generation and why it ended",
-        f"  respawn status -c {config}   health, step and the halt reason",
+        f"  respawn status -c {quoted(str(config))}   health, step and the halt reason",
     ]
     return "\n".join(lines)
+
+
+def _stopped_by_hand(fleet: FleetConfig, run_name: str) -> datetime | None:
+    """When the person's halt order in force was given (None when there is none, or it cannot
+    be read: the resume rewrites an unreadable one anyway)."""
+    from respawn.controller.ledger import read_halt
+    from respawn.controller.stores import open_run_store
+
+    try:
+        order = read_halt(open_run_store(fleet.store, run_name, read_only=True))
+    except Exception:  # unreadable or the store down: only wording and history depend on it
+        return None
+    return order.at if order is not None and order.halted else None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -375,7 +404,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     fleet = _load(args)
     run = fleet.run(args.run)
-    error = _record_halt(fleet, run.name, False, f"`respawn resume` at {when(utcnow())}")
+    stopped_at = _stopped_by_hand(fleet, run.name)
+    error = _record_halt(
+        fleet, run.name, False, f"`respawn resume` at {when(utcnow())}", stopped_at
+    )
     if error is not None:
         _say(f"respawn resume: FAILED: could not record the resume ({error})", err=True)
         return EXIT_FAILED
@@ -397,14 +429,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_OK
     # A finished run is not restarted by a resume: say what would, instead of a false promise.
     step = "-" if pointer is None else str(pointer.step)
+    # Right after a `terminate`, "not halted" reads as if the stop had not been taken back.
+    halt = "no longer halted (the stop by hand is lifted)" if stopped_at else "not halted"
     if extended(run, Observation(run=run.name, pointer=pointer, ledger=ledger)):
         print(
-            f"run {run.name}: not halted; finished at step {step}, but target_step is now "
+            f"run {run.name}: {halt}; finished at step {step}, but target_step is now "
             f"{run.target_step}: the next tick extends it from step {step}"
         )
     else:
         print(
-            f"run {run.name}: not halted; finished at {when(ledger.finished_at)} (step {step}). "
+            f"run {run.name}: {halt}; finished at {when(ledger.finished_at)} (step {step}). "
             "resume does not restart a finished run: to extend it, raise runs[].target_step "
             "above the step it finished at; the next tick then launches it again."
         )
@@ -595,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", required=True, type=Path, help="fleet config (YAML)")
 
-    sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure")
+    sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure injected")
     sp.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     sp.add_argument("--keep", action="store_true", help="keep the temporary directory")
     sp.add_argument(

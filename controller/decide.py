@@ -335,7 +335,17 @@ def decide(run: RunConfig, obs: Observation, now: datetime) -> Plan:
     )
 
 
-def _end_reason(obs: Observation, verdict: Verdict) -> EndReason:
+def _end_reason(obs: Observation, verdict: Verdict, launched_at: datetime) -> EndReason:
+    order = obs.halt
+    if (
+        verdict.health == Health.DEAD
+        and not verdict.fatal
+        and order is not None
+        and not order.halted
+        and order.stopped_at is not None
+        and order.stopped_at >= launched_at
+    ):
+        return "stopped"  # stopped and resumed by hand before any tick saw it stopped
     match verdict.health:
         case Health.DEGENERATE:
             return "rolled back"
@@ -380,7 +390,7 @@ def _track_generation(
     if ends:
         update |= {
             "ended_at": now,
-            "end_reason": _end_reason(obs, verdict),
+            "end_reason": _end_reason(obs, verdict, launch.at),
             # Whole: cut only after the ledger is redacted (`model.Detail`).
             "end_detail": verdict.reason,
         }

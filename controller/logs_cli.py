@@ -54,31 +54,45 @@ def cmd_logs(
     try:
         gens = store.log_generations()
         gen = args.generation if args.generation is not None else (gens[-1] if gens else None)
-        if gen is None:
-            print(f"run {store.run}: no pod has uploaded a log yet", file=sys.stderr)
-            return EXIT_FAILED
-        data = read_log(store, gen)
+        data = None if gen is None else read_log(store, gen)
     except StoreError as e:
         print(redact(f"respawn logs: cannot read the store: {e}"), file=sys.stderr)
         return EXIT_FAILED
-    if data is None:
+    lines: list[str] = []
+    if gen is None and args.follow:
+        # Right after the first launch: following is what one wants, so wait for the pod.
+        print(
+            f"run {store.run}: no pod has uploaded a log yet; waiting for one (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif gen is None:
+        print(f"run {store.run}: no pod has uploaded a log yet", file=sys.stderr)
+        return EXIT_FAILED
+    elif data is None:
         known = ", ".join(f"g{g}" for g in gens) or "none"
         print(
             f"run {store.run}: no log of g{gen} (generations with logs: {known})", file=sys.stderr
         )
         return EXIT_FAILED
-    print(f"== {store.run} g{gen} (the last {len(data)} bytes the pod uploaded)", file=sys.stderr)
-    lines = clean(data, redact)
-    print("\n".join(lines), flush=True)
+    else:
+        print(
+            f"== {store.run} g{gen} (the last {len(data)} bytes the pod uploaded)",
+            file=sys.stderr,
+        )
+        lines = clean(data, redact)
+        print("\n".join(lines), flush=True)
     rounds = args.follow_rounds
     while args.follow and (rounds is None or rounds > 0):
         rounds = None if rounds is None else rounds - 1
         sleep(FOLLOW_SECONDS)
         try:
             newest = store.log_generations()
-            if newest and newest[-1] > gen and args.generation is None:
+            if newest and (gen is None or newest[-1] > gen) and args.generation is None:
                 gen, lines = newest[-1], []
                 print(f"== {store.run} g{gen} (a new generation)", file=sys.stderr, flush=True)
+            if gen is None:
+                continue
             data = read_log(store, gen) or b""
         except StoreError as e:
             print(redact(f"respawn logs: store read failed (retrying): {e}"), file=sys.stderr)

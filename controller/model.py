@@ -171,6 +171,10 @@ class HaltOrder(_Frozen):
     halted: bool
     reason: Text = ""
     at: AwareDatetime
+    # A resume that lifted a stop by hand: when that stop was ordered. A terminate and a
+    # resume between two ticks leave no tick that saw the run stopped; with this the
+    # generation the person stopped ends in `history` as stopped, not preempted.
+    stopped_at: AwareDatetime | None = None
 
 
 class BreakerHalt(_Frozen):

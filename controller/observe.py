@@ -154,7 +154,9 @@ def observe(
             warnings.append(f"{provider}: fallback skipped")
             continue
         if isinstance(provider, Exception) or provider is None:
-            errors.append(f"{name}: {provider or 'not configured'}")
+            why = str(provider or "not configured")
+            # A provider's error already names it ("vast: ..."): never "vast: vast:".
+            errors.append(why if why.startswith(f"{name}:") else f"{name}: {why}")
             continue
         try:
             pending = (listings or {}).get(name)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from respawn.controller.config import RunConfig
 from respawn.controller.model import Provision, RunReport
+from respawn.controller.providers import MissingKeyError
 from respawn.controller.redact import NO_REDACTION, one_line
 from respawn.provisioning.base import Offer, Provider, Resources, Secrets
 from respawn.provisioning.offers import select
@@ -46,7 +47,7 @@ def open_market_providers(
             continue
         key_env = getattr(settings, "api_key_env", None)
         if key_env and not environ.get(key_env):
-            out[name] = ValueError(f"{name}: environment variable {key_env} is not set")
+            out[name] = MissingKeyError(f"{name}: environment variable {key_env} is not set")
             continue
         try:
             out[name] = entry.factory(settings, Secrets(environ, None))
@@ -149,6 +150,7 @@ def preview_lines(
         if pv is None:
             acts = ", ".join(a.kind for a in report.plan.actions) or "nothing"
             lines.append(f"{report.run}: {v.health.value}: launches nothing ({acts})")
+            lines.append(f"  because: {one_line(redact(v.reason))}")
             continue
         start = "a fresh start" if pv.resume_step is None else f"step {pv.resume_step}"
         lines.append(f"{report.run}: {v.health.value}: would launch g{pv.generation} from {start}")

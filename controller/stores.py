@@ -30,7 +30,14 @@ def unmade_file_store(settings: StoreSettings) -> Backend:
 
 def open_run_store(settings: StoreSettings, run: str, read_only: bool = False) -> CheckpointStore:
     """`read_only`: for commands that only look (docs/contracts.md): a controller document
-    still at its old key is read there and not moved (a move writes and deletes)."""
-    store = CheckpointStore(open_fleet_backend(settings), run)
+    still at its old key is read there and not moved (a move writes and deletes), and a file
+    store that does not exist is read as empty, not made."""
+    from respawn.store.backend import StoreMissingError
+
+    try:
+        backend = open_fleet_backend(settings, create=not read_only)
+    except StoreMissingError:
+        backend = unmade_file_store(settings)
+    store = CheckpointStore(backend, run)
     store.move_legacy = not read_only
     return store

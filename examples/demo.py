@@ -184,12 +184,16 @@ def run_demo(workdir: Path | None = None, keep: bool = False, scenario: str = "r
     base = Path(workdir).resolve() if workdir else Path(tempfile.mkdtemp(prefix="respawn-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     print(f"respawn demo ({scenario}) in {base}\n")
+    config: Path | None = None
     if scenario == "degenerate":
         from respawn.examples.demo_degenerate import DegenerateDemo
 
         demo: Demo = DegenerateDemo(base)
     else:
         demo = Demo(base)
+        # Kept with the store, so the other commands can look at what the demo did.
+        config = base / "fleet.yaml"
+        config.write_text(yaml.safe_dump(demo_doc(base), sort_keys=False))
     reference = demo.start_reference()
     # The controller's log lines would cut into the table: held back, shown after it.
     held = _HeldLog()
@@ -207,8 +211,13 @@ def run_demo(workdir: Path | None = None, keep: bool = False, scenario: str = "r
         reference.wait()
         if workdir is None and not keep:
             shutil.rmtree(base, ignore_errors=True)
-        elif keep or workdir:
+            print(f"\nremoved {base} (`respawn demo --keep` keeps it to look around)")
+        else:
             print(f"\nkept {base} (store, instance disks and logs)")
+            if config is not None:
+                print(f"look around: respawn history -c {config} --run {demo.run.name}")
+                print(f"             respawn logs -c {config} --run {demo.run.name}")
+                print(f"             respawn ckpt ls -c {config} --run {demo.run.name}")
 
 
 def _scenario(demo: Demo, reference: subprocess.Popen[bytes]) -> int:

@@ -296,3 +296,30 @@ def test_following_a_log_of_repeated_lines_shows_each_new_line_once(
     assert cmd_logs(args, store, Redactor([]), sleep=sleep) == 0
     out = capsys.readouterr().out.splitlines()
     assert out.count("epoch 1") == 2 and len(out) == 5000 + 1 + 3
+
+
+def test_follow_waits_for_the_first_log_of_a_run_just_launched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`respawn logs -f` right after the first launch (no pod has uploaded yet) exited 1 with
+    "no pod has uploaded a log yet": following a run is exactly what one does then."""
+    import argparse
+
+    from respawn.controller.logs_cli import cmd_logs
+    from respawn.controller.redact import Redactor
+
+    store = CheckpointStore.open(f"file://{tmp_path / 'store'}", "r")
+
+    def sleep(_s: float) -> None:  # the pod's first upload lands between two polls
+        store.backend.write_bytes(store.keys.log(1), b"step 1\n")
+
+    args = argparse.Namespace(generation=None, follow=True, follow_rounds=2)
+    assert cmd_logs(args, store, Redactor([]), sleep=sleep) == 0
+    captured = capsys.readouterr()
+    assert "step 1" in captured.out.splitlines()
+    assert "waiting" in captured.err
+
+    # Without -f it still says so at once.
+    empty = CheckpointStore.open(f"file://{tmp_path / 'empty'}", "r")
+    args = argparse.Namespace(generation=None, follow=False, follow_rounds=None)
+    assert cmd_logs(args, empty, Redactor([]), sleep=sleep) == 1

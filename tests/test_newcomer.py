@@ -227,3 +227,147 @@ def test_local_instances_each_get_their_own_workdir(
         path.write_text(yaml.safe_dump(doc))
         proc = run_cli("validate", "-c", str(path))
         assert proc.returncode == 0 and "every generation" in proc.stderr, proc.stderr
+
+
+def test_plan_of_a_run_it_would_not_launch_says_why(tmp_path: Path) -> None:
+    """`plan` named only the health ("stopped: launches nothing"), never the reason `status`
+    gives: a newcomer whose run is unknown (a key missing) saw no cause at all."""
+    import json
+
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    assert run_cli("terminate", "-c", str(path), "--run", "job").returncode == 0
+    proc = run_cli("plan", "-c", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "launches nothing" in proc.stdout and "stopped by hand" in proc.stdout, proc.stdout
+    doc = json.loads(run_cli("plan", "-c", str(path), "--json").stdout)
+    assert "stopped by hand" in doc["runs"][0]["reason"]
+
+
+def test_diagnose_hints_keep_each_command_apart_from_what_it_shows(tmp_path: Path) -> None:
+    """The hints went through the one-line filter for pod text, which dropped their indent and
+    column gap: "respawn logs -c f --run job the trainer's last output" reads as one command."""
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    proc = run_cli("diagnose", "-c", str(path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    for command in ("logs", "history"):
+        hint = rf"^\s+respawn {command} -c \S+ --run job\s{{2,}}\S"
+        assert re.search(hint, proc.stdout, re.M), proc.stdout
+    assert re.search(r"^\s+respawn status -c \S+\s{2,}health", proc.stdout, re.M)
+
+
+def test_resume_of_a_finished_run_stopped_by_hand_says_the_stop_is_lifted(
+    tmp_path: Path,
+) -> None:
+    """`terminate` then `resume` on a finished run answered "not halted", right after the
+    person had halted it: the stop order was in fact lifted."""
+    from respawn.controller.config import load_config
+    from respawn.controller.ledger import write_ledger
+    from respawn.controller.model import Ledger
+    from respawn.controller.stores import open_run_store
+    from respawn.store.schema import utcnow
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    store = open_run_store(load_config(path).store, "job")
+    write_ledger(store, Ledger(run="job", generation=1, finished_at=utcnow()), 0)
+    assert run_cli("terminate", "-c", str(path), "--run", "job").returncode == 0
+    proc = run_cli("resume", "-c", str(path), "--run", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "not halted" not in proc.stdout and "no longer halted" in proc.stdout, proc.stdout
+    assert "finished" in proc.stdout
+    proc = run_cli("resume", "-c", str(path), "--run", "job")  # nothing left to lift
+    assert "no longer halted" not in proc.stdout and "finished" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [("history", "--run", "job"), ("logs", "--run", "job"), ("diagnose", "--run", "job")]
+)
+def test_read_only_commands_do_not_create_a_missing_file_store(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """docs/contracts.md: read-only commands create nothing in the store. `status` and `plan`
+    kept to it; `history`, `logs` and `diagnose` made the store's directory (a typo in
+    store.url left an empty store behind)."""
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    proc = run_cli(command[0], "-c", str(path), *command[1:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "store").exists(), f"{command[0]} created the store"
+
+
+def test_history_says_stopped_when_terminate_and_resume_both_came_before_a_tick(
+    tmp_path: Path,
+) -> None:
+    """protect-your-run.md's "Stop, roll back, continue" (terminate, rollback, resume, by hand
+    between two ticks): no tick saw the run stopped, so `history` said the generation a person
+    had stopped was "preempted" by the cloud."""
+    import json
+
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    cfg = ("-c", str(path))
+    assert run_cli("reconcile", *cfg).returncode == 0  # launches g1
+    assert run_cli("terminate", *cfg, "--run", "job").returncode == 0
+    assert run_cli("resume", *cfg, "--run", "job").returncode == 0
+    assert run_cli("reconcile", *cfg).returncode == 0  # ends g1, launches g2
+    try:
+        doc = json.loads(run_cli("history", *cfg, "--run", "job", "--json").stdout)
+        g1 = doc["generations"][0]
+        assert g1["end_reason"] == "stopped", g1
+    finally:
+        assert run_cli("terminate", *cfg, "--run", "job").returncode == 0
+
+
+def test_a_kept_demo_leaves_a_config_the_other_commands_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`respawn demo --keep` kept the store but no fleet config: a newcomer could not point
+    `status`, `history` or `logs` at what they had just watched without writing one."""
+    from respawn.examples import demo
+
+    monkeypatch.setattr(demo.Demo, "play", lambda self, reference: 0)  # the loop: slow test's
+    base = tmp_path / "d"
+    assert demo.run_demo(workdir=base) == 0
+    out = capsys.readouterr().out
+    config = base / "fleet.yaml"
+    assert f"respawn history -c {config} --run toy" in out, out
+    proc = run_cli("status", "-c", str(config))
+    assert proc.returncode == 0 and "toy" in proc.stdout, proc.stderr
+    assert f"file://{base / 'store'}" in config.read_text()
+
+
+def test_a_missing_cloud_key_is_named_once_with_its_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` said "observation failed: vast: vast: environment variable ... is not set"."""
+    from tests.test_reconcile import write_fleet
+
+    path = write_fleet(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["providers"]["vast"] = {"api_key_env": "NEWCOMER_VAST_KEY"}
+    doc["runs"][0]["providers"] = ["vast"]
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.delenv("NEWCOMER_VAST_KEY", raising=False)
+    proc = run_cli("status", "-c", str(path))
+    assert proc.returncode == 1
+    assert "vast: environment variable NEWCOMER_VAST_KEY is not set" in proc.stdout, proc.stdout
+    assert "vast: vast:" not in proc.stdout + proc.stderr
+
+
+def test_offers_without_any_cloud_key_says_that_is_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`respawn offers --gpu H100` with no key set ended "no offer fits (every provider
+    failed)": nothing failed, nothing was asked."""
+    for name in ("VAST_API_KEY", "RUNPOD_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    proc = run_cli("offers", "--gpu", "H100")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "every provider failed" not in proc.stdout, proc.stdout
+    assert "no cloud key is set" in proc.stdout and "VAST_API_KEY" in proc.stderr
