@@ -23,6 +23,8 @@ from respawn.controller.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageErro
 
 #: The secrets of the loaded config, masked in whatever this command prints (`_load`).
 _redact: Callable[[str], str] = str
+#: The fleet config when a command is given no -c (the remedies reports name omit it).
+CONFIG_ENV = "RESPAWN_CONFIG"
 
 
 def _load(args: argparse.Namespace) -> FleetConfig:
@@ -34,6 +36,8 @@ def _load(args: argparse.Namespace) -> FleetConfig:
     from respawn.controller.redact import Redactor, install_log_redaction
 
     global _redact
+    if args.config is None:
+        raise UsageError(f"pass the fleet config: -c FLEET.yaml (or set {CONFIG_ENV})")
     fleet = load_config(args.config)
     args.redact = _redact = Redactor.from_fleet(fleet, os.environ)
     install_log_redaction(args.redact)
@@ -627,7 +631,16 @@ def build_parser() -> argparse.ArgumentParser:
         return parent.add_parser(name, help=text, description=text, parents=[common])
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", required=True, type=Path, help="fleet config (YAML)")
+        # The remedies a report names (`respawn resume --run X`) carry no -c: with
+        # RESPAWN_CONFIG set they run as copied.
+        default = os.environ.get(CONFIG_ENV)
+        sp.add_argument(
+            "-c",
+            "--config",
+            default=Path(default) if default else None,
+            type=Path,
+            help=f"fleet config (YAML); default ${CONFIG_ENV}",
+        )
 
     sp = command(sub, "demo", "the whole recovery loop on this machine, with a failure injected")
     sp.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")

@@ -3,6 +3,7 @@ errors. Each test is one defect a newcomer hit."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -371,3 +372,32 @@ def test_offers_without_any_cloud_key_says_that_is_why(
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "every provider failed" not in proc.stdout, proc.stdout
     assert "no cloud key is set" in proc.stdout and "VAST_API_KEY" in proc.stderr
+
+
+def test_a_remedy_runs_as_copied_with_respawn_config_set(tmp_path: Path) -> None:
+    """Reasons name commands without -c (`respawn resume --run X`): with RESPAWN_CONFIG set,
+    the command a person copies from a report works; without it, the error names both."""
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(
+        (ROOT / "examples" / "local.yaml")
+        .read_text()
+        .replace("file:///tmp/respawn-local/store", f"file://{tmp_path / 'store'}")
+    )
+    env = {**os.environ, "RESPAWN_CONFIG": str(cfg)}
+    copied = subprocess.run(
+        [sys.executable, "-m", "respawn", "validate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert copied.returncode == 0, copied.stderr
+    bare = {k: v for k, v in os.environ.items() if k != "RESPAWN_CONFIG"}
+    missing = subprocess.run(
+        [sys.executable, "-m", "respawn", "validate"],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "-c" in missing.stderr and "RESPAWN_CONFIG" in missing.stderr
