@@ -100,7 +100,7 @@ class Supervisor:
                     self.phase,
                     step=self.steps.disk_step,
                     published_step=self.steps.published,
-                    message=self.message,
+                    message=self.message or self.steps.stuck,
                     will_repeat=self.will_repeat,
                 )
             self.ctx.store.write_heartbeat(hb)

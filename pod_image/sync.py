@@ -21,6 +21,7 @@ from respawn.store.disk import (
     restore_in_place,
     snapshot,
     step_dirs,
+    why_not_complete,
 )
 from respawn.store.progress import TransferProgress
 from respawn.store.store import BackwardsError, FencedError, StoreError
@@ -52,6 +53,9 @@ class StepSync:
         self._publishes_since_gc = 0
         self._kept_lock = threading.Lock()  # the published copy of files overwritten in place
         self.last_error: str | None = None  # why the last publish failed; None once one works
+        # Why the newest step on disk has stayed incomplete this long ("" when none has): the
+        # heartbeat carries it, so a layout that never completes is named, not a silent stall.
+        self.stuck = ""
         # The step a (re)started trainer loads, and the steps on disk when it started: the
         # pinned step stays on disk until this trainer's own newer step is published.
         self._pinned: int | None = None
@@ -127,6 +131,28 @@ class StepSync:
                 self._cond.wait(left)
             return True
 
+    def _note_stuck(self, newest: int | None, newest_complete: int | None, now: float) -> None:
+        """Name a step on disk, newer than anything published, that stays incomplete for
+        ten sync intervals past its quiet period (a trainer saves in seconds, not that)."""
+        sources = self.ctx.pod.checkpoints.sources
+        quiet = max((s.quiet_for.total_seconds() for s in sources if s.quiet_for), default=0.0)
+        after = 10 * self.ctx.pod.sync_interval.total_seconds() + quiet
+        waited = time.monotonic() - self.step_seen_at
+        stuck = ""
+        if (
+            newest is not None
+            and (newest_complete is None or newest > newest_complete)
+            and (self.published is None or newest > self.published)
+            and waited >= after
+        ):
+            why = why_not_complete(self.ctx.workdir, sources, newest, now)
+            if why is not None:
+                stuck = f"step {newest} on disk is not complete after {waited:.0f}s: {why}"
+        if stuck and not self.stuck:
+            log.warning("%s", stuck)  # once per episode; the heartbeat carries it on
+        with self._lock:
+            self.stuck = stuck
+
     def sync(self, writer_done: bool = False) -> None:
         """Publish the newest complete step. `writer_done`: the trainer exited cleanly, so a
         quiet period is no longer needed to know its files are whole."""
@@ -150,6 +176,7 @@ class StepSync:
             self.step_seen_at = time.monotonic()
         now = float("inf") if writer_done else time.time()
         done = complete_steps(workdir, pod.checkpoints.sources, now)
+        self._note_stuck(newest_dir, done[-1].step if done else None, now)
         if not done or (self.published is not None and done[-1].step <= self.published):
             return
         step = snapshot(workdir, done[-1], pod.checkpoints.sources, now)

@@ -221,3 +221,13 @@ def test_a_pod_that_cannot_publish_within_finish_grace_fails_naming_the_steps(
     assert "10 could not be published within finish_grace (2s)" in beat.message
     assert "only on this instance's disk" in beat.message
     assert "publishing step 10: store failing (" in out and "retrying until" in out
+
+
+def test_a_pod_naming_a_step_that_never_completes_is_in_the_reason() -> None:
+    """Training goes on (the run is healthy) but nothing new reaches the store: the pod's
+    account of why is in the reason status, the summary and the alerts show."""
+    stuck = "step 105 on disk is not complete after 300s: out/ckpt.json is older than out/ckpt.pt"
+    beat = hb(1).model_copy(update={"message": stuck})
+    v = classify(RUN, obs(heartbeat=beat), NOW)
+    assert v.health is Health.HEALTHY and v.reason.endswith(f"; pod: {stuck}")
+    assert classify(RUN, obs(), NOW).reason.endswith("ago")  # no word from the pod: none added

@@ -212,3 +212,43 @@ def test_the_trainer_never_sees_the_store_credentials(tmp_path: Path) -> None:
     proc.communicate(timeout=60)
     seen = json.loads((tmp_path / "pod" / "env.json").read_text())
     assert "k-id-1" not in seen.values() and "k2" not in seen.values(), sorted(seen)
+
+
+# The sidecar first, then the checkpoint: the file is always newer than its sidecar.
+SIDECAR_FIRST = """
+import json, time
+from pathlib import Path
+Path("out").mkdir(exist_ok=True)
+Path("out/ckpt.json").write_text('{"iter_num": 5}')
+time.sleep(0.05)
+Path("out/ckpt.pt").write_text("weights 5")
+print("saved step 5", flush=True)
+while not Path("stop").exists():
+    time.sleep(0.05)
+"""
+
+
+def test_a_step_that_never_completes_is_named_in_the_heartbeat(tmp_path: Path) -> None:
+    """A trainer writing the sidecar before the checkpoint trains on while nothing is ever
+    published: the pod says which file and why in its heartbeat (and the controller's
+    reason carries it), instead of a run that looks healthy until its next loss."""
+    script = tmp_path / "train.py"
+    script.write_text(SIDECAR_FIRST)
+    spec = pod_spec(f"{{python}} {script}", checkpoints=NANO, resume="latest")
+    proc = start_pod(tmp_path, spec)
+    store = _store(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        hb = None
+        while time.monotonic() < deadline:
+            hb = store.read_heartbeat()
+            if hb is not None and "not complete" in hb.message:
+                break
+            time.sleep(0.2)
+        assert hb is not None and hb.phase == "training", hb
+        assert "step 5" in hb.message and "out/ckpt.json is older than out/ckpt.pt" in hb.message
+        assert "after the checkpoint" in hb.message
+        assert store.read_pointer() is None  # nothing was published: the cause is named
+    finally:
+        (tmp_path / "pod" / "stop").touch()
+        proc.communicate(timeout=60)

@@ -160,22 +160,38 @@ def _after_its_step_file(workdir: Path, source: CheckpointSource, step: int, pat
 def _is_complete(
     workdir: Path, source: CheckpointSource, step: int, path: Path, now: float
 ) -> bool:
+    return _incomplete(workdir, source, step, path, now) is None
+
+
+def _incomplete(
+    workdir: Path, source: CheckpointSource, step: int, path: Path, now: float
+) -> str | None:
+    """Why the step's directory or file is not yet whole (None: it is). The words reach the
+    user when a step stays so (`why_not_complete`)."""
+    rel = _rel(workdir, path)
     if path.is_dir():
         files = _walk(path)
-        if any(fnmatch.fnmatch(f.name, pat) for f in files for pat in source.temp_patterns):
-            return False
+        temps = [
+            f.name
+            for f in files
+            if any(fnmatch.fnmatch(f.name, pat) for pat in source.temp_patterns)
+        ]
+        if temps:
+            return f"{rel} holds a temporary file ({temps[0]})"
         if source.marker is not None:
-            return (path / source.marker).is_file()
+            return None if (path / source.marker).is_file() else f"{rel} has no {source.marker}"
         mtimes_of = [*files, path]
         if not files:
-            return False
+            return f"{rel} is empty"
     else:
         files = _files_of(workdir, source, path)
         if any(_temp_beside(source, f) for f in files):
-            return False
+            return f"{rel} has a temporary sibling (still being written)"
         mtimes_of = files
         if not _after_its_step_file(workdir, source, step, path):
-            return False
+            assert source.step_from is not None and source.step_from.name is not None
+            named = source.step_from.name.replace("{step}", str(step))
+            return f"{rel} is not yet rewritten after {named}"
         marker = source.marker
         if marker is None and source.quiet_for is None:
             # The sidecar is the marker: written after the file, so never older than it.
@@ -186,15 +202,49 @@ def _is_complete(
             ref = path.parent / marker.replace("{step}", str(step)) if marker else None
         if ref is not None:
             try:
-                return ref.stat().st_mtime_ns >= max(f.stat().st_mtime_ns for f in files)
+                if ref.stat().st_mtime_ns >= max(f.stat().st_mtime_ns for f in files):
+                    return None
             except (FileNotFoundError, ValueError):
-                return False
+                return f"{_rel(workdir, ref)} is missing"
+            return (
+                f"{_rel(workdir, ref)} is older than {rel}: a marker or sidecar must be "
+                "written after the checkpoint"
+            )
     assert source.quiet_for is not None
     try:
         newest = max(p.stat().st_mtime for p in mtimes_of)
     except FileNotFoundError:  # a file vanished under us: the writer is still busy
-        return False
-    return now - newest >= source.quiet_for.total_seconds()
+        return f"{rel} is changing (a file vanished)"
+    quiet = source.quiet_for.total_seconds()
+    if now - newest >= quiet:
+        return None
+    return f"{rel} changed {now - newest:.0f}s ago (quiet_for {quiet:.0f}s)"
+
+
+def _rel(workdir: Path, path: Path) -> str:
+    try:
+        return path.relative_to(workdir).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def why_not_complete(
+    workdir: Path,
+    sources: tuple[CheckpointSource, ...] | list[CheckpointSource],
+    step: int,
+    now: float,
+) -> str | None:
+    """Why `step`, on disk, is not a complete step (None: it is, or it is not on disk)."""
+    for source in sources:
+        path = _matches(workdir, source).get(step)
+        if path is None:
+            if source.required:
+                return f"{source.path} has no step {step}"
+            continue
+        why = _incomplete(workdir, source, step, path, now)
+        if why is not None and source.required:
+            return why
+    return None
 
 
 def complete_steps(
@@ -337,4 +387,5 @@ __all__ = [
     "restore_in_place",
     "snapshot",
     "step_dirs",
+    "why_not_complete",
 ]
