@@ -9,7 +9,6 @@ resumes where the last published step left it and every loss equals the uninterr
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from respawn.controller.config import FleetConfig
 from respawn.controller.model import Health
 from respawn.controller.reconcile import tick
 from respawn.controller.stores import open_run_store
+from respawn.examples.demo import read_metrics
 from respawn.provisioning.local import LocalProvider
 from tests.fakes.layout_trainer import trajectory
 from tests.test_docs import WORKED, worked_runs
@@ -89,16 +89,7 @@ def fleet_for(name: str, tmp: Path) -> FleetConfig:
 
 
 def metrics(disk: Path) -> list[dict[str, float]]:
-    path = disk / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by SIGKILL
-    return out
+    return read_metrics(disk / "metrics.jsonl")
 
 
 class Scenario:
