@@ -122,3 +122,31 @@ def test_a_pod_may_be_told_to_start_fresh_without_a_pointer(tmp_path: Path) -> N
     )
     out, _ = second.communicate(timeout=30)
     assert "starting fresh" in out, out
+
+
+def test_a_first_publish_racing_the_set_aside_of_a_garbage_pointer_keeps_its_step(
+    tmp_path: Path,
+) -> None:
+    """A run with no manifest and a garbage pointer: the tick sets the pointer aside, and a
+    pod publishing its first step writes its manifest and pointer in the moment between the
+    tick's read and its removal. The step must still be pointed at afterwards."""
+    from respawn.store.file_backend import FileBackend
+
+    root = tmp_path / "store"
+    pod = CheckpointStore.open(f"file://{root}", "job")
+
+    class PodPublishesMeanwhile(FileBackend):
+        raced = False
+
+        def delete(self, keys: list[str]) -> None:
+            if pod.keys.latest in keys and not self.raced:
+                self.raced = True
+                _publish(pod, tmp_path, (10,))  # files, manifest, then the pointer
+            super().delete(keys)
+
+    pod.backend.write_bytes(pod.keys.latest, b'{"generation": 1, garbage')
+    controller = CheckpointStore(PodPublishesMeanwhile(root), "job")
+    kept = controller.set_pointer_aside(generation=1, writer="respawn-controller:repair")
+    assert kept is not None and (root / kept).read_bytes().startswith(b'{"generation": 1')
+    pointer = pod.read_pointer()
+    assert pointer is not None and pointer.step == 10

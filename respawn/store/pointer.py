@@ -158,9 +158,17 @@ class PointerMoves(StoreCore):
         only ever names a manifest, so with none there is nothing it could have named. None
         when the pointer became readable meanwhile (a pod published) or steps have manifests
         (those rebuild it: `rebuild_pointer`)."""
+        if self.manifested_steps():
+            return None
+        # Read last, right before it goes: a first publish writes its pointer after its
+        # manifest, so a pointer that reads well now is left alone.
         current, why = self.pointer_or_error()
-        if current is not None or why is None or self.manifested_steps():
+        if current is not None or why is None:
             return None
         kept = self.set_aside(self.keys.latest, f"{utcnow():%Y%m%dT%H%M%S%fZ}")
         self._record_repair("pointer-set-aside", generation, writer, None, f"{why}; kept as {kept}")
+        if self.manifested_steps():
+            # A first publish landed between the read and the removal: its pointer went with
+            # the garbage, and is rebuilt from its manifest at once.
+            self.rebuild_pointer(generation, writer)
         return kept
