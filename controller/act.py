@@ -134,13 +134,14 @@ class _Actor:
         providers: Mapping[str, Provider | Exception],
         ledger: Ledger,
         environ: Mapping[str, str],
-        version: int,
+        before: Ledger,
         lease: Lease | None,
     ) -> None:
+        """`ledger`: the plan's, to write; `before`: the ledger as observed (its version is
+        the one the first write goes over)."""
         self.run, self.fleet, self.store = run, fleet, store
         self.providers, self.ledger, self.environ = providers, ledger, environ
-        self.version, self.lease = version, lease
-        self.before = ledger  # the ledger as observed (`act` sets it)
+        self.before, self.version, self.lease = before, before.version, lease
         self.claimed: set[int] = set()
         self.termination_failed = False
         self.stopped: StoreError | None = None
@@ -341,8 +342,7 @@ def act(
     """`previous_ledger`: the ledger as observed; its version is the only one this tick
     writes over. `lease`: the run's tick lease, checked before every change."""
     env = os.environ if environ is None else environ
-    actor = _Actor(run, fleet, store, providers, plan.ledger, env, previous_ledger.version, lease)
-    actor.before = previous_ledger
+    actor = _Actor(run, fleet, store, providers, plan.ledger, env, previous_ledger, lease)
     results: list[ActionResult] = []
     for action in plan.actions:
         try:

@@ -368,6 +368,9 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
         # The trainer is done; the pod retries its last steps and gives up by itself after
         # finish_grace (then `failed`): its instance, whose disk holds them, is kept.
         return verdict(Health.HEALTHY, f"g{gen} {hb.message or 'publishing its last steps'}")
+    # What the pod says while training: a checkpoint layout that never completes (nothing
+    # published while W&B shows progress) is named here rather than found at the next loss.
+    said = f"; pod: {hb.message}" if hb.phase == "training" and hb.message else ""
     if progress is None or progress.at <= launched_at:
         if since_launch < policy.startup_grace:
             what = (
@@ -376,15 +379,11 @@ def classify(run: RunConfig, obs: Observation, now: datetime) -> Verdict:
                 else hb.phase
             )
             return verdict(Health.STARTING, f"g{gen} up {ago(since_launch)}, {what}")
-        said = f"; pod: {hb.message}" if hb.phase == "training" and hb.message else ""
         return verdict(
             Health.STALLED,
             f"no step progress since g{gen} launched {ago(since_launch)} ago{said}",
         )
     idle = now - progress.at
-    # What the pod says while training: a checkpoint layout that never completes (nothing
-    # published while W&B shows progress) is named here rather than found at the next loss.
-    said = f"; pod: {hb.message}" if hb.phase == "training" and hb.message else ""
     if idle > policy.stall_after:
         return verdict(Health.STALLED, f"step {progress.step} unchanged for {ago(idle)}{said}")
     return verdict(Health.HEALTHY, f"step {progress.step}, progressed {ago(idle)} ago{said}")

@@ -1,5 +1,6 @@
 """Secrets preflight: every environment variable the fleet config names, checked at once. The
-one list: `validate --env`, `doctor`, `status` and the launch itself all read `env_needs`.
+one list: `validate --env`, `doctor` and `status` read `env_needs`; a launch checks its own
+run's share of it (`launch.missing_launch_secrets`) before it claims a generation.
 
 Without it a missing secret surfaces one layer per run, and only at launch (after the old
 instance is gone and a generation is spent). What each missing variable costs:
