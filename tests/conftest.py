@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +70,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 60
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    environ: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """`respawn ARGS` in a subprocess; `environ`: its environment instead of this one's."""
+    env = {**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "respawn", *args],
         capture_output=True,

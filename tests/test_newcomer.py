@@ -383,21 +383,8 @@ def test_a_remedy_runs_as_copied_with_respawn_config_set(tmp_path: Path) -> None
         .read_text()
         .replace("file:///tmp/respawn-local/store", f"file://{tmp_path / 'store'}")
     )
-    env = {**os.environ, "RESPAWN_CONFIG": str(cfg)}
-    copied = subprocess.run(
-        [sys.executable, "-m", "respawn", "validate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    copied = run_cli("validate", environ={**os.environ, "RESPAWN_CONFIG": str(cfg)})
     assert copied.returncode == 0, copied.stderr
     bare = {k: v for k, v in os.environ.items() if k != "RESPAWN_CONFIG"}
-    missing = subprocess.run(
-        [sys.executable, "-m", "respawn", "validate"],
-        env=bare,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = run_cli("validate", environ=bare)
     assert missing.returncode == 2 and "-c" in missing.stderr and "RESPAWN_CONFIG" in missing.stderr
